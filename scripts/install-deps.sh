@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package Chorus needs to build, test and benchmark.
+# Idempotent: when all packages are present it does nothing (no apt-get update).
+# Servers (redis, mariadb, nats, nginx) are installed but never started here:
+# tests and benchmarks start their own instances on loopback.
+set -euo pipefail
+
+PACKAGES=(
+  # toolchain
+  g++ cmake ninja-build ccache mold pkg-config make git
+  # runtime core
+  libboost1.81-dev libboost-system1.81-dev libboost-url1.81-dev libboost-json1.81-dev
+  libssl-dev libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
+  libspdlog-dev libfmt-dev nlohmann-json3-dev libsimdjson-dev libyaml-cpp-dev libcli11-dev
+  libxxhash-dev libzstd-dev
+  # storage engines and clients
+  librocksdb-dev libhiredis-dev libmariadb-dev libsqlite3-dev libnats-dev libevent-dev
+  # compute: OCR worker
+  libtesseract-dev tesseract-ocr-eng imagemagick fonts-dejavu-core
+  # tests and benchmarks
+  libgtest-dev libgmock-dev libbenchmark-dev
+  redis-server nats-server mariadb-server wrk nginx-light curl
+)
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  exit 0
+fi
+
+echo "install-deps: installing ${missing[*]}" >&2
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Keep package post-install scripts from starting system services (redis, mariadb,
+# nginx): tests start their own instances on free loopback ports.
+policy=/usr/sbin/policy-rc.d
+made_policy=0
+if [ ! -e "$policy" ]; then
+  printf '#!/bin/sh\nexit 101\n' | $SUDO tee "$policy" >/dev/null
+  $SUDO chmod 755 "$policy"
+  made_policy=1
+fi
+cleanup() { if [ "$made_policy" = 1 ]; then $SUDO rm -f "$policy"; fi; }
+trap cleanup EXIT
+
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
