@@ -11,7 +11,9 @@ if(MOLD_PROGRAM)
   add_link_options(-fuse-ld=mold)
 endif()
 
-add_compile_options(-Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers)
+add_compile_options(-Wall -Wextra -Wno-unused-parameter -Wno-missing-field-initializers
+                    # GCC 12 reports std::variant/optional false positives at -O2.
+                    -Wno-maybe-uninitialized)
 if(CHORUS_WERROR)
   add_compile_options(-Werror)
 endif()
