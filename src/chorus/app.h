@@ -1,0 +1,39 @@
+// The chorus process: configuration schema, `chorus up` and `chorus token`, independent of the
+// command-line parser so tests can drive them directly. The only place that knows every service.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/config.h"
+#include "base/status.h"
+
+namespace chorus::app {
+
+// Every configuration key of the process, with its default and help.
+const ConfigSchema& Schema();
+
+std::string_view Version();  // "0.1.0 (git abc1234)"
+
+// Runs `chorus up` until SIGTERM or SIGINT; returns the process exit code (0 after a clean
+// shutdown). Logs why on failure. SIGTERM/SIGINT must be blocked in every thread (see
+// BlockShutdownSignals) before this is called.
+int RunUp(const Config& config);
+
+// Blocks SIGTERM and SIGINT in the calling thread and every thread it starts afterwards, so
+// RunUp can wait for them synchronously.
+void BlockShutdownSignals();
+
+struct TokenRequest {
+  std::string data_dir;
+  std::string user;               // exactly one of user / service
+  std::string service;
+  int level = 0;
+  std::vector<std::string> scopes;
+  std::string ttl;                // duration text; empty = 24h for users, no expiry for services
+};
+// Returns the signed token, or an error explaining which flag is wrong.
+Result<std::string> MakeToken(const TokenRequest& request);
+
+}  // namespace chorus::app

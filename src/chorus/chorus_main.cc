@@ -1,0 +1,122 @@
+// chorus: the command line. Parses flags (CLI11) and hands over to the app library.
+// Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "base/logging.h"
+#include "chorus/app.h"
+
+namespace {
+
+std::vector<std::pair<std::string, std::string>> ParseSets(const std::vector<std::string>& sets, bool* ok) {
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& s : sets) {
+    const size_t eq = s.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      std::cerr << "chorus: --set expects KEY=VALUE, got '" << s << "'\n";
+      *ok = false;
+      continue;
+    }
+    out.emplace_back(s.substr(0, eq), s.substr(eq + 1));
+  }
+  return out;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Chorus: the real-time backbone of a live-streaming and video community.\n"
+      "Three services (live, likes, compute) in one binary."};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string(chorus::app::Version()));
+
+  // chorus up
+  auto* up = app.add_subcommand("up", "Run every service in this process until SIGTERM/SIGINT.");
+  std::string config_file, http, grpc, data_dir;
+  std::vector<std::string> sets;
+  bool print_config = false, list_keys = false;
+  up->add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
+  up->add_option("--http", http, "HTTP/WebSocket listen address, e.g. 127.0.0.1:8080 (http.listen)");
+  up->add_option("--grpc", grpc, "gRPC listen address, e.g. 127.0.0.1:9090 (grpc.listen)");
+  up->add_option("--data-dir", data_dir, "Directory for durable state and the token secret (data_dir)");
+  up->add_option("--set", sets, "Override any configuration key: --set runtime.shards=2 (repeatable)");
+  up->add_flag("--print-config", print_config, "Print the effective configuration as YAML and exit");
+  up->add_flag("--list-keys", list_keys, "List every configuration key with its default and exit");
+  up->footer(
+      "Configuration precedence (lowest first): built-in defaults, --config FILE, CHORUS_* environment "
+      "variables (http.listen -> CHORUS_HTTP_LISTEN), flags. Unknown keys are errors. See --list-keys.");
+
+  // chorus token
+  auto* token = app.add_subcommand("token", "Print a signed user or service token.");
+  chorus::app::TokenRequest treq;
+  std::string scopes;
+  token->add_option("--data-dir", treq.data_dir, "Data directory holding the secret (created if missing)")
+      ->required();
+  auto* user_opt = token->add_option("--user", treq.user, "User id: prints a user token");
+  auto* service_opt = token->add_option("--service", treq.service, "Service name: prints a service token");
+  user_opt->excludes(service_opt);
+  token->add_option("--level", treq.level, "User level (users only)")->check(CLI::NonNegativeNumber);
+  token->add_option("--scope", scopes, "Comma-separated scopes, e.g. live.publish (services only)");
+  token->add_option("--ttl", treq.ttl, "Lifetime, e.g. 24h, 30m (users: default 24h; services: no expiry)");
+
+  // chorus version
+  auto* version = app.add_subcommand("version", "Print the version.");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);
+    return code == 0 ? 0 : 2;
+  }
+
+  if (version->parsed()) {
+    std::cout << "chorus " << chorus::app::Version() << "\n";
+    return 0;
+  }
+
+  if (token->parsed()) {
+    if (!scopes.empty()) treq.scopes = CLI::detail::split(scopes, ',');
+    auto t = chorus::app::MakeToken(treq);
+    if (!t.ok()) {
+      std::cerr << "chorus token: " << t.status().message() << "\n";
+      return t.status().code() == chorus::StatusCode::kInvalidArgument ? 2 : 1;
+    }
+    std::cout << *t << "\n";
+    return 0;
+  }
+
+  // up
+  if (list_keys) {
+    std::cout << chorus::app::Schema().Describe();
+    return 0;
+  }
+  bool ok = true;
+  chorus::ConfigSources sources;
+  sources.file = config_file;
+  sources.env = chorus::ConfigSources::FromEnviron();
+  sources.overrides = ParseSets(sets, &ok);
+  if (!ok) return 2;
+  if (!http.empty()) sources.overrides.emplace_back("http.listen", http);
+  if (!grpc.empty()) sources.overrides.emplace_back("grpc.listen", grpc);
+  if (!data_dir.empty()) sources.overrides.emplace_back("data_dir", data_dir);
+  auto config = chorus::Config::Load(chorus::app::Schema(), sources);
+  if (!config.ok()) {
+    std::cerr << "chorus: " << config.status().message() << "\n";
+    return 2;
+  }
+  if (print_config) {
+    std::cout << config->Dump();
+    return 0;
+  }
+  chorus::LogOptions log_options;
+  log_options.level = config->GetString("log.level");
+  log_options.format = config->GetString("log.format");
+  log_options.file = config->GetString("log.file");
+  if (auto st = chorus::InitLogging(log_options); !st.ok()) {
+    std::cerr << "chorus: " << st.message() << "\n";
+    return 2;
+  }
+  chorus::app::BlockShutdownSignals();
+  return chorus::app::RunUp(*config);
+}

@@ -1,0 +1,198 @@
+// `chorus up`: one process serving every service on one runtime.
+//
+// Start order: logging, secret, runtime threads, routes, HTTP, gRPC, then readiness. Stop order
+// on SIGTERM/SIGINT: not ready, stop accepting (HTTP and gRPC), drain in-flight work up to
+// shutdown.drain_timeout, stop the shards, exit 0.
+#include <signal.h>
+
+#include <filesystem>
+#include <grpcpp/impl/service_type.h>
+
+#include "base/logging.h"
+#include "base/metrics.h"
+#include "base/readiness.h"
+#include "chorus/app.h"
+#include "chorus/system_service.h"
+#include "net/grpc_server.h"
+#include "net/http_server.h"
+#include "net/router.h"
+#include "net/runtime.h"
+#include "net/static_files.h"
+#include "net/token.h"
+
+namespace chorus::app {
+namespace {
+
+std::string ClaimsJson(const net::TokenClaims& c) {
+  std::string out = "{\"kind\":\"" + std::string(net::TokenKindName(c.kind)) + "\",\"subject\":\"" +
+                    net::JsonEscape(c.subject) + "\",\"level\":" + std::to_string(c.level) + ",\"scopes\":[";
+  for (size_t i = 0; i < c.scopes.size(); ++i) out += (i ? ",\"" : "\"") + net::JsonEscape(c.scopes[i]) + "\"";
+  out += "],\"issued_at\":" + std::to_string(c.issued_at) +
+         ",\"expires_at\":" + (c.expires_at ? std::to_string(*c.expires_at) : "null") + "}";
+  return out;
+}
+
+std::filesystem::path WebRoot(const Config& config) {
+  const std::string& configured = config.GetString("http.web_root");
+  if (!configured.empty()) return configured;
+  std::error_code ec;
+  if (std::filesystem::is_directory("web", ec)) return "web";
+  return CHORUS_SOURCE_WEB_ROOT;
+}
+
+Status AddCoreRoutes(net::Router& router, const Readiness& readiness, const net::TokenSigner& signer,
+                     const std::filesystem::path& web_root) {
+  CHORUS_RETURN_IF_ERROR(router.Add("GET", "/healthz", [](net::HttpRequest&, net::HttpResponder r) {
+    r.Send(net::HttpResponse::Json(200, "{\"status\":\"ok\"}"));
+  }));
+  CHORUS_RETURN_IF_ERROR(router.Add("GET", "/readyz", [&readiness](net::HttpRequest&, net::HttpResponder r) {
+    std::string body = "{\"ready\":";
+    const bool ready = readiness.Ready();
+    body += ready ? "true" : "false";
+    body += ",\"services\":[";
+    bool first = true;
+    for (const auto& e : readiness.Snapshot()) {
+      body += first ? "" : ",";
+      first = false;
+      body += "{\"name\":\"" + net::JsonEscape(e.name) + "\",\"ready\":" + (e.ready ? "true" : "false") +
+              ",\"detail\":\"" + net::JsonEscape(e.detail) + "\"}";
+    }
+    body += "]}";
+    r.Send(net::HttpResponse::Json(ready ? 200 : 503, std::move(body)));
+  }));
+  CHORUS_RETURN_IF_ERROR(router.Add("GET", "/metrics", [](net::HttpRequest&, net::HttpResponder r) {
+    net::HttpResponse res;
+    res.content_type = "text/plain; version=0.0.4; charset=utf-8";
+    res.body = DefaultMetrics().Render();
+    r.Send(std::move(res));
+  }));
+  CHORUS_RETURN_IF_ERROR(router.Add("GET", "/v1/auth/whoami", [&signer](net::HttpRequest& req, net::HttpResponder r) {
+    auto token = req.Token(/*allow_query=*/true);
+    if (!token) return r.SendStatus(Unauthenticated("missing bearer token"));
+    auto claims = signer.Verify(*token, SystemClock::Instance());
+    if (!claims.ok()) return r.SendStatus(claims.status());
+    r.Send(net::HttpResponse::Json(200, ClaimsJson(*claims)));
+  }));
+  std::error_code ec;
+  if (std::filesystem::is_directory(web_root, ec)) {
+    CHORUS_RETURN_IF_ERROR(router.Add("GET", "/{path...}", net::StaticFiles(web_root)));
+  }
+  return Status::Ok();
+}
+
+int WaitForShutdownSignal() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  int sig = 0;
+  while (sigwait(&set, &sig) != 0) {
+  }
+  return sig;
+}
+
+}  // namespace
+
+void BlockShutdownSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  signal(SIGPIPE, SIG_IGN);
+}
+
+int RunUp(const Config& config) {
+  auto log = GetLogger("chorus");
+  log->info("chorus {} starting", Version());
+
+  auto secret = net::LoadOrCreateSecret(config.GetString("data_dir"));
+  if (!secret.ok()) {
+    log->error("{}", secret.status().ToString());
+    return 1;
+  }
+  auto signer = net::TokenSigner::Create(std::move(*secret));
+  if (!signer.ok()) {
+    log->error("token secret: {}", signer.status().ToString());
+    return 1;
+  }
+
+  net::Runtime::Options rt_options;
+  rt_options.shards = static_cast<uint32_t>(config.GetInt("runtime.shards"));
+  rt_options.pin_threads = config.GetBool("runtime.pin_threads");
+  auto runtime = net::Runtime::Create(rt_options);
+  if (!runtime.ok()) {
+    log->error("{}", runtime.status().ToString());
+    return 1;
+  }
+
+  Readiness readiness;
+  readiness.Set("core", false, "starting");
+  net::Router router;
+  if (Status st = AddCoreRoutes(router, readiness, *signer, WebRoot(config)); !st.ok()) {
+    log->error("routes: {}", st.ToString());
+    return 1;
+  }
+
+  auto http_address = net::ParseHostPort(config.GetString("http.listen"));
+  if (!http_address.ok()) {
+    log->error("http.listen: {}", http_address.status().message());
+    return 2;
+  }
+  net::HttpServerOptions http_options;
+  http_options.host = http_address->first;
+  http_options.port = http_address->second;
+  http_options.max_header_bytes = static_cast<size_t>(config.GetInt("http.max_header_bytes"));
+  http_options.max_body_bytes = static_cast<size_t>(config.GetInt("http.max_body_bytes"));
+  http_options.read_timeout = config.GetDuration("http.read_timeout");
+  http_options.handler_timeout = config.GetDuration("http.handler_timeout");
+  http_options.max_connections = static_cast<size_t>(config.GetInt("http.max_connections"));
+
+  (*runtime)->Start();
+  auto http = net::HttpServer::Start(**runtime, router, http_options);
+  if (!http.ok()) {
+    log->error("{}", http.status().ToString());
+    (*runtime)->Stop();
+    return 1;
+  }
+  log->info("http listening on {}:{} with {} shards", http_options.host, (*http)->port(), (*runtime)->size());
+
+  std::unique_ptr<grpc::Service> system_service = MakeSystemService(readiness);
+  std::unique_ptr<net::GrpcServer> grpc_server;
+  const std::string& grpc_listen = config.GetString("grpc.listen");
+  if (!grpc_listen.empty()) {
+    auto grpc_address = net::ParseHostPort(grpc_listen);
+    if (!grpc_address.ok()) {
+      log->error("grpc.listen: {}", grpc_address.status().message());
+      (*runtime)->Stop();
+      return 2;
+    }
+    auto started = net::GrpcServer::Start(grpc_listen, {system_service.get()});
+    if (!started.ok()) {
+      log->error("{}", started.status().ToString());
+      (*runtime)->Stop();
+      return 1;
+    }
+    grpc_server = std::move(*started);
+    log->info("grpc listening on {}:{}", grpc_address->first, grpc_server->port());
+  }
+
+  readiness.Set("core", true);
+  const int sig = WaitForShutdownSignal();
+  log->info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+
+  readiness.SetShuttingDown();
+  const Duration drain = config.GetDuration("shutdown.drain_timeout");
+  (*http)->BeginShutdown();
+  if (grpc_server) grpc_server->Shutdown(drain);
+  if (!(*http)->WaitDrained(drain)) {
+    log->warn("{} connections still open after {}s; closing them", (*http)->connections(),
+              std::chrono::duration_cast<std::chrono::seconds>(drain).count());
+  }
+  (*runtime)->Stop();
+  http->reset();
+  log->info("stopped");
+  return 0;
+}
+
+}  // namespace chorus::app

@@ -1,0 +1,639 @@
+#include "net/http_server.h"
+
+#include <sys/socket.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/websocket/rfc6455.hpp>
+#include <boost/beast/websocket/stream.hpp>
+#include <charconv>
+#include <condition_variable>
+#include <cstring>
+#include <ctime>
+#include <deque>
+#include <mutex>
+#include <optional>
+#include <spdlog/spdlog.h>
+#include <thread>
+#include <unordered_set>
+
+namespace chorus::net {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace websocket = beast::websocket;
+using tcp = asio::ip::tcp;
+
+namespace {
+
+// "Date: Mon, 23 Nov 2026 14:00:00 GMT\r\n", rebuilt at most once per second per thread.
+std::string_view DateHeader() {
+  thread_local time_t cached_second = 0;
+  thread_local char buf[64];
+  thread_local size_t len = 0;
+  const time_t now = time(nullptr);
+  if (now != cached_second) {
+    cached_second = now;
+    struct tm tm;
+    gmtime_r(&now, &tm);
+    len = strftime(buf, sizeof buf, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
+  }
+  return {buf, len};
+}
+
+class Connection {
+ public:
+  virtual ~Connection() = default;
+  // Called on the connection's shard when the server shuts down.
+  virtual void Shutdown() = 0;
+};
+
+}  // namespace
+
+// State shared by the server handle and every connection. Per-shard parts are touched only on
+// their shard's thread.
+struct HttpServer::Core {
+  Core(Runtime& rt, const Router& r, HttpServerOptions o) : runtime(rt), router(r), options(std::move(o)) {}
+
+  struct ShardState {
+    std::unique_ptr<tcp::acceptor> acceptor;
+    std::unordered_set<Connection*> connections;
+  };
+
+  Runtime& runtime;
+  const Router& router;
+  const HttpServerOptions options;
+  std::vector<ShardState> shards;
+  uint16_t port = 0;
+  std::atomic<bool> shutting_down{false};
+  std::atomic<size_t> live{0};
+  std::atomic<uint64_t> next_ws_id{1};
+  std::mutex drain_mu;
+  std::condition_variable drained;
+
+  void Register(uint32_t shard, Connection* c) {
+    shards[shard].connections.insert(c);
+  }
+  void Unregister(uint32_t shard, Connection* c) {
+    shards[shard].connections.erase(c);
+  }
+  void ConnectionGone() {
+    if (live.fetch_sub(1) == 1) {
+      std::lock_guard<std::mutex> lock(drain_mu);
+      drained.notify_all();
+    }
+  }
+};
+
+namespace {
+
+using Core = HttpServer::Core;
+
+// ------------------------------------------------------------------------------------ WebSocket
+
+class WsSession final : public Connection,
+                        public WebSocketConnection,
+                        public std::enable_shared_from_this<WsSession> {
+ public:
+  WsSession(std::shared_ptr<Core> core, Shard& shard, beast::tcp_stream stream, const WebSocketHandler& handler,
+            std::any context, std::string remote)
+      : core_(std::move(core)),
+        shard_(shard),
+        ws_(std::move(stream)),
+        handler_(handler),
+        context_(std::move(context)),
+        remote_(std::move(remote)),
+        id_(core_->next_ws_id.fetch_add(1)) {}
+
+  ~WsSession() override { core_->ConnectionGone(); }
+
+  void Accept(http::request<http::string_body> req) {
+    const auto& o = handler_.options;
+    ws_.read_message_max(o.max_message_bytes);
+    ws_.auto_fragment(false);
+    websocket::stream_base::timeout timeouts{};
+    timeouts.handshake_timeout = std::chrono::seconds(10);
+    timeouts.idle_timeout = std::chrono::duration_cast<std::chrono::seconds>(o.idle_timeout);
+    if (timeouts.idle_timeout.count() <= 0) timeouts.idle_timeout = std::chrono::seconds(1);
+    timeouts.keep_alive_pings = true;
+    beast::get_lowest_layer(ws_).expires_never();
+    ws_.set_option(timeouts);
+    ws_.set_option(websocket::stream_base::decorator(
+        [](websocket::response_type& res) { res.set(http::field::server, "chorus"); }));
+    core_->Register(shard_.index(), this);
+    registered_ = true;
+    ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) { self->OnAccept(ec); });
+  }
+
+  bool Send(std::shared_ptr<const std::string> payload, bool binary) override {
+    if (closed_.load(std::memory_order_acquire)) return false;
+    shard_.Dispatch([self = shared_from_this(), payload = std::move(payload), binary]() mutable {
+      self->Enqueue(std::move(payload), binary);
+    });
+    return true;
+  }
+
+  void Close(uint16_t code, std::string reason) override {
+    shard_.Dispatch([self = shared_from_this(), code, reason = std::move(reason)]() mutable {
+      self->StartClose(code, std::move(reason));
+    });
+  }
+
+  uint64_t id() const override { return id_; }
+  uint32_t shard() const override { return shard_.index(); }
+  const std::string& remote() const override { return remote_; }
+  const std::any& context() const override { return context_; }
+  uint64_t dropped() const override { return dropped_.load(std::memory_order_relaxed); }
+
+  void Shutdown() override { StartClose(kWsGoingAway, "server shutting down"); }
+
+ private:
+  struct Outgoing {
+    std::shared_ptr<const std::string> payload;
+    bool binary;
+  };
+
+  void OnAccept(beast::error_code ec) {
+    if (ec) {
+      Finish(kWsProtocolError);
+      return;
+    }
+    open_ = true;
+    if (handler_.on_open) handler_.on_open(shared_from_this());
+    if (closed_) return;
+    if (!queue_.empty() && !writing_) DoWrite();
+    DoRead();
+  }
+
+  void DoRead() {
+    ws_.async_read(read_buffer_, [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec) {
+      uint16_t code = 1006;  // abnormal closure: no close frame
+      if (ec == websocket::error::closed) code = ws_.reason().code;
+      if (ec == websocket::error::message_too_big) code = kWsMessageTooBig;
+      Finish(code);
+      return;
+    }
+    if (handler_.on_message) {
+      const auto data = read_buffer_.cdata();
+      handler_.on_message(*this, std::string_view(static_cast<const char*>(data.data()), data.size()),
+                          ws_.got_binary());
+    }
+    read_buffer_.consume(read_buffer_.size());
+    if (!closed_) DoRead();
+  }
+
+  void Enqueue(std::shared_ptr<const std::string> payload, bool binary) {
+    if (closed_ || closing_) return;
+    const auto& o = handler_.options;
+    if (queue_.size() >= o.max_queue_messages || queued_bytes_ + payload->size() > o.max_queue_bytes) {
+      if (o.overflow == WsOverflow::kDropNewest) {
+        dropped_.fetch_add(1, std::memory_order_relaxed);
+        return;
+      }
+      StartClose(kWsPolicyViolation, "slow consumer");
+      return;
+    }
+    queued_bytes_ += payload->size();
+    queue_.push_back({std::move(payload), binary});
+    if (!writing_ && open_) DoWrite();
+  }
+
+  void DoWrite() {
+    writing_ = true;
+    const Outgoing& front = queue_.front();
+    ws_.binary(front.binary);
+    ws_.async_write(asio::buffer(*front.payload),
+                    [self = shared_from_this()](beast::error_code ec, size_t) { self->OnWrite(ec); });
+  }
+
+  void OnWrite(beast::error_code ec) {
+    writing_ = false;
+    if (!queue_.empty()) {
+      queued_bytes_ -= queue_.front().payload->size();
+      queue_.pop_front();
+    }
+    if (ec) {
+      // The read side reports the close; make sure it wakes up.
+      beast::get_lowest_layer(ws_).socket().close(ec);
+      return;
+    }
+    if (pending_close_) {
+      DoClose();
+    } else if (!queue_.empty()) {
+      DoWrite();
+    }
+  }
+
+  void StartClose(uint16_t code, std::string reason) {
+    if (closed_ || closing_) return;
+    closing_ = true;
+    close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(code), reason);
+    queue_.clear();
+    queued_bytes_ = 0;
+    if (!open_) {
+      // Handshake still running: just drop the socket.
+      beast::error_code ignored;
+      beast::get_lowest_layer(ws_).socket().close(ignored);
+      return;
+    }
+    if (writing_) {
+      pending_close_ = true;
+    } else {
+      DoClose();
+    }
+  }
+
+  void DoClose() {
+    pending_close_ = false;
+    writing_ = true;
+    beast::get_lowest_layer(ws_).expires_after(std::chrono::seconds(5));
+    ws_.async_close(close_reason_, [self = shared_from_this()](beast::error_code) {
+      self->writing_ = false;
+      // The pending read completes with `closed` and calls Finish().
+      beast::error_code ignored;
+      beast::get_lowest_layer(self->ws_).socket().close(ignored);
+    });
+  }
+
+  void Finish(uint16_t code) {
+    if (closed_.exchange(true)) return;
+    if (registered_) core_->Unregister(shard_.index(), this);
+    registered_ = false;
+    if (open_ && handler_.on_close) handler_.on_close(*this, closing_ ? close_reason_.code : code);
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws_).socket().close(ignored);
+  }
+
+  std::shared_ptr<Core> core_;
+  Shard& shard_;
+  websocket::stream<beast::tcp_stream> ws_;
+  const WebSocketHandler& handler_;
+  const std::any context_;
+  const std::string remote_;
+  const uint64_t id_;
+  beast::flat_buffer read_buffer_;
+  std::deque<Outgoing> queue_;
+  size_t queued_bytes_ = 0;
+  std::atomic<uint64_t> dropped_{0};
+  std::atomic<bool> closed_{false};
+  bool open_ = false;
+  bool writing_ = false;
+  bool closing_ = false;
+  bool pending_close_ = false;
+  bool registered_ = false;
+  websocket::close_reason close_reason_;
+};
+
+// ------------------------------------------------------------------------------------ HTTP
+
+class HttpSession final : public Connection,
+                          public HttpResponder::Sink,
+                          public std::enable_shared_from_this<HttpSession> {
+ public:
+  HttpSession(std::shared_ptr<Core> core, Shard& shard, tcp::socket socket)
+      : core_(std::move(core)), shard_(shard), stream_(std::move(socket)) {
+    beast::error_code ec;
+    auto ep = stream_.socket().remote_endpoint(ec);
+    if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
+  }
+
+  ~HttpSession() override {
+    if (!upgraded_) core_->ConnectionGone();
+  }
+
+  void Start() {
+    core_->Register(shard_.index(), this);
+    registered_ = true;
+    DoRead();
+  }
+
+  void Shutdown() override {
+    keep_alive_ = false;
+    if (!in_flight_) {
+      // Idle or mid-read: nothing was acknowledged, close now.
+      beast::error_code ignored;
+      stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+      stream_.socket().close(ignored);
+    }
+    // In flight: the response goes out with `Connection: close`, then the socket closes.
+  }
+
+  void Deliver(std::shared_ptr<Sink> self, uint64_t request_id, HttpResponse response) override {
+    if (!shard_.IsCurrent()) {
+      shard_.Post([self = std::move(self), request_id, response = std::move(response)]() mutable {
+        auto* s = static_cast<HttpSession*>(self.get());
+        s->Deliver(std::move(self), request_id, std::move(response));
+      });
+      return;
+    }
+    if (!in_flight_ || request_id != request_id_ || responded_) return;  // late, after a timeout
+    responded_ = true;
+    if (handler_timer_) handler_timer_->cancel();
+    Write(std::move(response));
+  }
+
+ private:
+  void DoRead() {
+    parser_.emplace();
+    parser_->header_limit(static_cast<std::uint32_t>(core_->options.max_header_bytes));
+    parser_->body_limit(core_->options.max_body_bytes);
+    stream_.expires_after(core_->options.read_timeout);
+    http::async_read(stream_, buffer_, *parser_,
+                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  }
+
+  void OnRead(beast::error_code ec) {
+    if (ec) {
+      if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
+          ec == asio::error::connection_reset || ec == asio::error::eof || ec == asio::error::bad_descriptor) {
+        return Close();
+      }
+      if (ec == beast::error::timeout) {
+        if (parser_->got_some()) return SendError(408, "request_timeout", "request not received in time");
+        return Close();
+      }
+      if (ec == http::error::header_limit) {
+        return SendError(431, "header_too_large",
+                         "request header exceeds " + std::to_string(core_->options.max_header_bytes) + " bytes");
+      }
+      if (ec == http::error::body_limit) {
+        return SendError(413, "body_too_large",
+                         "request body exceeds " + std::to_string(core_->options.max_body_bytes) + " bytes");
+      }
+      if (ec.category() == http::make_error_code(http::error::bad_method).category()) {
+        return SendError(400, "bad_request", "malformed HTTP request: " + ec.message());
+      }
+      return Close();  // socket error
+    }
+    stream_.expires_never();
+    http::request<http::string_body> msg = parser_->release();
+    keep_alive_ = msg.keep_alive() && !core_->shutting_down.load(std::memory_order_relaxed);
+    head_ = msg.method() == http::verb::head;
+
+    HttpRequest req;
+    req.method = std::string(msg.method_string());
+    req.target = std::string(msg.target());
+    const std::string_view target = msg.target();
+    const size_t q = target.find('?');
+    auto path = PercentDecode(target.substr(0, q), false);
+    if (!path.ok() || path->empty() || path->front() != '/') {
+      return SendError(400, "bad_request", "malformed request target");
+    }
+    req.path = std::move(*path);
+    if (q != std::string_view::npos) {
+      auto query = ParseQuery(target.substr(q + 1));
+      if (!query.ok()) return SendError(400, "bad_request", "malformed query string: " + query.status().message());
+      req.query = std::move(*query);
+    }
+    req.headers.reserve(8);
+    for (const auto& f : msg) {
+      std::string name(f.name_string());
+      for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+      req.headers.emplace_back(std::move(name), std::string(f.value()));
+    }
+    req.remote = remote_;
+    req.shard = shard_.index();
+
+    const bool upgrade = websocket::is_upgrade(msg);
+    Router::Match match = core_->router.Find(req.method, req.path, upgrade);
+    if (match.websocket != nullptr) return Upgrade(std::move(msg), std::move(req), *match.websocket);
+    if (match.handler == nullptr) {
+      HttpResponse r = match.status == 405
+                           ? HttpResponse::Error(405, "method_not_allowed", req.method + " is not allowed on " + req.path)
+                           : HttpResponse::Error(404, "not_found", "no route for " + req.path);
+      if (!match.allow.empty()) r.headers.emplace_back("Allow", match.allow);
+      in_flight_ = true;
+      return Write(std::move(r));
+    }
+    req.params = std::move(match.params);
+    req.body = std::move(msg.body());
+
+    in_flight_ = true;
+    responded_ = false;
+    const uint64_t id = ++request_id_;
+    (*match.handler)(req, HttpResponder(shared_from_this(), id));
+    if (!responded_ && in_flight_ && request_id_ == id) ArmHandlerTimeout(id);
+  }
+
+  void ArmHandlerTimeout(uint64_t id) {
+    if (!handler_timer_) handler_timer_.emplace(stream_.get_executor());
+    handler_timer_->expires_after(core_->options.handler_timeout);
+    handler_timer_->async_wait([self = shared_from_this(), id](beast::error_code ec) {
+      if (ec) return;
+      self->Deliver(self, id, HttpResponse::Error(504, "deadline_exceeded", "handler did not answer in time"));
+    });
+  }
+
+  void Upgrade(http::request<http::string_body> msg, HttpRequest req, const WebSocketHandler& handler) {
+    std::any context;
+    if (handler.accept) {
+      auto accepted = handler.accept(req);
+      if (!accepted.ok()) {
+        keep_alive_ = false;
+        in_flight_ = true;
+        return Write(HttpResponse::FromStatus(accepted.status()));
+      }
+      context = std::move(*accepted);
+    }
+    if (registered_) core_->Unregister(shard_.index(), this);
+    registered_ = false;
+    upgraded_ = true;  // the WebSocket session now owns the connection count
+    auto ws = std::make_shared<WsSession>(core_, shard_, std::move(stream_), handler, std::move(context), remote_);
+    ws->Accept(std::move(msg));
+  }
+
+  void SendError(int status, std::string_view code, std::string message) {
+    keep_alive_ = false;
+    in_flight_ = true;
+    Write(HttpResponse::Error(status, code, message));
+  }
+
+  void Write(HttpResponse response) {
+    if (core_->shutting_down.load(std::memory_order_relaxed)) keep_alive_ = false;
+    header_.clear();
+    header_ += "HTTP/1.1 ";
+    char num[16];
+    auto end = std::to_chars(num, num + sizeof num, response.status).ptr;
+    header_.append(num, end);
+    header_ += ' ';
+    header_ += HttpReason(response.status);
+    header_ += "\r\nServer: chorus\r\n";
+    header_ += DateHeader();
+    if (!response.content_type.empty()) {
+      header_ += "Content-Type: ";
+      header_ += response.content_type;
+      header_ += "\r\n";
+    }
+    for (const auto& [k, v] : response.headers) {
+      header_ += k;
+      header_ += ": ";
+      header_ += v;
+      header_ += "\r\n";
+    }
+    header_ += "Content-Length: ";
+    end = std::to_chars(num, num + sizeof num, response.body.size()).ptr;
+    header_.append(num, end);
+    header_ += keep_alive_ ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
+    body_ = std::move(response.body);
+    std::array<asio::const_buffer, 2> bufs{asio::buffer(header_), asio::buffer(head_ ? std::string_view() : body_)};
+    stream_.expires_after(core_->options.read_timeout);
+    asio::async_write(stream_, bufs,
+                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnWrite(ec); });
+  }
+
+  void OnWrite(beast::error_code ec) {
+    in_flight_ = false;
+    if (ec || !keep_alive_) return Close();
+    DoRead();
+  }
+
+  void Close() {
+    if (registered_) core_->Unregister(shard_.index(), this);
+    registered_ = false;
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    stream_.socket().close(ignored);
+  }
+
+  std::shared_ptr<Core> core_;
+  Shard& shard_;
+  beast::tcp_stream stream_;
+  beast::flat_buffer buffer_;
+  std::optional<http::request_parser<http::string_body>> parser_;
+  std::optional<asio::steady_timer> handler_timer_;
+  std::string remote_;
+  std::string header_;
+  std::string body_;
+  uint64_t request_id_ = 0;
+  bool in_flight_ = false;
+  bool responded_ = false;
+  bool keep_alive_ = true;
+  bool head_ = false;
+  bool registered_ = false;
+  bool upgraded_ = false;
+};
+
+void Accept(std::shared_ptr<Core> core, uint32_t shard_index) {
+  auto& state = core->shards[shard_index];
+  if (!state.acceptor) return;
+  state.acceptor->async_accept([core, shard_index](beast::error_code ec, tcp::socket socket) {
+    auto& st = core->shards[shard_index];
+    if (!st.acceptor || core->shutting_down) return;
+    if (ec) {
+      // EMFILE and friends: back off briefly instead of spinning.
+      if (ec != asio::error::operation_aborted) {
+        spdlog::warn("http: accept failed on shard {}: {}", shard_index, ec.message());
+        auto& shard = core->runtime.shard(shard_index);
+        shard.RunAfter(std::chrono::milliseconds(50), [core, shard_index] { Accept(core, shard_index); });
+      }
+      return;
+    }
+    if (core->live.load() >= core->options.max_connections) {
+      beast::error_code ignored;
+      socket.close(ignored);  // over the limit: refuse rather than run out of descriptors
+    } else {
+      socket.set_option(tcp::no_delay(true), ec);
+      core->live.fetch_add(1);
+      std::make_shared<HttpSession>(core, core->runtime.shard(shard_index), std::move(socket))->Start();
+    }
+    Accept(core, shard_index);
+  });
+}
+
+}  // namespace
+
+Result<std::pair<std::string, uint16_t>> ParseHostPort(std::string_view text) {
+  const size_t colon = text.rfind(':');
+  if (colon == std::string_view::npos) return InvalidArgument("address '" + std::string(text) + "' must be host:port");
+  std::string host(text.substr(0, colon));
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') host = host.substr(1, host.size() - 2);
+  if (host.empty()) host = "0.0.0.0";
+  const std::string_view port_text = text.substr(colon + 1);
+  unsigned port = 0;
+  auto [p, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+  if (port_text.empty() || ec != std::errc() || p != port_text.data() + port_text.size() || port > 65535) {
+    return InvalidArgument("address '" + std::string(text) + "' has a bad port");
+  }
+  beast::error_code aec;
+  asio::ip::make_address(host, aec);
+  if (aec) return InvalidArgument("address '" + std::string(text) + "' has a bad IP address");
+  return std::make_pair(host, static_cast<uint16_t>(port));
+}
+
+Result<std::unique_ptr<HttpServer>> HttpServer::Start(Runtime& runtime, const Router& router,
+                                                      const HttpServerOptions& options) {
+  auto core = std::make_shared<Core>(runtime, router, options);
+  core->shards.resize(runtime.size());
+  beast::error_code ec;
+  const auto address = asio::ip::make_address(options.host, ec);
+  if (ec) return InvalidArgument("bad listen address '" + options.host + "'");
+  uint16_t port = options.port;
+  for (uint32_t i = 0; i < runtime.size(); ++i) {
+    auto acceptor = std::make_unique<tcp::acceptor>(runtime.shard(i).io());
+    tcp::endpoint ep(address, port);
+    acceptor->open(ep.protocol(), ec);
+    if (!ec) acceptor->set_option(asio::socket_base::reuse_address(true), ec);
+    if (!ec) {
+      int one = 1;
+      if (setsockopt(acceptor->native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        ec = beast::error_code(errno, boost::system::system_category());
+      }
+    }
+    if (!ec) acceptor->bind(ep, ec);
+    if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+    if (ec) {
+      return Unavailable("cannot listen on " + options.host + ":" + std::to_string(port) + ": " + ec.message());
+    }
+    if (port == 0) port = acceptor->local_endpoint().port();  // the other shards join this port
+    core->shards[i].acceptor = std::move(acceptor);
+  }
+  core->port = port;
+  for (uint32_t i = 0; i < runtime.size(); ++i) {
+    runtime.shard(i).Post([core, i] { Accept(core, i); });
+  }
+  return std::unique_ptr<HttpServer>(new HttpServer(std::move(core)));
+}
+
+HttpServer::~HttpServer() {
+  // Acceptors belong to shard io_contexts: release them while those still exist.
+  for (auto& s : core_->shards) s.acceptor.reset();
+}
+
+uint16_t HttpServer::port() const { return core_->port; }
+
+size_t HttpServer::connections() const { return core_->live.load(); }
+
+void HttpServer::BeginShutdown() {
+  if (core_->shutting_down.exchange(true)) return;
+  for (uint32_t i = 0; i < core_->shards.size(); ++i) {
+    core_->runtime.shard(i).Post([core = core_, i] {
+      auto& st = core->shards[i];
+      if (st.acceptor) {
+        beast::error_code ignored;
+        st.acceptor->close(ignored);
+      }
+      // Shutdown() may unregister the connection: iterate over a copy.
+      std::vector<Connection*> conns(st.connections.begin(), st.connections.end());
+      for (Connection* c : conns) c->Shutdown();
+    });
+  }
+}
+
+bool HttpServer::WaitDrained(Duration timeout) {
+  std::unique_lock<std::mutex> lock(core_->drain_mu);
+  return core_->drained.wait_for(lock, timeout, [this] { return core_->live.load() == 0; });
+}
+
+}  // namespace chorus::net

@@ -1,0 +1,94 @@
+// The thread-per-core runtime: N shards, each one thread running its own io_context.
+//
+// State is owned by one shard and touched only on its thread; other threads hand it work with
+// Post(). A shard is also the TimerService for the components it owns, so the same component
+// code runs on real timers here and on SimulatedClock in tests.
+//
+// Thread rules:
+//   - Shard::Post() and Runtime::Post() are safe from any thread.
+//   - Shard::RunAfter/RunEvery/Cancel must be called on the shard's own thread (debug-checked).
+//   - Runtime::Current() tells the calling thread's shard (nullptr off shard threads).
+//   - Start() and Stop() are called by the owner thread (main), once each.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/status.h"
+
+namespace boost::asio {
+class io_context;
+}
+
+namespace chorus::net {
+
+class Shard final : public TimerService {
+ public:
+  Shard(uint32_t index, uint32_t count);
+  ~Shard() override;
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+
+  uint32_t index() const { return index_; }
+  uint32_t count() const { return count_; }
+  boost::asio::io_context& io() { return *io_; }
+
+  // Runs fn on this shard's thread, after whatever is queued. Safe from any thread.
+  void Post(std::function<void()> fn);
+  // Runs fn now if called on this shard's thread, else posts it.
+  void Dispatch(std::function<void()> fn);
+  bool IsCurrent() const;
+
+  TimerId RunAfter(Duration delay, std::function<void()> fn) override;
+  void Cancel(TimerId id) override;
+
+ protected:
+  TimerId RunEveryImpl(Duration period, std::function<void()> fn) override;
+
+ private:
+  friend class Runtime;
+  struct Timers;
+  void Arm(TimerId id, Duration delay, Duration period, std::function<void()> fn);
+
+  const uint32_t index_;
+  const uint32_t count_;
+  std::unique_ptr<boost::asio::io_context> io_;
+  std::unique_ptr<Timers> timers_;
+  std::thread thread_;
+};
+
+class Runtime {
+ public:
+  struct Options {
+    uint32_t shards = 0;      // 0 = one per CPU core
+    bool pin_threads = true;  // pin shard i to core i % cores
+  };
+
+  static Result<std::unique_ptr<Runtime>> Create(const Options& options);
+  ~Runtime();
+
+  uint32_t size() const { return static_cast<uint32_t>(shards_.size()); }
+  Shard& shard(uint32_t i) { return *shards_[i]; }
+  void Post(uint32_t shard, std::function<void()> fn) { shards_[shard % size()]->Post(std::move(fn)); }
+
+  // The calling thread's shard, or nullptr when not on a shard thread.
+  static Shard* Current();
+
+  // Starts the shard threads.
+  void Start();
+  // Stops every io_context and joins the threads; pending handlers are dropped. Idempotent.
+  void Stop();
+
+ private:
+  explicit Runtime(const Options& options);
+  Options options_;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  bool started_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace chorus::net
