@@ -24,6 +24,8 @@
 #include <thread>
 #include <unordered_set>
 
+#include "base/metrics.h"
+
 namespace chorus::net {
 
 namespace asio = boost::asio;
@@ -47,6 +49,54 @@ std::string_view DateHeader() {
     len = strftime(buf, sizeof buf, "Date: %a, %d %b %Y %H:%M:%S GMT\r\n", &tm);
   }
   return {buf, len};
+}
+
+// Server metrics in the default registry, shared by every server in the process.
+struct HttpMetrics {
+  HttpMetrics() {
+    auto& m = DefaultMetrics();
+    requests.emplace(m.Counter("chorus_http_requests_total", "HTTP responses sent, by status code", {"code"}).value());
+    duration = &m.Histogram("chorus_http_request_duration_seconds",
+                            "Time from a complete request to its response being queued",
+                            {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
+                             5, 10})
+                     .value()
+                     .Get();
+    connections = &m.Gauge("chorus_http_connections", "Open HTTP and WebSocket connections").value().Get();
+    websockets = &m.Gauge("chorus_websocket_connections", "Open WebSocket connections").value().Get();
+    ws_dropped = &m.Counter("chorus_websocket_dropped_messages_total",
+                            "Outgoing WebSocket messages dropped by a full write queue")
+                      .value()
+                      .Get();
+    ws_slow_closed = &m.Counter("chorus_websocket_slow_consumer_closes_total",
+                                "WebSocket connections closed because their write queue overflowed")
+                          .value()
+                          .Get();
+  }
+
+  Counter& Requests(int status) {
+    if (status < 100 || status > 599) status = 500;
+    Counter* c = by_code[status].load(std::memory_order_acquire);
+    if (c == nullptr) {
+      const std::string code = std::to_string(status);
+      c = &requests->WithLabels({std::string_view(code)});
+      by_code[status].store(c, std::memory_order_release);
+    }
+    return *c;
+  }
+
+  std::optional<CounterFamily> requests;
+  std::array<std::atomic<Counter*>, 600> by_code{};
+  Histogram* duration;
+  Gauge* connections;
+  Gauge* websockets;
+  Counter* ws_dropped;
+  Counter* ws_slow_closed;
+};
+
+HttpMetrics& Metrics() {
+  static HttpMetrics* metrics = new HttpMetrics();
+  return *metrics;
 }
 
 class Connection {
@@ -86,6 +136,7 @@ struct HttpServer::Core {
     shards[shard].connections.erase(c);
   }
   void ConnectionGone() {
+    Metrics().connections->Sub();
     if (live.fetch_sub(1) == 1) {
       std::lock_guard<std::mutex> lock(drain_mu);
       drained.notify_all();
@@ -111,9 +162,14 @@ class WsSession final : public Connection,
         handler_(handler),
         context_(std::move(context)),
         remote_(std::move(remote)),
-        id_(core_->next_ws_id.fetch_add(1)) {}
+        id_(core_->next_ws_id.fetch_add(1)) {
+    Metrics().websockets->Add();
+  }
 
-  ~WsSession() override { core_->ConnectionGone(); }
+  ~WsSession() override {
+    Metrics().websockets->Sub();
+    core_->ConnectionGone();
+  }
 
   void Accept(http::request<http::string_body> req) {
     const auto& o = handler_.options;
@@ -200,8 +256,10 @@ class WsSession final : public Connection,
     if (queue_.size() >= o.max_queue_messages || queued_bytes_ + payload->size() > o.max_queue_bytes) {
       if (o.overflow == WsOverflow::kDropNewest) {
         dropped_.fetch_add(1, std::memory_order_relaxed);
+        Metrics().ws_dropped->Inc();
         return;
       }
+      Metrics().ws_slow_closed->Inc();
       StartClose(kWsPolicyViolation, "slow consumer");
       return;
     }
@@ -378,6 +436,7 @@ class HttpSession final : public Connection,
       return Close();  // socket error
     }
     stream_.expires_never();
+    request_start_ = std::chrono::steady_clock::now();
     http::request<http::string_body> msg = parser_->release();
     keep_alive_ = msg.keep_alive() && !core_->shutting_down.load(std::memory_order_relaxed);
     head_ = msg.method() == http::verb::head;
@@ -461,6 +520,12 @@ class HttpSession final : public Connection,
   }
 
   void Write(HttpResponse response) {
+    auto& metrics = Metrics();
+    metrics.Requests(response.status).Inc();
+    if (request_start_ != std::chrono::steady_clock::time_point()) {
+      metrics.duration->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - request_start_).count());
+      request_start_ = {};
+    }
     if (core_->shutting_down.load(std::memory_order_relaxed)) keep_alive_ = false;
     header_.clear();
     header_ += "HTTP/1.1 ";
@@ -516,6 +581,7 @@ class HttpSession final : public Connection,
   std::string remote_;
   std::string header_;
   std::string body_;
+  std::chrono::steady_clock::time_point request_start_{};
   uint64_t request_id_ = 0;
   bool in_flight_ = false;
   bool responded_ = false;
@@ -546,6 +612,7 @@ void Accept(std::shared_ptr<Core> core, uint32_t shard_index) {
     } else {
       socket.set_option(tcp::no_delay(true), ec);
       core->live.fetch_add(1);
+      Metrics().connections->Add();
       std::make_shared<HttpSession>(core, core->runtime.shard(shard_index), std::move(socket))->Start();
     }
     Accept(core, shard_index);
