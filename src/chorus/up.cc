@@ -120,6 +120,7 @@ int RunUp(const Config& config) {
   net::Runtime::Options rt_options;
   rt_options.shards = static_cast<uint32_t>(config.GetInt("runtime.shards"));
   rt_options.pin_threads = config.GetBool("runtime.pin_threads");
+  rt_options.seed = static_cast<uint64_t>(config.GetInt("runtime.seed"));
   auto runtime = net::Runtime::Create(rt_options);
   if (!runtime.ok()) {
     log->error("{}", runtime.status().ToString());

@@ -23,8 +23,12 @@ struct Shard::Timers {
   std::unordered_map<TimerId, std::unique_ptr<asio::steady_timer>> active;
 };
 
-Shard::Shard(uint32_t index, uint32_t count)
-    : index_(index), count_(count), io_(std::make_unique<asio::io_context>(1)), timers_(std::make_unique<Timers>()) {}
+Shard::Shard(uint32_t index, uint32_t count, uint64_t seed)
+    : index_(index),
+      count_(count),
+      io_(std::make_unique<asio::io_context>(1)),
+      timers_(std::make_unique<Timers>()),
+      random_(Random::ForShard(seed, index)) {}
 
 Shard::~Shard() = default;
 
@@ -88,8 +92,9 @@ Result<std::unique_ptr<Runtime>> Runtime::Create(const Options& options) {
   Options o = options;
   if (o.shards == 0) o.shards = std::max(1u, std::thread::hardware_concurrency());
   if (o.shards > 1024) return InvalidArgument("runtime.shards: at most 1024 shards");
+  if (o.seed == 0) o.seed = static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) | 1;
   std::unique_ptr<Runtime> rt(new Runtime(o));
-  for (uint32_t i = 0; i < o.shards; ++i) rt->shards_.push_back(std::make_unique<Shard>(i, o.shards));
+  for (uint32_t i = 0; i < o.shards; ++i) rt->shards_.push_back(std::make_unique<Shard>(i, o.shards, o.seed));
   return rt;
 }
 

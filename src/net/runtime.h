@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "base/random.h"
 #include "base/status.h"
 
 namespace boost::asio {
@@ -28,7 +29,7 @@ namespace chorus::net {
 
 class Shard final : public TimerService {
  public:
-  Shard(uint32_t index, uint32_t count);
+  Shard(uint32_t index, uint32_t count, uint64_t seed);
   ~Shard() override;
   Shard(const Shard&) = delete;
   Shard& operator=(const Shard&) = delete;
@@ -42,6 +43,9 @@ class Shard final : public TimerService {
   // Runs fn now if called on this shard's thread, else posts it.
   void Dispatch(std::function<void()> fn);
   bool IsCurrent() const;
+
+  // This shard's random generator (Random::ForShard of the runtime seed). Shard thread only.
+  Random& random() { return random_; }
 
   TimerId RunAfter(Duration delay, std::function<void()> fn) override;
   void Cancel(TimerId id) override;
@@ -58,6 +62,7 @@ class Shard final : public TimerService {
   const uint32_t count_;
   std::unique_ptr<boost::asio::io_context> io_;
   std::unique_ptr<Timers> timers_;
+  Random random_;
   std::thread thread_;
 };
 
@@ -66,6 +71,7 @@ class Runtime {
   struct Options {
     uint32_t shards = 0;      // 0 = one per CPU core
     bool pin_threads = true;  // pin shard i to core i % cores
+    uint64_t seed = 0;        // per-shard Random seeds derive from it; 0 = from the clock
   };
 
   static Result<std::unique_ptr<Runtime>> Create(const Options& options);
