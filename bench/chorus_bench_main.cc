@@ -1,0 +1,171 @@
+// chorus-bench: load generators and peer comparisons behind every number the docs quote.
+//
+// Each subcommand is one Setup function below: it declares its flags on the CLI11 subcommand it
+// is given and returns the function that runs it. To add a subcommand, write `SetupFoo` and add
+// one line to kCommands. Every subcommand reports through report.h (JSON file + summary line).
+// Exit codes: 0 clean run, 1 the run completed but saw errors (or the report could not be
+// written), 2 bad flags or the run could not start.
+#include <CLI/CLI.hpp>
+#include <chrono>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "base/clock.h"
+#include "http_load.h"
+#include "report.h"
+
+namespace chorus::bench {
+namespace {
+
+using CommandMain = std::function<int()>;
+
+// Flags every subcommand shares: where the report goes and what it is called.
+struct ReportFlags {
+  std::string name;
+  std::string out;
+  std::string results_dir = DefaultResultsDir();
+  std::string system;
+
+  void Add(CLI::App& cmd, std::string default_name, std::string default_system) {
+    name = std::move(default_name);
+    system = std::move(default_system);
+    cmd.add_option("--name", name, "benchmark name used in the summary and the file name")
+        ->capture_default_str();
+    cmd.add_option("--system", system, "what is being measured (label in the report)")
+        ->capture_default_str();
+    cmd.add_option("--out", out, "write the JSON report to this file instead of the results dir");
+    cmd.add_option("--results-dir", results_dir, "directory for <name>-<timestamp>.json")
+        ->capture_default_str();
+  }
+
+  // Writes the report and prints the summary; returns the process exit code.
+  int Emit(const Report& report) const {
+    auto path = WriteReport(report, out, results_dir, SystemClock::Instance());
+    std::printf("%s\n", report.Summary().c_str());
+    if (!path.ok()) {
+      std::fprintf(stderr, "chorus-bench: %s\n", path.status().ToString().c_str());
+      return 1;
+    }
+    std::fprintf(stderr, "chorus-bench: wrote %s\n", path->c_str());
+    return 0;
+  }
+};
+
+// Duration flags are strings ("10s", "500ms") checked when the command runs.
+struct DurationFlag {
+  std::string text;
+  std::chrono::nanoseconds value{};
+
+  bool Resolve(const char* flag) {
+    auto parsed = ParseDuration(text);
+    if (!parsed.ok()) {
+      std::fprintf(stderr, "chorus-bench: %s: %s\n", flag, parsed.status().message().c_str());
+      return false;
+    }
+    value = *parsed;
+    return true;
+  }
+};
+
+// chorus-bench http --url URL --connections N --duration 10s [--threads T] [--out FILE]
+CommandMain SetupHttp(CLI::App& cmd) {
+  struct Flags {
+    HttpLoadOptions load;
+    DurationFlag duration{"10s"};
+    DurationFlag warmup{"0s"};
+    DurationFlag timeout{"5s"};
+    ReportFlags report;
+  };
+  auto flags = std::make_shared<Flags>();
+  cmd.add_option("--url", flags->load.url, "http://host:port/path to GET")->required();
+  cmd.add_option("-c,--connections", flags->load.connections, "keep-alive connections")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("-t,--threads", flags->load.threads, "load threads (each runs its own epoll loop)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("-d,--duration", flags->duration.text, "measured interval, e.g. 10s, 500ms")
+      ->capture_default_str();
+  cmd.add_option("--warmup", flags->warmup.text, "load applied before measuring starts")
+      ->capture_default_str();
+  cmd.add_option("--timeout", flags->timeout.text, "a request slower than this is an error")
+      ->capture_default_str();
+  flags->report.Add(cmd, "http", "target");
+
+  return [flags]() -> int {
+    if (!flags->duration.Resolve("--duration") || !flags->warmup.Resolve("--warmup") ||
+        !flags->timeout.Resolve("--timeout")) {
+      return 2;
+    }
+    flags->load.duration = flags->duration.value;
+    flags->load.warmup = flags->warmup.value;
+    flags->load.timeout = flags->timeout.value;
+    auto result = RunHttpLoad(flags->load);
+    if (!result.ok()) {
+      std::fprintf(stderr, "chorus-bench http: %s\n", result.status().ToString().c_str());
+      return 2;
+    }
+    Report report;
+    report.name = flags->report.name;
+    report.params = {
+        {"url", flags->load.url},
+        {"connections", std::to_string(flags->load.connections)},
+        {"threads", std::to_string(flags->load.threads)},
+        {"duration", flags->duration.text},
+        {"warmup", flags->warmup.text},
+        {"load_generator", "chorus-bench http"},
+    };
+    report.subject = result->ToMeasurement(flags->report.system);
+    const int rc = flags->report.Emit(report);
+    if (result->non_2xx > 0 || result->socket_errors() > 0) {
+      std::fprintf(stderr,
+                   "chorus-bench http: non-2xx %llu, socket errors: connect %llu, read %llu, "
+                   "write %llu, timeout %llu, parse %llu\n",
+                   static_cast<unsigned long long>(result->non_2xx),
+                   static_cast<unsigned long long>(result->connect_errors),
+                   static_cast<unsigned long long>(result->read_errors),
+                   static_cast<unsigned long long>(result->write_errors),
+                   static_cast<unsigned long long>(result->timeout_errors),
+                   static_cast<unsigned long long>(result->parse_errors));
+      return rc == 0 ? 1 : rc;  // reported, but not a clean run
+    }
+    return rc;
+  };
+}
+
+struct Command {
+  const char* name;
+  const char* help;
+  CommandMain (*setup)(CLI::App& cmd);
+};
+
+constexpr Command kCommands[] = {
+    {"http", "HTTP/1.1 keep-alive GET load (closed loop, epoll, latency histogram)", SetupHttp},
+};
+
+}  // namespace
+}  // namespace chorus::bench
+
+int main(int argc, char** argv) {
+  using namespace chorus::bench;
+  CLI::App app{"chorus-bench: Chorus load generators and peer comparisons (see bench/README.md)",
+               "chorus-bench"};
+  app.require_subcommand(1);
+  std::map<CLI::App*, CommandMain> mains;
+  for (const Command& command : kCommands) {
+    CLI::App* sub = app.add_subcommand(command.name, command.help);
+    mains[sub] = command.setup(*sub);
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // --help is a success
+  }
+  for (auto& [sub, run] : mains) {
+    if (sub->parsed()) return run();
+  }
+  return 2;
+}

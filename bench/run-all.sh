@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# run-all.sh — every benchmark in bench/ (what `make bench` runs).
+#
+#   bench/run-all.sh [all|http|micro]
+#
+# Builds the release preset (chorus, chorus-bench and every *_benchmark target), then runs
+# http_vs_nginx.sh (peer comparison) and each Google Benchmark binary, writing JSON into
+# bench/results/. Keeps going after a failing benchmark and exits 1 if any failed.
+# Environment: BENCHMARK_ARGS (extra flags for the Google Benchmark binaries, e.g.
+# --benchmark_min_time=0.1s) and everything http_vs_nginx.sh reads (DURATION, ROUNDS, ...).
+set -uo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT" || exit 2
+WHAT=${1:-all}
+case $WHAT in all | http | micro) ;; *) echo "usage: $0 [all|http|micro]" >&2; exit 2 ;; esac
+BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$ROOT/bench/results}
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+STATUS=0
+
+cmake --preset release >/dev/null || exit 2
+mapfile -t micro_targets < <(cmake --build --preset release --target help 2>/dev/null |
+  sed -n 's/^\([A-Za-z0-9_]*_benchmark\): .*/\1/p' | sort -u)
+targets=(chorus chorus_bench "${micro_targets[@]}")
+echo "== building (release): ${targets[*]}" >&2
+cmake --build --preset release --target "${targets[@]}" || exit 2
+
+if [[ $WHAT == all || $WHAT == http ]]; then
+  echo "== http_vs_nginx" >&2
+  CHORUS_BIN=$ROOT/build/release/src/chorus/chorus BENCH_RESULTS_DIR=$BENCH_RESULTS_DIR \
+    "$ROOT/bench/http_vs_nginx.sh" || STATUS=1
+fi
+
+if [[ $WHAT == all || $WHAT == micro ]]; then
+  mkdir -p "$BENCH_RESULTS_DIR"
+  while IFS= read -r binary; do
+    name=$(basename "$binary")
+    echo "== $name" >&2
+    # shellcheck disable=SC2086  # BENCHMARK_ARGS is meant to split into words
+    "$binary" --benchmark_out="$BENCH_RESULTS_DIR/$name-$STAMP.json" --benchmark_out_format=json \
+      ${BENCHMARK_ARGS:-} || STATUS=1
+  done < <(find "$ROOT/build/release" -type f -perm -u+x -name '*_benchmark' | sort)
+fi
+
+exit $STATUS

@@ -1,0 +1,350 @@
+#include "support/engines.h"
+
+#include <hiredis/hiredis.h>
+#include <mysql.h>
+#include <nats/nats.h>
+#include <sys/time.h>
+
+#include <filesystem>
+#include <mutex>
+#include <optional>
+#include <system_error>
+#include <thread>
+#include <utility>
+
+namespace chorus::testing {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr milliseconds kProbeInterval(20);
+constexpr milliseconds kRedisTimeout = seconds(15);
+constexpr milliseconds kNatsTimeout = seconds(15);
+// A fresh datadir takes ~1 s to build and the server ~1 s to start on an idle machine; the rest
+// is headroom for a machine busy compiling.
+constexpr milliseconds kMariaDbInstallTimeout = seconds(30);
+constexpr milliseconds kMariaDbTimeout = seconds(30);
+// A port taken between PickFreePort() and the engine's bind() makes the engine exit at once.
+constexpr int kPortAttempts = 3;
+
+// Runs `launch(port)` with fresh ports while it fails with kUnavailable (the engine exited early,
+// which is what a port clash looks like).
+Status WithPortRetries(const std::function<Status(int)>& launch) {
+  Status last;
+  for (int attempt = 1; attempt <= kPortAttempts; ++attempt) {
+    last = launch(PickFreePort());
+    if (last.ok() || last.code() != StatusCode::kUnavailable) return last;
+  }
+  return last.WithContext("gave up after " + std::to_string(kPortAttempts) + " ports");
+}
+
+// ---- client probes --------------------------------------------------------------------------
+
+Status PingRedis(int port) {
+  const timeval tv{1, 0};
+  redisContext* c = redisConnectWithTimeout("127.0.0.1", port, tv);
+  if (c == nullptr) return Unavailable("hiredis: cannot allocate a context");
+  std::unique_ptr<redisContext, void (*)(redisContext*)> guard(c, redisFree);
+  if (c->err != 0) return Unavailable(std::string("connect: ") + c->errstr);
+  if (redisSetTimeout(c, tv) != REDIS_OK) return Unavailable("hiredis: cannot set timeout");
+  auto* reply = static_cast<redisReply*>(redisCommand(c, "PING"));
+  if (reply == nullptr) return Unavailable(std::string("PING: ") + c->errstr);
+  std::unique_ptr<redisReply, void (*)(void*)> reply_guard(reply, freeReplyObject);
+  if (reply->type != REDIS_REPLY_STATUS || std::string(reply->str, reply->len) != "PONG") {
+    return Unavailable("PING answered something other than PONG (reply type " +
+                       std::to_string(reply->type) + ")");
+  }
+  return Status::Ok();
+}
+
+std::string NatsError(natsStatus s) {
+  const char* detail = nats_GetLastError(nullptr);
+  std::string text = natsStatus_GetText(s);
+  if (detail != nullptr && *detail != '\0') text += std::string(" (") + detail + ")";
+  return text;
+}
+
+// Connect, flush (a PING/PONG through the server) and ask JetStream for the account: the server
+// answers and JetStream is enabled.
+Status PingNats(const std::string& url) {
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
+  if (s != NATS_OK) return Internal("natsOptions_Create: " + NatsError(s));
+  std::unique_ptr<natsOptions, void (*)(natsOptions*)> opts_guard(opts, natsOptions_Destroy);
+  if ((s = natsOptions_SetURL(opts, url.c_str())) != NATS_OK ||
+      (s = natsOptions_SetTimeout(opts, 1000)) != NATS_OK ||
+      (s = natsOptions_SetAllowReconnect(opts, false)) != NATS_OK) {
+    return Internal("natsOptions: " + NatsError(s));
+  }
+  natsConnection* nc = nullptr;
+  if ((s = natsConnection_Connect(&nc, opts)) != NATS_OK) {
+    return Unavailable("connect: " + NatsError(s));
+  }
+  std::unique_ptr<natsConnection, void (*)(natsConnection*)> nc_guard(nc, natsConnection_Destroy);
+  if ((s = natsConnection_FlushTimeout(nc, 2000)) != NATS_OK) {
+    return Unavailable("flush: " + NatsError(s));
+  }
+
+  jsCtx* js = nullptr;
+  if ((s = natsConnection_JetStream(&js, nc, nullptr)) != NATS_OK) {
+    return Internal("natsConnection_JetStream: " + NatsError(s));
+  }
+  std::unique_ptr<jsCtx, void (*)(jsCtx*)> js_guard(js, jsCtx_Destroy);
+  jsAccountInfo* info = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  if ((s = js_GetAccountInfo(&info, js, nullptr, &jerr)) != NATS_OK) {
+    return Unavailable("JetStream account info: " + NatsError(s) + ", JetStream error " +
+                       std::to_string(static_cast<int>(jerr)));
+  }
+  jsAccountInfo_Destroy(info);
+  return Status::Ok();
+}
+
+void InitMysqlLibraryOnce() {
+  // mysql_init() would do it lazily, but not thread-safely.
+  static std::once_flag once;
+  std::call_once(once, [] { mysql_library_init(0, nullptr, nullptr); });
+}
+
+using MysqlPtr = std::unique_ptr<MYSQL, void (*)(MYSQL*)>;
+
+Result<MysqlPtr> NewMysql() {
+  InitMysqlLibraryOnce();
+  MYSQL* m = mysql_init(nullptr);
+  if (m == nullptr) return Internal("mysql_init failed");
+  MysqlPtr ptr(m, mysql_close);
+  const unsigned int connect_timeout = 2;
+  const unsigned int io_timeout = 10;
+  mysql_options(m, MYSQL_OPT_CONNECT_TIMEOUT, &connect_timeout);
+  mysql_options(m, MYSQL_OPT_READ_TIMEOUT, &io_timeout);
+  mysql_options(m, MYSQL_OPT_WRITE_TIMEOUT, &io_timeout);
+  return ptr;
+}
+
+std::string MysqlError(MYSQL* m) { return std::to_string(mysql_errno(m)) + " " + mysql_error(m); }
+
+// Connects as root over the unix socket (the account mariadb-install-db made, empty password) and
+// (re)creates the test account for TCP and socket logins. Idempotent, so retries are harmless.
+Status CreateTestUser(const std::string& socket_path, const std::string& user,
+                      const std::string& password) {
+  CHORUS_ASSIGN_OR_RETURN(MysqlPtr m, NewMysql());
+  if (mysql_real_connect(m.get(), "localhost", "root", "", nullptr, 0, socket_path.c_str(), 0) ==
+      nullptr) {
+    return Unavailable("root login on " + socket_path + ": " + MysqlError(m.get()));
+  }
+  for (const char* host : {"127.0.0.1", "localhost"}) {
+    const std::string account = "'" + user + "'@'" + host + "'";
+    for (const std::string& sql :
+         {"CREATE OR REPLACE USER " + account + " IDENTIFIED BY '" + password + "'",
+          "GRANT ALL PRIVILEGES ON *.* TO " + account + " WITH GRANT OPTION"}) {
+      if (mysql_query(m.get(), sql.c_str()) != 0) {
+        return Internal("creating the test account: " + MysqlError(m.get()));
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+Status PingMariaDb(int port, const std::string& user, const std::string& password) {
+  CHORUS_ASSIGN_OR_RETURN(MysqlPtr m, NewMysql());
+  const unsigned int tcp = MYSQL_PROTOCOL_TCP;
+  mysql_options(m.get(), MYSQL_OPT_PROTOCOL, &tcp);
+  if (mysql_real_connect(m.get(), "127.0.0.1", user.c_str(), password.c_str(), nullptr,
+                         static_cast<unsigned int>(port), nullptr, 0) == nullptr) {
+    return Unavailable("login as " + user + " over TCP: " + MysqlError(m.get()));
+  }
+  if (mysql_query(m.get(), "SELECT 1") != 0) return Unavailable("SELECT 1: " + MysqlError(m.get()));
+  MYSQL_RES* res = mysql_store_result(m.get());
+  if (res == nullptr) return Unavailable("SELECT 1: no result: " + MysqlError(m.get()));
+  std::unique_ptr<MYSQL_RES, void (*)(MYSQL_RES*)> res_guard(res, mysql_free_result);
+  MYSQL_ROW row = mysql_fetch_row(res);
+  if (row == nullptr || row[0] == nullptr || std::string(row[0]) != "1") {
+    return Unavailable("SELECT 1 did not return 1");
+  }
+  return Status::Ok();
+}
+
+// Options that shape the files of a datadir: the bootstrap and every server use the same ones.
+// Without them the bootstrap writes a 96 MiB redo log that the first start then resizes.
+const std::vector<std::string>& MariaDbFileOptions() {
+  static const std::vector<std::string> options = {
+      "--innodb-buffer-pool-size=32M", "--innodb-log-file-size=8M", "--skip-log-bin",
+      // io_uring/libaio may be unavailable in containers; tests gain nothing from native AIO.
+      "--innodb-use-native-aio=0"};
+  return options;
+}
+
+// mariadb-install-db runs thousands of bootstrap statements (seconds on a busy machine); copying
+// its result takes tens of milliseconds. So a test process bootstraps once, into a directory
+// removed at exit, and every MariaDbServer starts from a copy. Thread-safe.
+Result<std::string> PristineMariaDbDataDir() {
+  static std::mutex mu;
+  static std::optional<TempDir> pristine;  // removed by its destructor at process exit
+  std::lock_guard<std::mutex> lock(mu);
+  if (pristine.has_value()) return pristine->path() + "/data";
+
+  CHORUS_ASSIGN_OR_RETURN(TempDir dir, TempDir::Create("chorus-mariadb-pristine"));
+  const std::string tmp_dir = dir.path() + "/tmp";
+  std::error_code ec;
+  std::filesystem::create_directory(tmp_dir, ec);
+  if (ec) return Internal("mariadb: mkdir " + tmp_dir + ": " + ec.message());
+  // --no-defaults must come first: it keeps /etc/mysql (the system service's config) out.
+  // No --user: with it, the script (run as root) also chowns/chmods the system's
+  // auth_pam_tool; the bootstrap itself runs fine as root without it.
+  // --skip-name-resolve: otherwise the script resolves the hostname and fails without DNS.
+  // normal root authentication: root@localhost with an empty password, used once over the
+  // socket to create the test account.
+  std::vector<std::string> argv = {"mariadb-install-db",
+                                   "--no-defaults",
+                                   "--datadir=" + dir.path() + "/data",
+                                   "--auth-root-authentication-method=normal",
+                                   "--skip-test-db",
+                                   "--skip-name-resolve",
+                                   "--tmpdir=" + tmp_dir};
+  argv.insert(argv.end(), MariaDbFileOptions().begin(), MariaDbFileOptions().end());
+
+  Subprocess::Options options;
+  options.output = Subprocess::Options::Output::kLogFile;
+  options.log_path = dir.path() + "/install.log";
+  options.working_dir = dir.path();
+  auto bootstrap = Subprocess::Start(std::move(argv), options);
+  if (!bootstrap.ok()) return bootstrap.status().WithContext("mariadb-install-db");
+  auto code = (*bootstrap)->Wait(kMariaDbInstallTimeout);
+  if (!code.ok()) {
+    return DeadlineExceeded("mariadb-install-db did not finish within " +
+                            std::to_string(kMariaDbInstallTimeout.count()) + " ms; " +
+                            options.log_path + " ends with:\n" + (*bootstrap)->OutputTail());
+  }
+  if (*code != 0) {
+    return Internal("mariadb-install-db exited with code " + std::to_string(*code) + "; " +
+                    options.log_path + " ends with:\n" + (*bootstrap)->OutputTail());
+  }
+  pristine.emplace(std::move(dir));
+  return pristine->path() + "/data";
+}
+
+}  // namespace
+
+// ---- EngineServer ---------------------------------------------------------------------------
+
+EngineServer::~EngineServer() { Stop(); }
+
+void EngineServer::Stop() {
+  if (process_ != nullptr) process_->Stop();
+}
+
+std::string EngineServer::LogTail(std::size_t max_lines) const {
+  if (process_ == nullptr) return "(not started)";
+  return process_->OutputTail(max_lines);
+}
+
+Status EngineServer::Launch(std::vector<std::string> argv, int port, milliseconds timeout,
+                            const std::function<Status()>& probe) {
+  process_.reset();
+  port_ = port;
+  Subprocess::Options options;
+  options.output = Subprocess::Options::Output::kLogFile;
+  options.log_path = dir() + "/" + name_ + ".log";
+  options.working_dir = dir();
+  auto started = Subprocess::Start(std::move(argv), options);
+  if (!started.ok()) return started.status().WithContext("starting " + name_);
+  process_ = std::move(started).value();
+
+  const std::string where = name_ + " on 127.0.0.1:" + std::to_string(port);
+  const auto deadline = Clock::now() + timeout;
+  Status last = Unavailable("no probe yet");
+  for (;;) {
+    if (!process_->running()) {
+      return Unavailable(where + " exited with code " +
+                         std::to_string(process_->Wait(milliseconds(0)).value()) +
+                         " before answering (last probe: " + last.message() + "); log " +
+                         options.log_path + " ends with:\n" + LogTail());
+    }
+    last = probe();
+    if (last.ok()) return Status::Ok();
+    if (Clock::now() >= deadline) {
+      return DeadlineExceeded(where + " did not answer within " + std::to_string(timeout.count()) +
+                              " ms (last probe: " + last.message() + "); log " + options.log_path +
+                              " ends with:\n" + LogTail());
+    }
+    std::this_thread::sleep_until(std::min(deadline, Clock::now() + kProbeInterval));
+  }
+}
+
+// ---- RedisServer ----------------------------------------------------------------------------
+
+Result<std::unique_ptr<RedisServer>> RedisServer::Start() {
+  CHORUS_ASSIGN_OR_RETURN(TempDir dir, TempDir::Create("chorus-redis"));
+  std::unique_ptr<RedisServer> server(new RedisServer(std::move(dir), "redis-server"));
+  CHORUS_RETURN_IF_ERROR(WithPortRetries([&](int port) {
+    return server->Launch({"redis-server", "--port", std::to_string(port), "--bind", "127.0.0.1",
+                           "--save", "", "--appendonly", "no", "--dir", server->dir()},
+                          port, kRedisTimeout, [port] { return PingRedis(port); });
+  }));
+  return server;
+}
+
+// ---- NatsServer -----------------------------------------------------------------------------
+
+Result<std::unique_ptr<NatsServer>> NatsServer::Start() {
+  CHORUS_ASSIGN_OR_RETURN(TempDir dir, TempDir::Create("chorus-nats"));
+  std::unique_ptr<NatsServer> server(new NatsServer(std::move(dir), "nats-server"));
+  CHORUS_RETURN_IF_ERROR(WithPortRetries([&](int port) {
+    const std::string url = "nats://127.0.0.1:" + std::to_string(port);
+    return server->Launch({"nats-server", "-a", "127.0.0.1", "-p", std::to_string(port), "-js",
+                           "-sd", server->dir() + "/js"},
+                          port, kNatsTimeout, [url] { return PingNats(url); });
+  }));
+  return server;
+}
+
+// ---- MariaDbServer --------------------------------------------------------------------------
+
+Result<std::unique_ptr<MariaDbServer>> MariaDbServer::Start() {
+  CHORUS_ASSIGN_OR_RETURN(TempDir dir, TempDir::Create("chorus-mariadb"));
+  std::unique_ptr<MariaDbServer> server(new MariaDbServer(std::move(dir), "mariadbd"));
+  const std::string data_dir = server->dir() + "/data";
+  const std::string tmp_dir = server->dir() + "/tmp";
+  std::error_code ec;
+  std::filesystem::create_directory(tmp_dir, ec);
+  if (ec) return Internal("mariadb: mkdir " + tmp_dir + ": " + ec.message());
+
+  // sun_path holds 107 bytes; a deep $TMPDIR would make mariadbd fail to create its socket.
+  server->socket_path_ = server->dir() + "/mysql.sock";
+  if (server->socket_path_.size() > 100) {
+    CHORUS_ASSIGN_OR_RETURN(TempDir short_dir, TempDir::Create("chorus-mysock", "/tmp"));
+    server->socket_dir_.emplace(std::move(short_dir));
+    server->socket_path_ = server->socket_dir_->path() + "/mysql.sock";
+  }
+
+  CHORUS_ASSIGN_OR_RETURN(const std::string pristine, PristineMariaDbDataDir());
+  std::filesystem::copy(pristine, data_dir, std::filesystem::copy_options::recursive, ec);
+  if (ec) return Internal("mariadb: copying " + pristine + " to " + data_dir + ": " + ec.message());
+
+  MariaDbServer* s = server.get();
+  CHORUS_RETURN_IF_ERROR(WithPortRetries([&](int port) {
+    std::vector<std::string> argv = {
+        "mariadbd", "--no-defaults", "--datadir=" + data_dir, "--socket=" + s->socket_path_,
+        // --user=root: as root, mariadbd refuses to start without it.
+        "--port=" + std::to_string(port), "--bind-address=127.0.0.1", "--user=root",
+        "--skip-name-resolve", "--pid-file=" + s->dir() + "/mariadbd.pid", "--tmpdir=" + tmp_dir,
+        "--character-set-server=utf8mb4", "--collation-server=utf8mb4_general_ci",
+        "--max-connections=200", "--table-open-cache=400",
+        // Durability is not what these tests check; speed is welcome.
+        "--innodb-doublewrite=0", "--innodb-flush-log-at-trx-commit=2"};
+    argv.insert(argv.end(), MariaDbFileOptions().begin(), MariaDbFileOptions().end());
+    bool user_created = false;
+    return s->Launch(std::move(argv), port, kMariaDbTimeout, [s, port, &user_created] {
+      if (!user_created) {
+        CHORUS_RETURN_IF_ERROR(CreateTestUser(s->socket_path_, s->user_, s->password_));
+        user_created = true;
+      }
+      return PingMariaDb(port, s->user_, s->password_);
+    });
+  }));
+  return server;
+}
+
+}  // namespace chorus::testing

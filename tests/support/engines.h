@@ -1,0 +1,112 @@
+// Real storage and messaging engines for integration tests: redis-server, mariadbd, nats-server.
+//
+// Each Start() picks a free loopback port, makes a private TempDir, launches the Debian binary
+// bound to 127.0.0.1 only (never a system service, never a config file from /etc), and returns once
+// the engine answers through its real client library: hiredis PING, libmariadb connect + SELECT 1,
+// nats.c connect + flush + JetStream account info. A failure or timeout is a Status that names the
+// engine, the port and the last probe error and carries the tail of the engine's log, so a red
+// test says why.
+//
+// The returned object owns the engine: destroying it (or Stop()) shuts the process down (SIGTERM,
+// SIGKILL after 5 s, see subprocess.h) and then removes its directory, so the port stops accepting
+// connections and nothing survives the test binary. If the chosen port is taken between picking
+// and binding, Start() retries with another port.
+//
+// Engines are independent: a test may run several at once. Objects are not thread-safe; start and
+// destroy them from a thread that outlives them (a test body, a gtest Environment), because the
+// child dies when the thread that started it exits (PR_SET_PDEATHSIG).
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "base/status.h"
+#include "support/subprocess.h"
+
+namespace chorus::testing {
+
+// What the three engines share: a directory, a port on 127.0.0.1 and the server process.
+class EngineServer {
+ public:
+  EngineServer(const EngineServer&) = delete;
+  EngineServer& operator=(const EngineServer&) = delete;
+
+  const std::string& host() const { return host_; }
+  int port() const { return port_; }
+  // The engine's private directory (data, log); removed when the object dies.
+  const std::string& dir() const { return dir_.path(); }
+  // The last lines of the engine's log, for failure messages.
+  std::string LogTail(std::size_t max_lines = 30) const;
+
+  // Shuts the engine down now; the port stops accepting connections. The directory stays until
+  // the object dies. Idempotent; the destructor calls it. Useful to test "engine went away".
+  void Stop();
+
+ protected:
+  EngineServer(TempDir dir, std::string name) : dir_(std::move(dir)), name_(std::move(name)) {}
+  ~EngineServer();
+
+  // Launches argv with output to dir()/<name>.log and polls `probe` (every ~20 ms) until it
+  // returns OK or `timeout` passes. On a port clash the engine exits early: Start() retries.
+  // Returns kUnavailable if the process exited, kDeadlineExceeded on timeout.
+  Status Launch(std::vector<std::string> argv, int port, std::chrono::milliseconds timeout,
+                const std::function<Status()>& probe);
+
+  TempDir dir_;  // declared first: outlives process_, whose files it holds
+  std::string name_;
+  std::string host_ = "127.0.0.1";
+  int port_ = 0;
+  std::unique_ptr<Subprocess> process_;
+};
+
+// redis-server without persistence (--save "" --appendonly no).
+class RedisServer : public EngineServer {
+ public:
+  static Result<std::unique_ptr<RedisServer>> Start();
+
+ private:
+  using EngineServer::EngineServer;
+};
+
+// mariadbd with its own datadir and real authentication. The first Start() in a test process runs
+// mariadb-install-db (seconds) into a pristine directory that is removed at exit; every server
+// then starts from a copy of it (tens of milliseconds), so servers never share data. Clients log in
+// as user()/password() over TCP (host 127.0.0.1, privileges ALL ... WITH GRANT OPTION); the same
+// account works over socket_path(). root@localhost (empty password) exists on the socket too.
+// Server character set utf8mb4 / utf8mb4_general_ci, as Debian's packaged config sets it.
+class MariaDbServer : public EngineServer {
+ public:
+  static Result<std::unique_ptr<MariaDbServer>> Start();
+
+  const std::string& user() const { return user_; }
+  const std::string& password() const { return password_; }
+  const std::string& socket_path() const { return socket_path_; }
+
+ private:
+  using EngineServer::EngineServer;
+
+  std::string user_ = "chorus";
+  std::string password_ = "chorus-test-password";
+  std::string socket_path_;
+  // Only used when dir() is too deep for a unix socket path (108 bytes).
+  std::optional<TempDir> socket_dir_;
+};
+
+// nats-server with JetStream enabled (store in dir()/js).
+class NatsServer : public EngineServer {
+ public:
+  static Result<std::unique_ptr<NatsServer>> Start();
+
+  // "nats://127.0.0.1:PORT"
+  std::string url() const { return "nats://" + host() + ":" + std::to_string(port()); }
+
+ private:
+  using EngineServer::EngineServer;
+};
+
+}  // namespace chorus::testing
