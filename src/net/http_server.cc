@@ -298,8 +298,14 @@ class WsSession final : public Connection,
     if (closed_ || closing_) return;
     closing_ = true;
     close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(code), reason);
-    queue_.clear();
-    queued_bytes_ = 0;
+    if (writing_ && !queue_.empty()) {
+      // The pending async_write still reads the front payload: OnWrite releases it.
+      queue_.erase(queue_.begin() + 1, queue_.end());
+      queued_bytes_ = queue_.front().payload->size();
+    } else {
+      queue_.clear();
+      queued_bytes_ = 0;
+    }
     if (!open_) {
       // Handshake still running: just drop the socket.
       beast::error_code ignored;
@@ -407,13 +413,27 @@ class HttpSession final : public Connection,
     parser_.emplace();
     parser_->header_limit(static_cast<std::uint32_t>(core_->options.max_header_bytes));
     parser_->body_limit(core_->options.max_body_bytes);
-    stream_.expires_after(core_->options.read_timeout);
+    // Not stream_.expires_after(): a tcp_stream timeout closes the socket, and a half-sent request
+    // must still get its 408. The read timer only cancels the read.
+    stream_.expires_never();
+    read_timed_out_ = false;
+    if (!read_timer_) read_timer_.emplace(stream_.get_executor());
+    read_timer_->expires_after(core_->options.read_timeout);
+    read_timer_->async_wait([self = shared_from_this(), gen = ++read_gen_](beast::error_code ec) {
+      if (ec || gen != self->read_gen_) return;  // cancelled, or the read already completed
+      self->read_timed_out_ = true;
+      beast::error_code ignored;
+      self->stream_.socket().cancel(ignored);
+    });
     http::async_read(stream_, buffer_, *parser_,
                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
 
   void OnRead(beast::error_code ec) {
+    ++read_gen_;  // a read timer that fires from now on is stale
+    read_timer_->cancel();
     if (ec) {
+      if (read_timed_out_ && ec == asio::error::operation_aborted) ec = beast::error::timeout;
       if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
           ec == asio::error::connection_reset || ec == asio::error::eof || ec == asio::error::bad_descriptor) {
         return Close();
@@ -467,6 +487,7 @@ class HttpSession final : public Connection,
 
     const bool upgrade = websocket::is_upgrade(msg);
     Router::Match match = core_->router.Find(req.method, req.path, upgrade);
+    req.params = std::move(match.params);
     if (match.websocket != nullptr) return Upgrade(std::move(msg), std::move(req), *match.websocket);
     if (match.handler == nullptr) {
       HttpResponse r = match.status == 405
@@ -476,7 +497,6 @@ class HttpSession final : public Connection,
       in_flight_ = true;
       return Write(std::move(r));
     }
-    req.params = std::move(match.params);
     req.body = std::move(msg.body());
 
     in_flight_ = true;
@@ -578,6 +598,9 @@ class HttpSession final : public Connection,
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   std::optional<asio::steady_timer> handler_timer_;
+  std::optional<asio::steady_timer> read_timer_;
+  uint64_t read_gen_ = 0;
+  bool read_timed_out_ = false;
   std::string remote_;
   std::string header_;
   std::string body_;
