@@ -486,13 +486,18 @@ class HttpSession final : public Connection,
     req.shard = shard_.index();
 
     const bool upgrade = websocket::is_upgrade(msg);
-    Router::Match match = core_->router.Find(req.method, req.path, upgrade);
+    Router::Match match = core_->router.Find(req.method, target.substr(0, q), upgrade);
     req.params = std::move(match.params);
     if (match.websocket != nullptr) return Upgrade(std::move(msg), std::move(req), *match.websocket);
     if (match.handler == nullptr) {
-      HttpResponse r = match.status == 405
-                           ? HttpResponse::Error(405, "method_not_allowed", req.method + " is not allowed on " + req.path)
-                           : HttpResponse::Error(404, "not_found", "no route for " + req.path);
+      HttpResponse r;
+      switch (match.status) {
+        case 405: r = HttpResponse::Error(405, "method_not_allowed", req.method + " is not allowed on " + req.path); break;
+        case 426: r = HttpResponse::Error(426, "upgrade_required", req.path + " is a WebSocket endpoint"); break;
+        case 400: r = HttpResponse::Error(400, "bad_request", "malformed request target"); break;
+        default: r = HttpResponse::Error(404, "not_found", "no route for " + req.path);
+      }
+      if (match.status == 426) r.headers.emplace_back("Upgrade", "websocket");
       if (!match.allow.empty()) r.headers.emplace_back("Allow", match.allow);
       in_flight_ = true;
       return Write(std::move(r));

@@ -215,12 +215,10 @@ TEST(HttpServerTest, AsynchronousHandlersAnswerFromOtherThreads) {
       h.router()
           .Add("GET", "/other-shard",
                [&h](HttpRequest& req, HttpResponder res) {
-                 // Shard::Post takes a std::function, so the move-only responder rides in
-                 // a shared_ptr.
-                 auto shared = std::make_shared<HttpResponder>(std::move(res));
+                 // The move-only responder travels with the task to the other shard.
                  const uint32_t from = req.shard;
-                 h.runtime().Post(from + 1, [shared, from] {
-                   shared->Send(HttpResponse::Json(
+                 h.runtime().Post(from + 1, [res = std::move(res), from]() mutable {
+                   res.Send(HttpResponse::Json(
                        200, nlohmann::json{{"from", from}, {"on", Runtime::Current()->index()}}.dump()));
                  });
                })

@@ -134,11 +134,22 @@ Status Router::AddWebSocket(std::string_view pattern, WebSocketHandler handler) 
   return Status::Ok();
 }
 
-Router::Match Router::Find(std::string_view method, std::string_view path, bool websocket_upgrade) const {
+Router::Match Router::Find(std::string_view method, std::string_view raw_path, bool websocket_upgrade) const {
   Match m;
-  const auto parts = SplitPath(path);
+  // Split first, decode each segment after, so an encoded '/' (%2F) stays inside its segment.
+  std::vector<std::string> decoded;
+  for (std::string_view raw : SplitPath(raw_path)) {
+    auto segment = PercentDecode(raw, false);
+    if (!segment.ok()) {
+      m.status = 400;
+      return m;
+    }
+    decoded.push_back(std::move(*segment));
+  }
+  const std::vector<std::string_view> parts(decoded.begin(), decoded.end());
   std::vector<std::pair<std::string, std::string>> params;
   std::vector<std::string> allowed;
+  bool websocket_only = false;
   for (const auto& r : routes_) {
     if (!r->Matches(parts, &params)) continue;
     if (r->websocket) {
@@ -147,7 +158,7 @@ Router::Match Router::Find(std::string_view method, std::string_view path, bool 
         m.params = std::move(params);
         return m;
       }
-      allowed.push_back("GET");  // needs an upgrade
+      websocket_only = true;  // the path exists, but only as a WebSocket
       continue;
     }
     if (websocket_upgrade) continue;
@@ -159,7 +170,7 @@ Router::Match Router::Find(std::string_view method, std::string_view path, bool 
     allowed.push_back(r->method);
   }
   if (allowed.empty()) {
-    m.status = 404;
+    m.status = websocket_only ? 426 : 404;
     return m;
   }
   std::sort(allowed.begin(), allowed.end());

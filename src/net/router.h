@@ -3,7 +3,9 @@
 // Patterns are literal segments and parameters: "/v1/rooms/{room}/messages". A final
 // "{name...}" captures the rest of the path (for static files). Literal segments win over
 // parameters at the same position, so "/v1/rooms/online" and "/v1/rooms/{room}" can coexist.
-// A path that matches with another method answers 405 with an Allow header; no match is 404.
+// A path that matches with another method answers 405 with an Allow header; a plain request to a
+// WebSocket-only path is 426; no match is 404. Find() takes the path as received (percent-encoded)
+// and decodes each segment after splitting, so "%2F" stays inside a parameter; a bad escape is 400.
 //
 // Build the router before the server starts; it is read-only afterwards and shared by every shard
 // without locks.
@@ -35,11 +37,11 @@ class Router {
     const HttpHandler* handler = nullptr;
     const WebSocketHandler* websocket = nullptr;
     std::vector<std::pair<std::string, std::string>> params;
-    int status = 200;     // 404 or 405 when nothing matched
+    int status = 200;     // 400, 404, 405 or 426 when nothing matched
     std::string allow;    // for 405: "GET, POST"
   };
   // `websocket_upgrade` selects WebSocket routes (GET with Upgrade: websocket).
-  Match Find(std::string_view method, std::string_view path, bool websocket_upgrade) const;
+  Match Find(std::string_view method, std::string_view raw_path, bool websocket_upgrade) const;
 
   struct Route;  // opaque, defined in router.cc
 

@@ -181,13 +181,24 @@ TEST(RouterTest, WebSocketRoutesMatchOnlyUpgrades) {
   auto plain = r.Find("GET", "/v1/rooms/lobby/ws", false);
   EXPECT_EQ(plain.websocket, nullptr);
   EXPECT_EQ(plain.handler, nullptr);
-  EXPECT_NE(plain.status, 200);
+  EXPECT_EQ(plain.status, 426);
 
   // An upgrade to a plain HTTP route selects nothing either.
   auto wrong_up = r.Find("GET", "/v1/plain", true);
   EXPECT_EQ(wrong_up.websocket, nullptr);
   EXPECT_EQ(wrong_up.handler, nullptr);
   EXPECT_EQ(wrong_up.status, 404);
+}
+
+TEST(RouterTest, EncodedSlashStaysInsideItsSegment) {
+  Router r;
+  ASSERT_TRUE(r.Add("GET", "/v1/rooms/{room}/messages", Named("messages")).ok());
+  auto m = r.Find("GET", "/v1/rooms/a%2Fb/messages", false);
+  EXPECT_EQ(Which(m), "messages");
+  EXPECT_THAT(m.params, ElementsAre(Pair("room", "a/b")));
+  auto spaced = r.Find("GET", "/v1/rooms/live%20room/messages", false);
+  EXPECT_THAT(spaced.params, ElementsAre(Pair("room", "live room")));
+  EXPECT_EQ(r.Find("GET", "/v1/rooms/%zz/messages", false).status, 400);
 }
 
 TEST(RouterTest, HttpAndWebSocketRoutesCanShareAPath) {

@@ -32,9 +32,9 @@ Shard::Shard(uint32_t index, uint32_t count, uint64_t seed)
 
 Shard::~Shard() = default;
 
-void Shard::Post(std::function<void()> fn) { asio::post(*io_, std::move(fn)); }
+void Shard::Post(Task fn) { asio::post(*io_, std::move(fn)); }
 
-void Shard::Dispatch(std::function<void()> fn) {
+void Shard::Dispatch(Task fn) {
   if (IsCurrent()) {
     fn();
   } else {
@@ -103,7 +103,7 @@ Runtime::~Runtime() { Stop(); }
 Shard* Runtime::Current() { return tls_current_shard; }
 
 void Runtime::Start() {
-  if (started_) return;
+  if (started_ || stopped_) return;
   started_ = true;
   const unsigned cores = std::max(1u, std::thread::hardware_concurrency());
   for (auto& s : shards_) {

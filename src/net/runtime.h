@@ -19,6 +19,7 @@
 
 #include "base/clock.h"
 #include "base/random.h"
+#include "base/task.h"
 #include "base/status.h"
 
 namespace boost::asio {
@@ -38,10 +39,11 @@ class Shard final : public TimerService {
   uint32_t count() const { return count_; }
   boost::asio::io_context& io() { return *io_; }
 
-  // Runs fn on this shard's thread, after whatever is queued. Safe from any thread.
-  void Post(std::function<void()> fn);
+  // Runs fn on this shard's thread, after whatever is queued. Safe from any thread. Move-only
+  // captures are fine (e.g. an HttpResponder answered from the owning shard).
+  void Post(Task fn);
   // Runs fn now if called on this shard's thread, else posts it.
-  void Dispatch(std::function<void()> fn);
+  void Dispatch(Task fn);
   bool IsCurrent() const;
 
   // This shard's random generator (Random::ForShard of the runtime seed). Shard thread only.
@@ -79,12 +81,12 @@ class Runtime {
 
   uint32_t size() const { return static_cast<uint32_t>(shards_.size()); }
   Shard& shard(uint32_t i) { return *shards_[i]; }
-  void Post(uint32_t shard, std::function<void()> fn) { shards_[shard % size()]->Post(std::move(fn)); }
+  void Post(uint32_t shard, Task fn) { shards_[shard % size()]->Post(std::move(fn)); }
 
   // The calling thread's shard, or nullptr when not on a shard thread.
   static Shard* Current();
 
-  // Starts the shard threads.
+  // Starts the shard threads. Does nothing after Stop().
   void Start();
   // Stops every io_context and joins the threads; pending handlers are dropped. Idempotent.
   void Stop();

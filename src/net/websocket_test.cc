@@ -155,7 +155,7 @@ TEST(WebSocketTest, UpgradeOnlyWhereAWebSocketRouteExists) {
   HttpClient plain(h.port());
   auto r = plain.Get("/ws");
   ASSERT_FALSE(r.ec) << r.ec.message();
-  EXPECT_GE(r.status(), 400);
+  EXPECT_EQ(r.status(), 426);
   EXPECT_EQ(rec.opened(), 0u);
   EXPECT_TRUE(h.Shutdown());
 }
