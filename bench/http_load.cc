@@ -1,5 +1,7 @@
 #include "http_load.h"
 
+#include "base/text.h"
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -85,12 +87,6 @@ std::string_view Trim(std::string_view s) {
   return s;
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 }  // namespace
 
@@ -268,7 +264,7 @@ HttpResponseParser::State HttpResponseParser::FeedChunked(const char* data, size
           chunk_size_digits_ = chunk_size_ext_ = false;
         } else if (chunk_size_ext_) {
           // skipping "; ext=value" or the '\r'
-        } else if (const int v = HexValue(c); v >= 0) {
+        } else if (const int v = HexDigitValue(c); v >= 0) {
           if (chunk_size_ >> 56) return State::kError;  // absurd size: refuse, do not overflow
           chunk_size_ = chunk_size_ * 16 + static_cast<uint64_t>(v);
           chunk_size_digits_ = true;

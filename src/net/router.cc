@@ -1,5 +1,7 @@
 #include "net/router.h"
 
+#include "base/text.h"
+
 #include <algorithm>
 
 namespace chorus::net {
@@ -21,12 +23,6 @@ std::vector<std::string_view> SplitPath(std::string_view path) {
   return out;
 }
 
-int HexValue(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
 
 }  // namespace
 
@@ -187,8 +183,8 @@ Result<std::string> PercentDecode(std::string_view in, bool plus_is_space) {
     char c = in[i];
     if (c == '%') {
       if (i + 2 >= in.size()) return InvalidArgument("truncated percent-escape");
-      const int hi = HexValue(in[i + 1]);
-      const int lo = HexValue(in[i + 2]);
+      const int hi = HexDigitValue(in[i + 1]);
+      const int lo = HexDigitValue(in[i + 2]);
       if (hi < 0 || lo < 0) return InvalidArgument("bad percent-escape");
       out += static_cast<char>(hi * 16 + lo);
       i += 2;
