@@ -17,6 +17,8 @@ PACKAGES=(
   librocksdb-dev libhiredis-dev libmariadb-dev libsqlite3-dev libnats-dev libevent-dev
   # compute: OCR worker
   libtesseract-dev tesseract-ocr-eng imagemagick fonts-dejavu-core
+  # fuzzing (make fuzz): clang 14 and its libFuzzer runtime (libclang_rt.fuzzer-x86_64.a)
+  clang libclang-rt-14-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   redis-server nats-server mariadb-server wrk nginx-light curl

@@ -48,37 +48,74 @@ std::string Trim(std::string_view s) {
   return std::string(s);
 }
 
-// YAML scalar -> JSON value with YAML 1.2 core-schema typing; quoted scalars stay strings.
-nlohmann::json YamlToJson(const YAML::Node& node) {
+// Bounds on one kTree value. YAML aliases share nodes, so `&a [x]` ... `[*a, *a, ...]` expands a
+// few hundred bytes of text into gigabytes, and `&a [*a]` is a node that contains itself.
+constexpr int kMaxTreeDepth = 64;
+constexpr size_t kMaxTreeBytes = size_t{1} << 20;  // scalar and key bytes + 16 per node
+
+// YAML -> JSON with YAML 1.2 core-schema typing; quoted scalars stay strings. `budget` is what is
+// left of kMaxTreeBytes; an error (without the key name) once the tree exceeds the bounds.
+Result<nlohmann::json> YamlToJson(const YAML::Node& node, int depth, size_t& budget) {
+  const size_t cost = 16 + (node.IsScalar() ? node.Scalar().size() : 0);
+  if (depth > kMaxTreeDepth) {
+    return InvalidArgument("nested deeper than " + std::to_string(kMaxTreeDepth) + " levels");
+  }
+  if (cost > budget) {
+    return InvalidArgument("larger than " + std::to_string(kMaxTreeBytes) + " bytes with aliases expanded");
+  }
+  budget -= cost;
   switch (node.Type()) {
     case YAML::NodeType::Null:
-    case YAML::NodeType::Undefined: return nullptr;
+    case YAML::NodeType::Undefined: return nlohmann::json(nullptr);
     case YAML::NodeType::Sequence: {
       auto arr = nlohmann::json::array();
-      for (const auto& item : node) arr.push_back(YamlToJson(item));
+      for (const auto& item : node) {
+        CHORUS_ASSIGN_OR_RETURN(nlohmann::json v, YamlToJson(item, depth + 1, budget));
+        arr.push_back(std::move(v));
+      }
       return arr;
     }
     case YAML::NodeType::Map: {
       auto obj = nlohmann::json::object();
-      for (const auto& kv : node) obj[kv.first.Scalar()] = YamlToJson(kv.second);
+      for (const auto& kv : node) {
+        const std::string& key = kv.first.Scalar();
+        if (key.size() > budget) {
+          return InvalidArgument("larger than " + std::to_string(kMaxTreeBytes) + " bytes with aliases expanded");
+        }
+        budget -= key.size();
+        CHORUS_ASSIGN_OR_RETURN(nlohmann::json v, YamlToJson(kv.second, depth + 1, budget));
+        obj[key] = std::move(v);
+      }
       return obj;
     }
     case YAML::NodeType::Scalar: {
       const std::string& s = node.Scalar();
-      if (node.Tag() == "!") return s;  // quoted
-      if (s == "true" || s == "True" || s == "TRUE") return true;
-      if (s == "false" || s == "False" || s == "FALSE") return false;
-      if (s == "null" || s == "~" || s.empty()) return nullptr;
+      if (node.Tag() == "!") return nlohmann::json(s);  // quoted
+      if (s == "true" || s == "True" || s == "TRUE") return nlohmann::json(true);
+      if (s == "false" || s == "False" || s == "FALSE") return nlohmann::json(false);
+      if (s == "null" || s == "~" || s.empty()) return nlohmann::json(nullptr);
       int64_t i = 0;
       auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), i);
-      if (ec == std::errc() && p == s.data() + s.size()) return i;
+      if (ec == std::errc() && p == s.data() + s.size()) return nlohmann::json(i);
       char* end = nullptr;
       const double d = std::strtod(s.c_str(), &end);
-      if (end == s.c_str() + s.size() && std::isfinite(d)) return d;
-      return s;
+      if (end == s.c_str() + s.size() && std::isfinite(d)) return nlohmann::json(d);
+      return nlohmann::json(s);
     }
   }
-  return nullptr;
+  return nlohmann::json(nullptr);
+}
+
+// The JSON text of a kTree value, or why it cannot have one.
+Result<std::string> TreeJson(const YAML::Node& node) {
+  size_t budget = kMaxTreeBytes;
+  CHORUS_ASSIGN_OR_RETURN(nlohmann::json json, YamlToJson(node, 0, budget));
+  try {
+    return json.dump();
+  } catch (const nlohmann::json::exception&) {
+    // YAML scalars may hold any bytes; JSON text must be UTF-8 (dump() throws type_error 316).
+    return InvalidArgument("not valid UTF-8");
+  }
 }
 
 }  // namespace
@@ -254,7 +291,9 @@ class ConfigLoader {
         } catch (const YAML::Exception& e) {
           return bad(std::string("invalid YAML/JSON: ") + e.what());
         }
-        v.text = YamlToJson(node).dump();
+        Result<std::string> json = TreeJson(node);
+        if (!json.ok()) return bad(json.status().message());
+        v.text = std::move(*json);
         break;
       }
     }
@@ -303,7 +342,12 @@ class ConfigLoader {
         if (key->type == ConfigType::kTree) {
           Config::Value v;
           v.type = key->type;
-          v.text = YamlToJson(kv.second).dump();
+          Result<std::string> json = TreeJson(kv.second);
+          if (!json.ok()) {
+            return InvalidArgument("configuration key '" + name + "' (from " + source + "): " +
+                                   json.status().message());
+          }
+          v.text = std::move(*json);
           v.source = source;
           config_.values_[name] = std::move(v);
         } else if (key->type == ConfigType::kStringList && kv.second.IsSequence()) {

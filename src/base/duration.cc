@@ -63,13 +63,12 @@ std::string FormatDuration(Duration d) {
     out = "-";
     n = -n;
   }
-  // Sub-second values in one unit; larger ones as h/m/s components when exact.
-  if (n < 1'000'000'000) {
+  // Values that are not whole seconds in their largest exact unit; whole seconds as h/m/s.
+  if (n < 1'000'000'000 || n % 1'000'000'000 != 0) {
     for (int u = 2; u >= 0; --u) {
       if (n % kUnits[u].nanos == 0) return out + std::to_string(n / kUnits[u].nanos) + std::string(kUnits[u].name);
     }
   }
-  if (n % 1'000'000'000 != 0) return out + std::to_string(n / 1'000'000) + "ms";
   int64_t s = n / 1'000'000'000;
   if (s >= 3600) {
     out += std::to_string(s / 3600) + "h";
