@@ -34,6 +34,8 @@ Result<Chorus> StartChorus(const std::string& data_dir, std::vector<std::string>
   CHORUS_ASSIGN_OR_RETURN(c.process, Subprocess::Start(argv, {}));
   CHORUS_ASSIGN_OR_RETURN(std::string http_line, c.process->WaitForLine("http listening on", 20s));
   CHORUS_ASSIGN_OR_RETURN(std::string grpc_line, c.process->WaitForLine("grpc listening on", 20s));
+  // Readiness flips after the listeners are up; "[chorus] ready" is logged once it has.
+  CHORUS_RETURN_IF_ERROR(c.process->WaitForLine("[chorus] ready", 20s).status());
   std::smatch m;
   if (!std::regex_search(http_line, m, std::regex(R"(127\.0\.0\.1:(\d+))"))) return Internal("no port: " + http_line);
   c.http_port = std::stoi(m[1]);

@@ -179,6 +179,7 @@ int RunUp(const Config& config) {
   }
 
   readiness.Set("core", true);
+  log->info("ready");  // after readiness flips: tests and scripts may wait for this line
   const int sig = WaitForShutdownSignal();
   log->info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 
