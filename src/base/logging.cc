@@ -1,5 +1,6 @@
 #include "base/logging.h"
 
+#include "base/mutex.h"
 #include "base/text.h"
 
 #include <fmt/format.h>
@@ -14,7 +15,6 @@
 #include <chrono>
 #include <ctime>
 #include <map>
-#include <mutex>
 #include <optional>
 #include <vector>
 
@@ -185,13 +185,13 @@ std::shared_ptr<spdlog::sinks::sink> MakeStderrSink(Format format) {
 // The process-wide configuration. Every logger writes to `sink`, whose target InitLogging swaps
 // (dist_sink::set_sinks takes the same mutex as writing), so loggers never need re-creating.
 struct LoggingState {
-  std::mutex mu;
+  Mutex mu;
   const std::shared_ptr<spdlog::sinks::dist_sink_mt> sink = std::make_shared<spdlog::sinks::dist_sink_mt>(
       std::vector<spdlog::sink_ptr>{MakeStderrSink(Format::kText)});
-  spdlog::level::level_enum level = spdlog::level::info;                        // guarded by mu
-  std::map<std::string, std::shared_ptr<spdlog::logger>, std::less<>> loggers;  // guarded by mu
+  spdlog::level::level_enum level GUARDED_BY(mu) = spdlog::level::info;
+  std::map<std::string, std::shared_ptr<spdlog::logger>, std::less<>> loggers GUARDED_BY(mu);
 
-  std::shared_ptr<spdlog::logger> GetLocked(std::string_view component) {
+  std::shared_ptr<spdlog::logger> GetLocked(std::string_view component) REQUIRES(mu) {
     auto it = loggers.find(component);
     if (it != loggers.end()) return it->second;
     auto logger = std::make_shared<spdlog::logger>(std::string(component), sink);
@@ -233,7 +233,7 @@ Status InitLogging(const LogOptions& options) {
   }
 
   LoggingState& state = State();
-  std::lock_guard<std::mutex> lock(state.mu);
+  MutexLock lock(state.mu);
   state.sink->set_sinks({std::move(target)});
   state.level = *level;
   for (auto& [name, logger] : state.loggers) logger->set_level(*level);
@@ -243,7 +243,7 @@ Status InitLogging(const LogOptions& options) {
 
 std::shared_ptr<spdlog::logger> GetLogger(std::string_view component) {
   LoggingState& state = State();
-  std::lock_guard<std::mutex> lock(state.mu);
+  MutexLock lock(state.mu);
   return state.GetLocked(component);
 }
 

@@ -159,8 +159,8 @@ class FamilyState {
   }
 
   // Appends HELP, TYPE and the series; nothing when the family has no series yet.
-  void Render(std::string& out) const {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Render(std::string& out) const EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     if (!HasSeriesLocked()) return;
     if (!help_.empty()) {
       out += "# HELP ";
@@ -178,8 +178,8 @@ class FamilyState {
   }
 
  protected:
-  virtual bool HasSeriesLocked() const = 0;
-  virtual void RenderSeriesLocked(std::string& out) const = 0;
+  virtual bool HasSeriesLocked() const REQUIRES(mu_) = 0;
+  virtual void RenderSeriesLocked(std::string& out) const REQUIRES(mu_) = 0;
 
   // `name{l1="v1",l2="v2",extra="x"} ` (braces omitted when there are no labels).
   void AppendSeries(std::string& out, std::string_view suffix, const std::vector<std::string>& values,
@@ -207,7 +207,8 @@ class FamilyState {
     out += ' ';
   }
 
-  mutable std::mutex mu_;
+  // Guards the series of the derived family (children_ / series_) and serialises Render().
+  mutable Mutex mu_;
 
  private:
   const Kind kind_;
@@ -229,9 +230,9 @@ class ChildFamily final : public FamilyState {
   }
 
   template <typename Values>
-  T& Child(const Values& values) {
+  T& Child(const Values& values) EXCLUDES(mu_) {
     if (values.size() != label_names_size()) return Dropped(values.size());
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     auto it = children_.find(values);
     if (it == children_.end()) {
       it = children_.emplace(std::vector<std::string>(values.begin(), values.end()), MakeChild()).first;
@@ -240,9 +241,9 @@ class ChildFamily final : public FamilyState {
   }
 
  protected:
-  bool HasSeriesLocked() const override { return !children_.empty(); }
+  bool HasSeriesLocked() const REQUIRES(mu_) override { return !children_.empty(); }
 
-  void RenderSeriesLocked(std::string& out) const override {
+  void RenderSeriesLocked(std::string& out) const REQUIRES(mu_) override {
     for (const auto& [values, child] : children_) {
       if constexpr (std::is_same_v<T, Histogram>) {
         const Histogram::Snapshot snap = child->Collect();
@@ -288,8 +289,8 @@ class ChildFamily final : public FamilyState {
     return *dropped_;
   }
 
-  std::vector<std::string> le_;                                                 // rendered bucket bounds
-  std::map<std::vector<std::string>, std::unique_ptr<T>, LabelLess> children_;  // guarded by mu_
+  std::vector<std::string> le_;  // rendered bucket bounds
+  std::map<std::vector<std::string>, std::unique_ptr<T>, LabelLess> children_ GUARDED_BY(mu_);
   const std::unique_ptr<T> dropped_;
   std::atomic<uint64_t> dropped_calls_{0};
 };
@@ -298,8 +299,8 @@ class CallbackFamily final : public FamilyState {
  public:
   using FamilyState::FamilyState;
 
-  Status Add(const std::vector<std::string>& values, std::function<double()> fn) {
-    std::lock_guard<std::mutex> lock(mu_);
+  Status Add(const std::vector<std::string>& values, std::function<double()> fn) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     if (!series_.emplace(values, std::move(fn)).second) {
       return AlreadyExists(
           fmt::format("metric {}: a callback for labels {{{}}} is already registered", name(), Join(values)));
@@ -307,15 +308,15 @@ class CallbackFamily final : public FamilyState {
     return Status::Ok();
   }
 
-  void Remove(const std::vector<std::string>& values) {
-    std::lock_guard<std::mutex> lock(mu_);
+  void Remove(const std::vector<std::string>& values) EXCLUDES(mu_) {
+    MutexLock lock(mu_);
     series_.erase(values);
   }
 
  protected:
-  bool HasSeriesLocked() const override { return !series_.empty(); }
+  bool HasSeriesLocked() const REQUIRES(mu_) override { return !series_.empty(); }
 
-  void RenderSeriesLocked(std::string& out) const override {
+  void RenderSeriesLocked(std::string& out) const REQUIRES(mu_) override {
     for (const auto& [values, fn] : series_) {
       AppendSeries(out, "", values);
       AppendDouble(out, fn());
@@ -324,7 +325,7 @@ class CallbackFamily final : public FamilyState {
   }
 
  private:
-  std::map<std::vector<std::string>, std::function<double()>, LabelLess> series_;  // guarded by mu_
+  std::map<std::vector<std::string>, std::function<double()>, LabelLess> series_ GUARDED_BY(mu_);
 };
 
 }  // namespace metrics_internal
@@ -471,7 +472,7 @@ MetricsRegistry::MetricsRegistry() = default;
 MetricsRegistry::~MetricsRegistry() = default;
 
 Result<std::shared_ptr<FamilyState>> MetricsRegistry::Register(std::shared_ptr<FamilyState> wanted) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto it = families_.find(wanted->name());
   if (it != families_.end()) {
     const FamilyState& have = *it->second;
@@ -585,7 +586,7 @@ std::string MetricsRegistry::Render() const {
   // Copy the family list so callbacks run without the registry lock held.
   std::vector<std::shared_ptr<FamilyState>> families;
   {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     families.reserve(families_.size());
     for (const auto& [name, family] : families_) families.push_back(family);
   }

@@ -56,13 +56,13 @@
 #include <initializer_list>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
 #include <utility>
 #include <vector>
 
+#include "base/mutex.h"
 #include "base/status.h"
 
 namespace chorus {
@@ -272,19 +272,20 @@ class MetricsRegistry {
 
   // The exposition text (Content-Type: text/plain; version=0.0.4): families sorted by name,
   // series sorted by label values; families without series are omitted.
-  std::string Render() const;
+  std::string Render() const EXCLUDES(mu_);
 
  private:
   Result<std::shared_ptr<metrics_internal::FamilyState>> Register(
-      std::shared_ptr<metrics_internal::FamilyState> wanted);
+      std::shared_ptr<metrics_internal::FamilyState> wanted) EXCLUDES(mu_);
   Result<CallbackHandle> RegisterCallback(bool counter, std::string_view name, std::string_view help,
                                           const MetricLabels& labels, std::function<double()> fn);
 
-  mutable std::mutex mu_;
-  // Guarded by mu_. Families are never removed, so FamilyState pointers handed out stay valid.
-  std::map<std::string, std::shared_ptr<metrics_internal::FamilyState>, std::less<>> families_;
-  // Guarded by mu_. Every series name a family renders (histograms render three) -> family.
-  std::map<std::string, std::string, std::less<>> series_owner_;
+  mutable Mutex mu_;
+  // Families are never removed, so FamilyState pointers handed out stay valid.
+  std::map<std::string, std::shared_ptr<metrics_internal::FamilyState>, std::less<>> families_
+      GUARDED_BY(mu_);
+  // Every series name a family renders (histograms render three) -> family.
+  std::map<std::string, std::string, std::less<>> series_owner_ GUARDED_BY(mu_);
 };
 
 // The process-wide registry that /metrics serves. Never destroyed, so metrics may be updated

@@ -3,7 +3,7 @@
 namespace chorus {
 
 void Readiness::Set(const std::string& name, bool ready, std::string detail) {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   for (auto& e : entries_) {
     if (e.name == name) {
       e.ready = ready;
@@ -15,12 +15,12 @@ void Readiness::Set(const std::string& name, bool ready, std::string detail) {
 }
 
 void Readiness::SetShuttingDown() {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   shutting_down_ = true;
 }
 
 bool Readiness::Ready() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (shutting_down_) return false;
   for (const auto& e : entries_) {
     if (!e.ready) return false;
@@ -29,7 +29,7 @@ bool Readiness::Ready() const {
 }
 
 std::vector<Readiness::Entry> Readiness::Snapshot() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   auto out = entries_;
   if (shutting_down_) out.push_back({"process", false, "shutting down"});
   return out;

@@ -5,9 +5,10 @@
 // Thread-safe; not on any hot path (a mutex is fine).
 #pragma once
 
-#include <mutex>
 #include <string>
 #include <vector>
+
+#include "base/mutex.h"
 
 namespace chorus {
 
@@ -19,17 +20,17 @@ class Readiness {
     std::string detail;  // why not ready
   };
 
-  void Set(const std::string& name, bool ready, std::string detail = {});
-  void SetShuttingDown();
+  void Set(const std::string& name, bool ready, std::string detail = {}) EXCLUDES(mu_);
+  void SetShuttingDown() EXCLUDES(mu_);
 
   // Ready when not shutting down and every registered service is ready.
-  bool Ready() const;
-  std::vector<Entry> Snapshot() const;
+  bool Ready() const EXCLUDES(mu_);
+  std::vector<Entry> Snapshot() const EXCLUDES(mu_);
 
  private:
-  mutable std::mutex mu_;
-  std::vector<Entry> entries_;  // guarded by mu_
-  bool shutting_down_ = false;  // guarded by mu_
+  mutable Mutex mu_;
+  std::vector<Entry> entries_ GUARDED_BY(mu_);
+  bool shutting_down_ GUARDED_BY(mu_) = false;
 };
 
 }  // namespace chorus

@@ -14,17 +14,16 @@
 #include <boost/beast/websocket/rfc6455.hpp>
 #include <boost/beast/websocket/stream.hpp>
 #include <charconv>
-#include <condition_variable>
 #include <cstring>
 #include <ctime>
 #include <deque>
-#include <mutex>
 #include <optional>
 #include <spdlog/spdlog.h>
 #include <thread>
 #include <unordered_set>
 
 #include "base/metrics.h"
+#include "base/mutex.h"
 
 namespace chorus::net {
 
@@ -126,8 +125,10 @@ struct HttpServer::Core {
   std::atomic<bool> shutting_down{false};
   std::atomic<size_t> live{0};
   std::atomic<uint64_t> next_ws_id{1};
-  std::mutex drain_mu;
-  std::condition_variable drained;
+  // Guards no data (`live` is atomic): holding it around the notify orders the last decrement of
+  // `live` against WaitDrained's check of it, so that wake-up cannot be lost.
+  Mutex drain_mu;
+  CondVar drained;
 
   void Register(uint32_t shard, Connection* c) {
     shards[shard].connections.insert(c);
@@ -135,11 +136,11 @@ struct HttpServer::Core {
   void Unregister(uint32_t shard, Connection* c) {
     shards[shard].connections.erase(c);
   }
-  void ConnectionGone() {
+  void ConnectionGone() EXCLUDES(drain_mu) {
     Metrics().connections->Sub();
     if (live.fetch_sub(1) == 1) {
-      std::lock_guard<std::mutex> lock(drain_mu);
-      drained.notify_all();
+      MutexLock lock(drain_mu);
+      drained.NotifyAll();
     }
   }
 };
@@ -727,8 +728,8 @@ void HttpServer::BeginShutdown() {
 }
 
 bool HttpServer::WaitDrained(Duration timeout) {
-  std::unique_lock<std::mutex> lock(core_->drain_mu);
-  return core_->drained.wait_for(lock, timeout, [this] { return core_->live.load() == 0; });
+  MutexLock lock(core_->drain_mu);
+  return core_->drained.WaitFor(core_->drain_mu, timeout, [this] { return core_->live.load() == 0; });
 }
 
 }  // namespace chorus::net

@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cstdlib>
 #include <future>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <string>
@@ -16,6 +15,7 @@
 #include <vector>
 
 #include "base/metrics.h"
+#include "base/mutex.h"
 #include "net/test_client.h"
 
 namespace chorus::net {
@@ -56,21 +56,21 @@ class Threads {
   ~Threads() { JoinAll(); }
   template <typename Fn>
   void Spawn(Fn fn) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     threads_.emplace_back(std::move(fn));
   }
   void JoinAll() {
     std::vector<std::thread> ts;
     {
-      std::lock_guard<std::mutex> lock(mu_);
+      MutexLock lock(mu_);
       ts.swap(threads_);
     }
     for (auto& t : ts) t.join();
   }
 
  private:
-  std::mutex mu_;
-  std::vector<std::thread> threads_;
+  Mutex mu_;
+  std::vector<std::thread> threads_ GUARDED_BY(mu_);
 };
 
 // ----------------------------------------------------------------------------- basics
@@ -106,14 +106,14 @@ TEST(HttpServerTest, JsonRouteAnswers200) {
 }
 
 TEST(HttpServerTest, HundredRequestsOnOneKeepAliveConnection) {
-  std::mutex mu;
+  Mutex mu;
   std::set<std::string> remotes;
   ServerHarness h;
   ASSERT_TRUE(h.router()
                   .Add("GET", "/n",
                        [&](HttpRequest& req, HttpResponder res) {
                          {
-                           std::lock_guard<std::mutex> lock(mu);
+                           MutexLock lock(mu);
                            remotes.insert(req.remote);
                          }
                          res.Send(HttpResponse::Text(200, std::string(req.Query("i").value_or("?"))));
@@ -132,7 +132,7 @@ TEST(HttpServerTest, HundredRequestsOnOneKeepAliveConnection) {
   }
   EXPECT_EQ(h.server().connections(), 1u);
   const auto local = c.socket().local_endpoint();
-  std::lock_guard<std::mutex> lock(mu);
+  MutexLock lock(mu);
   EXPECT_EQ(remotes, std::set<std::string>{"127.0.0.1:" + std::to_string(local.port())});
 }
 
@@ -244,13 +244,13 @@ TEST(HttpServerTest, AsynchronousHandlersAnswerFromOtherThreads) {
 
 TEST(HttpServerTest, SilentHandlerGets504AndTheConnectionKeepsWorking) {
   ServerHarness h;
-  std::mutex mu;
+  Mutex mu;
   std::vector<HttpResponder> stuck;  // declared after the harness: released while it still runs
   ASSERT_NO_FATAL_FAILURE(AddOk(h.router()));
   ASSERT_TRUE(h.router()
                   .Add("GET", "/hang",
                        [&](HttpRequest&, HttpResponder res) {
-                         std::lock_guard<std::mutex> lock(mu);
+                         MutexLock lock(mu);
                          stuck.push_back(std::move(res));
                        })
                   .ok());
@@ -272,7 +272,7 @@ TEST(HttpServerTest, SilentHandlerGets504AndTheConnectionKeepsWorking) {
   // The handler finally answers (here: drops its responder, which sends 500). Too late: the
   // connection has moved on and must not see it.
   {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     ASSERT_EQ(stuck.size(), 1u);
     stuck.clear();
   }
@@ -676,12 +676,12 @@ TEST(HttpServerTest, ShutdownClosesIdleKeepAliveConnectionsPromptly) {
 
 TEST(HttpServerTest, WaitDrainedTimesOutWhileAHandlerHoldsItsConnection) {
   ServerHarness h;
-  std::mutex mu;
+  Mutex mu;
   std::vector<HttpResponder> stuck;
   ASSERT_TRUE(h.router()
                   .Add("GET", "/hang",
                        [&](HttpRequest&, HttpResponder res) {
-                         std::lock_guard<std::mutex> lock(mu);
+                         MutexLock lock(mu);
                          stuck.push_back(std::move(res));
                        })
                   .ok());
@@ -692,14 +692,14 @@ TEST(HttpServerTest, WaitDrainedTimesOutWhileAHandlerHoldsItsConnection) {
   req.set(http::field::host, "127.0.0.1");
   ASSERT_FALSE(c.Write(req));
   ASSERT_TRUE(Eventually([&] {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     return stuck.size() == 1;
   }));
   h.server().BeginShutdown();
   EXPECT_FALSE(h.server().WaitDrained(100ms));
 
   {
-    std::lock_guard<std::mutex> lock(mu);
+    MutexLock lock(mu);
     stuck.front().Send(HttpResponse::Text(200, "late but fine"));
     stuck.clear();
   }

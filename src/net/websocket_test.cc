@@ -9,13 +9,13 @@
 #include <cstring>
 #include <future>
 #include <memory>
-#include <mutex>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "base/mutex.h"
 #include "net/http_server.h"
 #include "net/test_client.h"
 
@@ -39,24 +39,24 @@ namespace websocket = beast::websocket;
 class Recorder {
  public:
   void Opened(const std::shared_ptr<WebSocketConnection>& c) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     opened_.push_back(c);
   }
   void Closed(uint16_t code) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     closes_.push_back(code);
   }
   size_t opened() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return opened_.size();
   }
   std::vector<uint16_t> closes() {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return closes_;
   }
   // The i-th opened connection, or null if it is gone.
   std::shared_ptr<WebSocketConnection> conn(size_t i) {
-    std::lock_guard<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     return i < opened_.size() ? opened_[i].lock() : nullptr;
   }
   bool WaitOpened(size_t n) {
@@ -67,9 +67,9 @@ class Recorder {
   }
 
  private:
-  std::mutex mu_;
-  std::vector<std::weak_ptr<WebSocketConnection>> opened_;
-  std::vector<uint16_t> closes_;
+  Mutex mu_;
+  std::vector<std::weak_ptr<WebSocketConnection>> opened_ GUARDED_BY(mu_);
+  std::vector<uint16_t> closes_ GUARDED_BY(mu_);
 };
 
 // Echoes every message back with its type; records open/close.

@@ -12,6 +12,8 @@
 #include <thread>
 #include <utility>
 
+#include "base/mutex.h"
+
 namespace chorus::testing {
 namespace {
 
@@ -180,9 +182,9 @@ const std::vector<std::string>& MariaDbFileOptions() {
 // its result takes tens of milliseconds. So a test process bootstraps once, into a directory
 // removed at exit, and every MariaDbServer starts from a copy. Thread-safe.
 Result<std::string> PristineMariaDbDataDir() {
-  static std::mutex mu;
-  static std::optional<TempDir> pristine;  // removed by its destructor at process exit
-  std::lock_guard<std::mutex> lock(mu);
+  static Mutex mu;
+  static std::optional<TempDir> pristine GUARDED_BY(mu);  // removed by its destructor at process exit
+  MutexLock lock(mu);
   if (pristine.has_value()) return pristine->path() + "/data";
 
   CHORUS_ASSIGN_OR_RETURN(TempDir dir, TempDir::Create("chorus-mariadb-pristine"));

@@ -328,6 +328,8 @@ Result<std::unique_ptr<Subprocess>> Subprocess::Start(std::vector<std::string> a
     out_write.reset(
         open(options.log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644));
     if (out_write.get() < 0) return Internal("open(" + options.log_path + "): " + ErrnoText(errno));
+    // No other thread sees `proc` yet; the lock is uncontended and keeps the analysis exact.
+    MutexLock lock(proc->mu_);
     proc->log_fd_ = open(options.log_path.c_str(), O_RDONLY | O_CLOEXEC);
     if (proc->log_fd_ < 0) return Internal("open(" + options.log_path + "): " + ErrnoText(errno));
     struct stat st;
@@ -546,9 +548,9 @@ void Subprocess::ReaderLoop() {
     for (;;) {
       const ssize_t n = read(out_fd_, chunk, sizeof chunk);
       if (n > 0) {
-        std::lock_guard<std::mutex> lock(mu_);
+        MutexLock lock(mu_);
         AppendLocked(chunk, static_cast<std::size_t>(n));
-        cv_.notify_all();
+        cv_.NotifyAll();
         continue;
       }
       if (n < 0 && errno == EINTR) continue;
@@ -557,9 +559,9 @@ void Subprocess::ReaderLoop() {
       break;
     }
   }
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   eof_ = true;
-  cv_.notify_all();
+  cv_.NotifyAll();
 }
 
 void Subprocess::StopReader() {
@@ -623,13 +625,13 @@ std::string Subprocess::TailLocked(std::size_t max_lines) const {
 }
 
 std::string Subprocess::output() const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (mode_ == Options::Output::kLogFile) RefreshLogLocked();
   return OutputLocked();
 }
 
 std::string Subprocess::OutputTail(std::size_t max_lines) const {
-  std::lock_guard<std::mutex> lock(mu_);
+  MutexLock lock(mu_);
   if (mode_ == Options::Output::kLogFile) RefreshLogLocked();
   return TailLocked(max_lines);
 }
@@ -657,7 +659,7 @@ Result<std::string> Subprocess::WaitForLineImpl(
     // Decided before reading, so a line written just before the exit is still seen. running()
     // may stop the reader thread, so it is never called with mu_ held.
     const bool exited = from_log && !running();
-    std::unique_lock<std::mutex> lock(mu_);
+    MutexLock lock(mu_);
     const bool finished = from_log ? exited : eof_;
     if (from_log) RefreshLogLocked();
 
@@ -677,7 +679,7 @@ Result<std::string> Subprocess::WaitForLineImpl(
     const std::string who = "pid " + std::to_string(pid_) + " (" + command_ + ")";
     if (finished) {
       const std::string tail = TailLocked(30);
-      lock.unlock();
+      lock.Unlock();
       const std::string how =
           running() ? "closed its output" : "exited with code " + std::to_string(exit_code_);
       return FailedPrecondition(who + " " + how + " without a line " + std::string(what) +
@@ -689,10 +691,10 @@ Result<std::string> Subprocess::WaitForLineImpl(
                               TailLocked(30));
     }
     if (from_log) {
-      lock.unlock();
+      lock.Unlock();
       SleepUntilOrFor(deadline, std::chrono::milliseconds(5));
     } else {
-      cv_.wait_until(lock, deadline);
+      cv_.WaitUntil(mu_, deadline);
     }
   }
 }

@@ -32,17 +32,16 @@
 #include <sys/types.h>
 
 #include <chrono>
-#include <condition_variable>
 #include <cstddef>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <thread>
 #include <utility>
 #include <vector>
 
+#include "base/mutex.h"
 #include "base/status.h"
 
 namespace chorus::testing {
@@ -168,11 +167,11 @@ class Subprocess {
   void RecordStatus(int wait_status);
   bool WaitExitedNoReap(std::chrono::steady_clock::time_point deadline);
   void ReaderLoop();
-  void AppendLocked(const char* data, std::size_t n) const;
-  void RefreshLogLocked() const;
+  void AppendLocked(const char* data, std::size_t n) const REQUIRES(mu_);
+  void RefreshLogLocked() const REQUIRES(mu_);
   void StopReader();
-  std::string OutputLocked() const;
-  std::string TailLocked(std::size_t max_lines) const;
+  std::string OutputLocked() const REQUIRES(mu_);
+  std::string TailLocked(std::size_t max_lines) const REQUIRES(mu_);
 
   pid_t pid_ = -1;
   int pidfd_ = -1;  // -1 if pidfd_open is unavailable; waits then poll waitid
@@ -189,13 +188,13 @@ class Subprocess {
   std::thread reader_;
 
   // Captured output; absolute offsets count from the first byte ever captured.
-  mutable std::mutex mu_;
-  std::condition_variable cv_;          // signalled on new complete lines and at end of output
-  mutable std::string buf_;             // guarded by mu_
-  mutable std::size_t dropped_ = 0;     // guarded by mu_: bytes dropped from the front of buf_
-  bool eof_ = false;                    // guarded by mu_: kPipe output ended
-  mutable int log_fd_ = -1;             // guarded by mu_: kLogFile read handle
-  mutable std::size_t log_offset_ = 0;  // guarded by mu_: bytes of the log read into buf_
+  mutable Mutex mu_;
+  CondVar cv_;  // signalled on new complete lines and at end of output
+  mutable std::string buf_ GUARDED_BY(mu_);
+  mutable std::size_t dropped_ GUARDED_BY(mu_) = 0;     // bytes dropped from the front of buf_
+  bool eof_ GUARDED_BY(mu_) = false;                    // kPipe output ended
+  mutable int log_fd_ GUARDED_BY(mu_) = -1;             // kLogFile read handle
+  mutable std::size_t log_offset_ GUARDED_BY(mu_) = 0;  // bytes of the log read into buf_
 };
 
 }  // namespace chorus::testing
