@@ -6,6 +6,7 @@
 #include <signal.h>
 
 #include <filesystem>
+#include <thread>
 #include <grpcpp/impl/service_type.h>
 
 #include "base/logging.h"
@@ -14,6 +15,7 @@
 #include "chorus/app.h"
 #include "chorus/system_service.h"
 #include "net/grpc_server.h"
+#include "net/http_json.h"
 #include "net/http_server.h"
 #include "net/router.h"
 #include "net/runtime.h"
@@ -23,13 +25,13 @@
 namespace chorus::app {
 namespace {
 
-std::string ClaimsJson(const net::TokenClaims& c) {
-  std::string out = "{\"kind\":\"" + std::string(net::TokenKindName(c.kind)) + "\",\"subject\":\"" +
-                    net::JsonEscape(c.subject) + "\",\"level\":" + std::to_string(c.level) + ",\"scopes\":[";
-  for (size_t i = 0; i < c.scopes.size(); ++i) out += (i ? ",\"" : "\"") + net::JsonEscape(c.scopes[i]) + "\"";
-  out += "],\"issued_at\":" + std::to_string(c.issued_at) +
-         ",\"expires_at\":" + (c.expires_at ? std::to_string(*c.expires_at) : "null") + "}";
-  return out;
+nlohmann::json ClaimsJson(const net::TokenClaims& c) {
+  return {{"kind", net::TokenKindName(c.kind)},
+          {"subject", c.subject},
+          {"level", c.level},
+          {"scopes", c.scopes},
+          {"issued_at", c.issued_at},
+          {"expires_at", c.expires_at ? nlohmann::json(*c.expires_at) : nlohmann::json(nullptr)}};
 }
 
 std::filesystem::path WebRoot(const Config& config) {
@@ -46,19 +48,12 @@ Status AddCoreRoutes(net::Router& router, const Readiness& readiness, const net:
     r.Send(net::HttpResponse::Json(200, "{\"status\":\"ok\"}"));
   }));
   CHORUS_RETURN_IF_ERROR(router.Add("GET", "/readyz", [&readiness](net::HttpRequest&, net::HttpResponder r) {
-    std::string body = "{\"ready\":";
     const bool ready = readiness.Ready();
-    body += ready ? "true" : "false";
-    body += ",\"services\":[";
-    bool first = true;
+    nlohmann::json services = nlohmann::json::array();
     for (const auto& e : readiness.Snapshot()) {
-      body += first ? "" : ",";
-      first = false;
-      body += "{\"name\":\"" + net::JsonEscape(e.name) + "\",\"ready\":" + (e.ready ? "true" : "false") +
-              ",\"detail\":\"" + net::JsonEscape(e.detail) + "\"}";
+      services.push_back({{"name", e.name}, {"ready", e.ready}, {"detail", e.detail}});
     }
-    body += "]}";
-    r.Send(net::HttpResponse::Json(ready ? 200 : 503, std::move(body)));
+    r.Send(net::JsonResponse(ready ? 200 : 503, {{"ready", ready}, {"services", std::move(services)}}));
   }));
   CHORUS_RETURN_IF_ERROR(router.Add("GET", "/metrics", [](net::HttpRequest&, net::HttpResponder r) {
     net::HttpResponse res;
@@ -71,7 +66,7 @@ Status AddCoreRoutes(net::Router& router, const Readiness& readiness, const net:
     if (!token) return r.SendStatus(Unauthenticated("missing bearer token"));
     auto claims = signer.Verify(*token, SystemClock::Instance());
     if (!claims.ok()) return r.SendStatus(claims.status());
-    r.Send(net::HttpResponse::Json(200, ClaimsJson(*claims)));
+    r.Send(net::JsonResponse(200, ClaimsJson(*claims)));
   }));
   std::error_code ec;
   if (std::filesystem::is_directory(web_root, ec)) {
@@ -186,8 +181,14 @@ int RunUp(const Config& config) {
   readiness.SetShuttingDown();
   const Duration drain = config.GetDuration("shutdown.drain_timeout");
   (*http)->BeginShutdown();
-  if (grpc_server) grpc_server->Shutdown(drain);
-  if (!(*http)->WaitDrained(drain)) {
+  // gRPC's Shutdown blocks while it drains: run it beside the HTTP drain, not before it, so the
+  // whole stop takes at most one drain_timeout.
+  std::thread grpc_drain([&grpc_server, drain] {
+    if (grpc_server) grpc_server->Shutdown(drain);
+  });
+  const bool http_drained = (*http)->WaitDrained(drain);
+  grpc_drain.join();
+  if (!http_drained) {
     log->warn("{} connections still open after {}s; closing them", (*http)->connections(),
               std::chrono::duration_cast<std::chrono::seconds>(drain).count());
   }
