@@ -8,9 +8,12 @@
 #include <csignal>
 #include <nlohmann/json.hpp>
 #include <regex>
+#include <set>
 #include <thread>
 
+#include "chorus/live/v1/live.grpc.pb.h"
 #include "chorus/system/v1/system.grpc.pb.h"
+#include "support/engines.h"
 #include "support/http_client.h"
 #include "support/subprocess.h"
 
@@ -26,8 +29,9 @@ struct Chorus {
 };
 
 // Starts `chorus up` on port 0 and learns the ports from its log.
-Result<Chorus> StartChorus(const std::string& data_dir, std::vector<std::string> extra = {}) {
-  std::vector<std::string> argv = {CHORUS_BIN, "up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+Result<Chorus> StartChorus(const std::string& data_dir, std::vector<std::string> extra = {},
+                           const std::string& command = "up") {
+  std::vector<std::string> argv = {CHORUS_BIN, command, "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
                                    "--data-dir", data_dir, "--set", "runtime.pin_threads=false"};
   argv.insert(argv.end(), extra.begin(), extra.end());
   Chorus c;
@@ -314,7 +318,19 @@ TEST_F(ChorusUpTest, ConfigErrorsNameTheKeyAndExit2) {
   fclose(f);
   std::tie(code, out) = RunChorus({"up", "--config", file});
   EXPECT_EQ(code, 2);
-  EXPECT_NE(out.find("'live'"), std::string::npos) << out;
+  EXPECT_NE(out.find("'live.nonsense'"), std::string::npos) << out;
+
+  f = fopen(file.c_str(), "w");
+  fputs("likez:\n  anything: 1\n", f);
+  fclose(f);
+  std::tie(code, out) = RunChorus({"up", "--config", file});
+  EXPECT_EQ(code, 2);
+  EXPECT_NE(out.find("'likez'"), std::string::npos) << out;
+
+  // The live service's own validation: a tree key with a bad value.
+  std::tie(code, out) = RunChorus({"up", "--data-dir", DataDir(), "--set", "live.max_age={\"chat\": \"soon\"}"});
+  EXPECT_EQ(code, 2) << out;
+  EXPECT_NE(out.find("live.max_age.chat"), std::string::npos) << out;
 
   std::tie(code, out) = RunChorus({"up", "--data-dir", DataDir(), "--http", "not-an-address"});
   EXPECT_EQ(code, 2) << out;
@@ -329,6 +345,100 @@ TEST_F(ChorusUpTest, HelpOnEverySubcommand) {
   auto [code, out] = RunChorus({"version"});
   EXPECT_EQ(code, 0);
   EXPECT_NE(out.find("chorus 0.1.0"), std::string::npos);
+}
+
+// The live service inside the binary: publish over gRPC and HTTP, read back by short polling; with
+// `chorus up` on the embedded store and `chorus live` on a real redis-server.
+void PublishAndPoll(const Chorus& c, const std::string& service_token) {
+  auto channel = grpc::CreateChannel("127.0.0.1:" + std::to_string(c.grpc_port), grpc::InsecureChannelCredentials());
+  auto stub = chorus::live::v1::Live::NewStub(channel);
+  chorus::live::v1::PublishRequest req;
+  req.set_room("stage");
+  auto* m = req.add_messages();
+  m->set_type("gift");
+  m->set_payload(R"({"value":100,"via":"grpc"})");
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+    chorus::live::v1::PublishResponse res;
+    grpc::Status st = stub->PublishRoom(&ctx, req, &res);
+    EXPECT_EQ(st.error_code(), grpc::StatusCode::UNAUTHENTICATED);  // no token
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+  ctx.AddMetadata("authorization", "Bearer " + service_token);
+  chorus::live::v1::PublishResponse res;
+  grpc::Status st = stub->PublishRoom(&ctx, req, &res);
+  ASSERT_TRUE(st.ok()) << st.error_message();
+  ASSERT_EQ(res.ids_size(), 1);
+
+  auto http = HttpClient::Connect(c.http_port);
+  ASSERT_TRUE(http.ok());
+  auto posted = http->Request("POST", "/v1/rooms/stage/messages", R"({"type":"chat","payload":{"via":"http"}})",
+                              {{"Authorization", "Bearer " + service_token}, {"Content-Type", "application/json"}});
+  ASSERT_TRUE(posted.ok());
+  ASSERT_EQ(posted->status, 200) << posted->body;
+
+  std::set<std::string> via;
+  for (int i = 0; i < 100 && via.size() < 2; ++i) {
+    std::this_thread::sleep_for(20ms);
+    auto poll = HttpGet(c.http_port, "/v1/rooms/stage/messages?since=0");
+    ASSERT_TRUE(poll.ok());
+    ASSERT_EQ(poll->status, 200) << poll->body;
+    auto j = nlohmann::json::parse(poll->body);
+    for (const auto& msg : j["messages"]) via.insert(msg["payload"]["via"].get<std::string>());
+  }
+  EXPECT_EQ(via, (std::set<std::string>{"grpc", "http"}));
+  EXPECT_NE(posted->body.find("\"ids\""), std::string::npos) << posted->body;
+  auto ready = HttpGet(c.http_port, "/readyz");
+  ASSERT_TRUE(ready.ok());
+  EXPECT_NE(ready->body.find("\"live\""), std::string::npos) << ready->body;
+}
+
+std::string ServiceToken(const std::string& data_dir) {
+  auto [code, out] = RunChorus({"token", "--data-dir", data_dir, "--service", "biz", "--scope", "live.publish"});
+  EXPECT_EQ(code, 0) << out;
+  return out.substr(0, out.find('\n'));
+}
+
+TEST_F(ChorusUpTest, LivePublishOverGrpcAndHttpThenPoll) {
+  const std::string token = ServiceToken(DataDir());
+  auto c = StartChorus(DataDir());
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  PublishAndPoll(*c, token);
+  ASSERT_TRUE(c->process->Signal(SIGTERM).ok());
+  auto code = c->process->Wait(20s);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
+}
+
+TEST_F(ChorusUpTest, ChorusLiveAloneOnRedis) {
+  auto redis = RedisServer::Start();
+  ASSERT_TRUE(redis.ok()) << redis.status().ToString();
+  const std::string token = ServiceToken(DataDir());
+  auto c = StartChorus(DataDir(),
+                       {"--set", "live.store=redis", "--set",
+                        "live.redis.address=127.0.0.1:" + std::to_string((*redis)->port())},
+                       "live");
+  ASSERT_TRUE(c.ok()) << c.status().ToString();
+  PublishAndPoll(*c, token);
+  // Redis going away: polls answer 503 and the process keeps serving.
+  (*redis)->Stop();
+  int status = 0;
+  for (int i = 0; i < 100 && status != 503; ++i) {
+    std::this_thread::sleep_for(20ms);
+    auto poll = HttpGet(c->http_port, "/v1/rooms/stage/messages");
+    ASSERT_TRUE(poll.ok());
+    status = poll->status;
+  }
+  EXPECT_EQ(status, 503);
+  auto health = HttpGet(c->http_port, "/healthz");
+  ASSERT_TRUE(health.ok());
+  EXPECT_EQ(health->status, 200);
+  ASSERT_TRUE(c->process->Signal(SIGTERM).ok());
+  auto code = c->process->Wait(20s);
+  ASSERT_TRUE(code.ok());
+  EXPECT_EQ(*code, 0);
 }
 
 }  // namespace

@@ -19,7 +19,8 @@ std::string_view Version();  // "0.1.0 (git abc1234)"
 // Runs `chorus up` until SIGTERM or SIGINT; returns the process exit code (0 after a clean
 // shutdown). Logs why on failure. SIGTERM/SIGINT must be blocked in every thread (see
 // BlockShutdownSignals) before this is called.
-int RunUp(const Config& config);
+// `services` names the services to run ("live", ...); empty runs every service.
+int RunUp(const Config& config, const std::vector<std::string>& services = {});
 
 // Blocks SIGTERM and SIGINT in the calling thread and every thread it starts afterwards, so
 // RunUp can wait for them synchronously.

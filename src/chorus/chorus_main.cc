@@ -31,21 +31,27 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string(chorus::app::Version()));
 
-  // chorus up
-  auto* up = app.add_subcommand("up", "Run every service in this process until SIGTERM/SIGINT.");
+  // chorus up / chorus live: the same server flags.
   std::string config_file, http, grpc, data_dir;
   std::vector<std::string> sets;
   bool print_config = false, list_keys = false;
-  up->add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
-  up->add_option("--http", http, "HTTP/WebSocket listen address, e.g. 127.0.0.1:8080 (http.listen)");
-  up->add_option("--grpc", grpc, "gRPC listen address, e.g. 127.0.0.1:9090 (grpc.listen)");
-  up->add_option("--data-dir", data_dir, "Directory for durable state and the token secret (data_dir)");
-  up->add_option("--set", sets, "Override any configuration key: --set runtime.shards=2 (repeatable)");
-  up->add_flag("--print-config", print_config, "Print the effective configuration as YAML and exit");
-  up->add_flag("--list-keys", list_keys, "List every configuration key with its default and exit");
-  up->footer(
-      "Configuration precedence (lowest first): built-in defaults, --config FILE, CHORUS_* environment "
-      "variables (http.listen -> CHORUS_HTTP_LISTEN), flags. Unknown keys are errors. See --list-keys.");
+  auto server_flags = [&](CLI::App* cmd) {
+    cmd->add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
+    cmd->add_option("--http", http, "HTTP/WebSocket listen address, e.g. 127.0.0.1:8080 (http.listen)");
+    cmd->add_option("--grpc", grpc, "gRPC listen address, e.g. 127.0.0.1:9090 (grpc.listen)");
+    cmd->add_option("--data-dir", data_dir, "Directory for durable state and the token secret (data_dir)");
+    cmd->add_option("--set", sets, "Override any configuration key: --set runtime.shards=2 (repeatable)");
+    cmd->add_flag("--print-config", print_config, "Print the effective configuration as YAML and exit");
+    cmd->add_flag("--list-keys", list_keys, "List every configuration key with its default and exit");
+    cmd->footer(
+        "Configuration precedence (lowest first): built-in defaults, --config FILE, CHORUS_* environment "
+        "variables (http.listen -> CHORUS_HTTP_LISTEN), flags. Unknown keys are errors. See --list-keys.");
+  };
+  auto* up = app.add_subcommand("up", "Run every service in this process until SIGTERM/SIGINT.");
+  server_flags(up);
+  auto* live = app.add_subcommand(
+      "live", "Run only the live-room messaging service (plus /healthz, /metrics) until SIGTERM/SIGINT.");
+  server_flags(live);
 
   // chorus token
   auto* token = app.add_subcommand("token", "Print a signed user or service token.");
@@ -118,5 +124,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   chorus::app::BlockShutdownSignals();
-  return chorus::app::RunUp(*config);
+  return chorus::app::RunUp(*config, live->parsed() ? std::vector<std::string>{"live"}
+                                                   : std::vector<std::string>{});
 }

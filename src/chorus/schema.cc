@@ -1,4 +1,5 @@
 #include "chorus/app.h"
+#include "live/live_service.h"
 
 namespace chorus::app {
 
@@ -26,6 +27,7 @@ const ConfigSchema& Schema() {
         .String("log.level", "info", "Log level.", {"trace", "debug", "info", "warn", "error", "critical", "off"})
         .String("log.format", "text", "Log line format.", {"text", "json"})
         .String("log.file", "", "Log file (empty = stderr).");
+    live::AddConfigKeys(*s);
     return s;
   }();
   return *schema;

@@ -5,6 +5,7 @@
 // shutdown.drain_timeout, stop the shards, exit 0.
 #include <signal.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <thread>
 #include <grpcpp/impl/service_type.h>
@@ -14,6 +15,8 @@
 #include "base/readiness.h"
 #include "chorus/app.h"
 #include "chorus/system_service.h"
+#include "live/live_service.h"
+#include "live/store_factory.h"
 #include "net/grpc_server.h"
 #include "net/http_json.h"
 #include "net/http_server.h"
@@ -97,7 +100,10 @@ void BlockShutdownSignals() {
   signal(SIGPIPE, SIG_IGN);
 }
 
-int RunUp(const Config& config) {
+int RunUp(const Config& config, const std::vector<std::string>& services) {
+  auto wants = [&](std::string_view name) {
+    return services.empty() || std::find(services.begin(), services.end(), name) != services.end();
+  };
   auto log = GetLogger("chorus");
   log->info("chorus {} starting", Version());
 
@@ -130,6 +136,31 @@ int RunUp(const Config& config) {
     return 1;
   }
 
+  // live: the store and the service; routes now, timers once the runtime runs.
+  std::unique_ptr<live::LiveService> live_service;
+  if (wants("live")) {
+    auto live_options = live::OptionsFromConfig(config);
+    if (!live_options.ok()) {
+      log->error("{}", live_options.status().ToString());
+      return 2;
+    }
+    auto store = live::MakePollStore(config, *live_options, **runtime);
+    if (!store.ok()) {
+      log->error("live store: {}", store.status().ToString());
+      return store.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
+    }
+    auto created = live::LiveService::Create(**runtime, *signer, std::move(*live_options), std::move(*store));
+    if (!created.ok()) {
+      log->error("live: {}", created.status().ToString());
+      return 2;
+    }
+    live_service = std::move(*created);
+    if (Status st = live_service->AddRoutes(router); !st.ok()) {
+      log->error("live routes: {}", st.ToString());
+      return 1;
+    }
+  }
+
   auto http_address = net::ParseHostPort(config.GetString("http.listen"));
   if (!http_address.ok()) {
     log->error("http.listen: {}", http_address.status().message());
@@ -145,6 +176,7 @@ int RunUp(const Config& config) {
   http_options.max_connections = static_cast<size_t>(config.GetInt("http.max_connections"));
 
   (*runtime)->Start();
+  if (live_service) live_service->Start();
   auto http = net::HttpServer::Start(**runtime, router, http_options);
   if (!http.ok()) {
     log->error("{}", http.status().ToString());
@@ -154,6 +186,7 @@ int RunUp(const Config& config) {
   log->info("http listening on {}:{} with {} shards", http_options.host, (*http)->port(), (*runtime)->size());
 
   std::unique_ptr<grpc::Service> system_service = MakeSystemService(readiness);
+  std::unique_ptr<grpc::Service> live_grpc;
   std::unique_ptr<net::GrpcServer> grpc_server;
   const std::string& grpc_listen = config.GetString("grpc.listen");
   if (!grpc_listen.empty()) {
@@ -163,7 +196,12 @@ int RunUp(const Config& config) {
       (*runtime)->Stop();
       return 2;
     }
-    auto started = net::GrpcServer::Start(grpc_listen, {system_service.get()});
+    std::vector<grpc::Service*> grpc_services = {system_service.get()};
+    if (live_service) {
+      live_grpc = live_service->MakeGrpcService();
+      grpc_services.push_back(live_grpc.get());
+    }
+    auto started = net::GrpcServer::Start(grpc_listen, grpc_services);
     if (!started.ok()) {
       log->error("{}", started.status().ToString());
       (*runtime)->Stop();
@@ -174,6 +212,7 @@ int RunUp(const Config& config) {
   }
 
   readiness.Set("core", true);
+  if (live_service) readiness.Set("live", true, "store=" + config.GetString("live.store"));
   log->info("ready");  // after readiness flips: tests and scripts may wait for this line
   const int sig = WaitForShutdownSignal();
   log->info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -192,6 +231,7 @@ int RunUp(const Config& config) {
     log->warn("{} connections still open after {}s; closing them", (*http)->connections(),
               std::chrono::duration_cast<std::chrono::seconds>(drain).count());
   }
+  if (live_service) live_service->Stop();
   (*runtime)->Stop();
   http->reset();
   log->info("stopped");

@@ -182,6 +182,10 @@ class WsSession final : public Connection,
     if (timeouts.idle_timeout.count() <= 0) timeouts.idle_timeout = std::chrono::seconds(1);
     timeouts.keep_alive_pings = true;
     beast::get_lowest_layer(ws_).expires_never();
+    // Backstop for peers that vanish without a FIN while nothing is being written (the
+    // WebSocket pings cover the rest). Best effort: a failure changes nothing else.
+    beast::error_code ignored;
+    beast::get_lowest_layer(ws_).socket().set_option(asio::socket_base::keep_alive(true), ignored);
     ws_.set_option(timeouts);
     ws_.set_option(websocket::stream_base::decorator(
         [](websocket::response_type& res) { res.set(http::field::server, "chorus"); }));
@@ -190,10 +194,10 @@ class WsSession final : public Connection,
     ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) { self->OnAccept(ec); });
   }
 
-  bool Send(std::shared_ptr<const std::string> payload, bool binary) override {
+  bool Send(std::shared_ptr<const std::string> payload, bool binary, bool droppable = false) override {
     if (closed_.load(std::memory_order_acquire)) return false;
-    shard_.Dispatch([self = shared_from_this(), payload = std::move(payload), binary]() mutable {
-      self->Enqueue(std::move(payload), binary);
+    shard_.Dispatch([self = shared_from_this(), payload = std::move(payload), binary, droppable]() mutable {
+      self->Enqueue(std::move(payload), binary, droppable);
     });
     return true;
   }
@@ -216,6 +220,7 @@ class WsSession final : public Connection,
   struct Outgoing {
     std::shared_ptr<const std::string> payload;
     bool binary;
+    bool droppable;
   };
 
   void OnAccept(beast::error_code ec) {
@@ -251,22 +256,121 @@ class WsSession final : public Connection,
     if (!closed_) DoRead();
   }
 
-  void Enqueue(std::shared_ptr<const std::string> payload, bool binary) {
+  void Enqueue(std::shared_ptr<const std::string> payload, bool binary, bool droppable) {
     if (closed_ || closing_) return;
     const auto& o = handler_.options;
-    if (queue_.size() >= o.max_queue_messages || queued_bytes_ + payload->size() > o.max_queue_bytes) {
-      if (o.overflow == WsOverflow::kDropNewest) {
-        dropped_.fetch_add(1, std::memory_order_relaxed);
-        Metrics().ws_dropped->Inc();
-        return;
+    if (!Fits(payload->size())) {
+      switch (o.overflow) {
+        case WsOverflow::kDropNewest:
+          CountDrop();
+          return;
+        case WsOverflow::kClose:
+          SlowConsumerClose();
+          return;
+        case WsOverflow::kDropOldest:
+          if (Overflowed()) {
+            SlowConsumerClose();
+            return;
+          }
+          DropOldest(payload->size());
+          if (droppable && !Fits(payload->size())) {
+            CountDrop();
+            return;
+          }
+          break;  // fits now, or a control message that goes past the limit
       }
-      Metrics().ws_slow_closed->Inc();
-      StartClose(kWsPolicyViolation, "slow consumer");
-      return;
     }
     queued_bytes_ += payload->size();
-    queue_.push_back({std::move(payload), binary});
+    queue_.push_back({std::move(payload), binary, droppable});
     if (!writing_ && open_) DoWrite();
+  }
+
+  // Whether a message of `bytes` can join the queue within its limits.
+  bool Fits(size_t bytes) const {
+    const auto& o = handler_.options;
+    return queue_.size() < o.max_queue_messages && queued_bytes_ + bytes <= o.max_queue_bytes;
+  }
+
+  void CountDrop() {
+    dropped_.fetch_add(1, std::memory_order_relaxed);
+    Metrics().ws_dropped->Inc();
+  }
+
+  // Drops the oldest droppable messages until `bytes` more would fit or none is left. The front
+  // message is skipped while async_write reads from it.
+  void DropOldest(size_t bytes) {
+    size_t i = writing_ ? 1 : 0;
+    while (!Fits(bytes) && i < queue_.size()) {
+      if (!queue_[i].droppable) {
+        ++i;
+        continue;
+      }
+      queued_bytes_ -= queue_[i].payload->size();
+      queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));  // erasing near the front is cheap
+      CountDrop();
+    }
+  }
+
+  // kDropOldest bookkeeping for an overflow happening now. Starts the grace period on the first
+  // overflow since the queue last drained (and arms the timer that closes a peer which stopped
+  // reading altogether). Returns true when the grace has run out: close the connection.
+  bool Overflowed() {
+    const auto now = std::chrono::steady_clock::now();
+    if (overflow_since_ == std::chrono::steady_clock::time_point()) {
+      overflow_since_ = now;
+      ArmSlowTimer(now + handler_.options.slow_client_grace);
+    }
+    return now - overflow_since_ >= handler_.options.slow_client_grace;
+  }
+
+  // Ends the grace period once the queue is back to half its limits: the peer caught up.
+  void MaybeCaughtUp() {
+    const auto& o = handler_.options;
+    if (overflow_since_ != std::chrono::steady_clock::time_point() && queued_bytes_ <= o.max_queue_bytes / 2 &&
+        queue_.size() <= o.max_queue_messages / 2) {
+      overflow_since_ = {};
+    }
+  }
+
+  // One timer per connection, armed only while it is behind: for the grace deadline, then for
+  // the deadline of a policy close stuck behind a write. Re-arming supersedes the pending wait;
+  // the generation makes a wait that already completed harmless.
+  void ArmSlowTimer(std::chrono::steady_clock::time_point deadline) {
+    if (!slow_timer_) slow_timer_.emplace(ws_.get_executor());
+    slow_timer_->expires_at(deadline);
+    slow_timer_->async_wait([weak = weak_from_this(), gen = ++slow_timer_gen_](beast::error_code ec) {
+      auto self = weak.lock();
+      if (ec || !self || gen != self->slow_timer_gen_) return;
+      self->OnSlowTimer();
+    });
+  }
+
+  void OnSlowTimer() {
+    if (closed_) return;
+    if (closing_) {
+      if (pending_close_) {
+        // The close frame is still queued behind a write the peer does not read: give up on the
+        // handshake. The pending read fails and Finish() reports the policy close code.
+        beast::error_code ignored;
+        beast::get_lowest_layer(ws_).socket().close(ignored);
+      }
+      return;
+    }
+    if (overflow_since_ == std::chrono::steady_clock::time_point()) return;  // caught up meanwhile
+    const auto deadline = overflow_since_ + handler_.options.slow_client_grace;
+    if (std::chrono::steady_clock::now() >= deadline) {
+      SlowConsumerClose();
+    } else {
+      ArmSlowTimer(deadline);  // a newer grace period started after this timer was armed
+    }
+  }
+
+  void SlowConsumerClose() {
+    Metrics().ws_slow_closed->Inc();
+    StartClose(kWsPolicyViolation, "slow consumer");
+    // A peer that stopped reading never completes the write in progress, so the close frame
+    // would wait for the idle timeout: bound the wait.
+    if (pending_close_) ArmSlowTimer(std::chrono::steady_clock::now() + handler_.options.slow_client_grace);
   }
 
   void DoWrite() {
@@ -283,6 +387,7 @@ class WsSession final : public Connection,
       queued_bytes_ -= queue_.front().payload->size();
       queue_.pop_front();
     }
+    MaybeCaughtUp();
     if (ec) {
       // The read side reports the close; make sure it wakes up.
       beast::get_lowest_layer(ws_).socket().close(ec);
@@ -334,6 +439,7 @@ class WsSession final : public Connection,
 
   void Finish(uint16_t code) {
     if (closed_.exchange(true)) return;
+    if (slow_timer_) slow_timer_->cancel();
     if (registered_) core_->Unregister(shard_.index(), this);
     registered_ = false;
     if (open_ && handler_.on_close) handler_.on_close(*this, closing_ ? close_reason_.code : code);
@@ -351,6 +457,10 @@ class WsSession final : public Connection,
   beast::flat_buffer read_buffer_;
   std::deque<Outgoing> queue_;
   size_t queued_bytes_ = 0;
+  // kDropOldest: when the current run of overflows began; zero while the peer keeps up.
+  std::chrono::steady_clock::time_point overflow_since_{};
+  std::optional<asio::steady_timer> slow_timer_;
+  uint64_t slow_timer_gen_ = 0;
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> closed_{false};
   bool open_ = false;

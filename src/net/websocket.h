@@ -7,11 +7,30 @@
 //
 // Writes: Send() is safe from any thread. Payloads are shared immutable buffers, so one
 // serialized block can go to thousands of connections without copies. Each connection has a
-// bounded write queue (messages and bytes); a slow reader that overflows it is handled by the
-// route's overflow policy: drop the new message (counted) or close with 1008 "slow consumer".
+// bounded write queue (max_queue_messages, max_queue_bytes of payload); what happens when a
+// message does not fit is the route's overflow policy:
+//   kClose       close with 1008 "slow consumer" at the first overflow.
+//   kDropNewest  drop the new message (counted in dropped()).
+//   kDropOldest  for fan-out traffic that a lagging reader may lose (room blocks): make room by
+//                dropping the oldest queued messages that were sent `droppable`, never the one
+//                being written and never a non-droppable (control) message. If that is not
+//                enough, a droppable new message is dropped itself and a non-droppable one is
+//                queued past the limit: control frames are small and must not be lost. A
+//                reader that stays behind is closed with 1008 "slow consumer": the first
+//                overflow starts a `slow_client_grace` clock, which stops only when the queue
+//                drains to half its limits; an overflow after the grace, or the grace running
+//                out with the queue still not drained (checked by a per-connection timer, so a
+//                peer that stopped reading is closed without further sends), closes it.
+// The `droppable` flag only matters under kDropOldest. Every dropped message increments dropped()
+// and chorus_websocket_dropped_messages_total; policy closes count in
+// chorus_websocket_slow_consumer_closes_total. A policy close whose close frame cannot be sent
+// because the peer does not read (the write in progress never completes) drops the socket after
+// another slow_client_grace: on_close still reports 1008, the peer sees the TCP connection end.
+// All of this is per connection, on its shard: closing one never waits on another.
 //
 // Keep-alive: the server pings an idle peer and closes it (1006 semantics) when no pong or data
-// arrives within the idle timeout. Messages over max_message_bytes close with 1009.
+// arrives within the idle timeout. Messages over max_message_bytes close with 1009. Sockets have
+// SO_KEEPALIVE set (kernel defaults for the probe timing) as a backstop for vanished peers.
 #pragma once
 
 #include <any>
@@ -45,7 +64,11 @@ class WebSocketConnection {
 
   // Queues a message; safe from any thread. Returns false if the connection is already closed
   // (a message dropped by the overflow policy still returns true: it is counted, not an error).
-  virtual bool Send(std::shared_ptr<const std::string> payload, bool binary) = 0;
+  // `droppable`: under WsOverflow::kDropOldest the message may be dropped later, while queued, to
+  // make room for newer ones (use it for fan-out data a lagging reader can afford to lose; leave
+  // it false for control frames: welcome, pong, errors, private messages). Overrides must repeat
+  // the same default: a default argument binds to the static type of the call.
+  virtual bool Send(std::shared_ptr<const std::string> payload, bool binary, bool droppable = false) = 0;
   // Starts a close handshake with the given code; safe from any thread, idempotent.
   virtual void Close(uint16_t code, std::string reason) = 0;
 
@@ -58,7 +81,8 @@ class WebSocketConnection {
   virtual uint64_t dropped() const = 0;
 };
 
-enum class WsOverflow { kDropNewest, kClose };
+// What a full write queue does; see the header comment.
+enum class WsOverflow { kDropNewest, kClose, kDropOldest };
 
 struct WebSocketOptions {
   size_t max_message_bytes = 64 * 1024;
@@ -66,6 +90,11 @@ struct WebSocketOptions {
   size_t max_queue_bytes = 8 * 1024 * 1024;
   WsOverflow overflow = WsOverflow::kClose;
   Duration idle_timeout = std::chrono::seconds(60);  // ping after half of it, close after it
+  // kDropOldest: how long a connection may stay behind (overflowing, not yet drained to half its
+  // limits) before it is closed with 1008; zero closes at the first overflow. Under every policy
+  // it also bounds how long a slow-consumer close waits for the write in progress before the
+  // socket is dropped.
+  Duration slow_client_grace = std::chrono::seconds(5);
 };
 
 struct WebSocketHandler {

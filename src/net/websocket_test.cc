@@ -3,14 +3,18 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <any>
 #include <atomic>
+#include <charconv>
 #include <chrono>
 #include <cstring>
 #include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
+#include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -113,6 +117,54 @@ bool ParseBurstMessage(const std::string& s, size_t size, uint64_t* index) {
     if (s[k] != fill) return false;
   }
   return true;
+}
+
+// A control frame (welcome, pong, error...) of a slow-consumer test, sent as text:
+// "control <seq>", padded with '.' to `size` bytes if it is shorter.
+std::shared_ptr<const std::string> ControlMessage(uint64_t seq, size_t size = 0) {
+  std::string s = "control " + std::to_string(seq);
+  if (s.size() < size) s.resize(size, '.');
+  return std::make_shared<const std::string>(std::move(s));
+}
+
+bool ParseControlMessage(const std::string& s, uint64_t* seq) {
+  constexpr std::string_view kPrefix = "control ";
+  if (s.rfind(kPrefix, 0) != 0) return false;
+  const char* end = s.data() + s.size();
+  auto [p, ec] = std::from_chars(s.data() + kPrefix.size(), end, *seq);
+  if (ec != std::errc()) return false;
+  return std::all_of(p, end, [](char c) { return c == '.'; });
+}
+
+// Options for the kDropOldest tests: a 64 KiB queue, i.e. eight 8 KiB blocks.
+constexpr size_t kBlockSize = 8 * 1024;
+// A burst of 16 MiB of blocks: far more than the loopback socket buffers absorb (tcp_wmem max is
+// 4 MiB by default and the client's receive buffer is 16 KiB).
+constexpr uint64_t kBurstBlocks = 2000;
+
+// Brings `conn`, whose client reads nothing, to a stalled writer with a full queue: sends blocks
+// 0, 1, 2... one at a time, each once the previous one was queued, until one overflows the queue.
+// At that pace an overflow means the writer made no progress over several messages, so the socket
+// buffers are full, and they stay full while the client does not read. (A fast burst overflows
+// earlier, while the kernel may still be absorbing data, and the queue may drain afterwards.)
+// Returns the number of blocks sent.
+uint64_t StallWriter(Runtime& rt, WebSocketConnection& conn) {
+  for (uint64_t seq = 0; seq < 20000; ++seq) {
+    EXPECT_TRUE(conn.Send(BurstMessage(seq, kBlockSize), /*binary=*/true, /*droppable=*/true));
+    Barrier(rt, conn);
+    if (::testing::Test::HasFatalFailure()) return 0;
+    if (conn.dropped() > 0) return seq + 1;
+  }
+  ADD_FAILURE() << "160 MiB went out to a client that reads nothing without filling its queue";
+  return 0;
+}
+
+WebSocketOptions DropOldestOptions(Duration grace) {
+  WebSocketOptions o;
+  o.max_queue_bytes = 64 * 1024;
+  o.overflow = WsOverflow::kDropOldest;
+  o.slow_client_grace = grace;
+  return o;
 }
 
 TEST(WebSocketTest, RejectedUpgradeAnswersHttpErrorAndOpensNothing) {
@@ -423,6 +475,230 @@ TEST(WebSocketTest, DropNewestCountsDropsAndKeepsTheConnection) {
 
   ASSERT_FALSE(c.Close(kWsNormal));
   EXPECT_TRUE(rec.WaitClosed(1));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(WebSocketTest, DropOldestDropsOldBlocksButNeverControlMessages) {
+  constexpr uint64_t kControlEvery = 50;  // every 50th message is a control frame
+  Recorder rec;
+  ServerHarness h;
+  // The grace is out of reach here: this test is about what gets dropped, not about closing.
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec, DropOldestOptions(1h))).ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start({}));
+
+  WsClient c;
+  ASSERT_FALSE(c.Connect(h.port(), "/ws", {}, /*receive_buffer_bytes=*/16 * 1024));
+  ASSERT_TRUE(rec.WaitOpened(1));
+  std::vector<uint64_t> controls;
+  uint64_t dropped = 0;
+  {
+    auto conn = rec.conn(0);
+    ASSERT_NE(conn, nullptr);
+    // The client reads nothing meanwhile. Each message carries its sequence number.
+    for (uint64_t seq = 0; seq < kBurstBlocks; ++seq) {
+      if (seq % kControlEvery == kControlEvery - 1) {
+        EXPECT_TRUE(conn->Send(ControlMessage(seq), /*binary=*/false));  // not droppable
+        controls.push_back(seq);
+      } else {
+        EXPECT_TRUE(conn->Send(BurstMessage(seq, kBlockSize), /*binary=*/true, /*droppable=*/true));
+      }
+    }
+    ASSERT_NO_FATAL_FAILURE(Barrier(h.runtime(), *conn));  // every Send has been queued or dropped
+    dropped = conn->dropped();
+  }
+  const uint64_t blocks = kBurstBlocks - controls.size();
+  EXPECT_GT(dropped, 0u);
+  ASSERT_LT(dropped, blocks);
+
+  // Now read: exactly the messages that were not dropped arrive, intact and in order.
+  std::vector<uint64_t> got_controls;
+  std::vector<uint64_t> got_blocks;
+  int64_t last = -1;
+  for (uint64_t i = 0; i < kBurstBlocks - dropped; ++i) {
+    auto m = c.Read();
+    ASSERT_FALSE(m.ec) << "message " << i << ": " << m.ec.message();
+    uint64_t seq = 0;
+    if (m.binary) {
+      ASSERT_TRUE(ParseBurstMessage(m.data, kBlockSize, &seq)) << "message " << i << " is damaged";
+      got_blocks.push_back(seq);
+    } else {
+      ASSERT_TRUE(ParseControlMessage(m.data, &seq)) << m.data;
+      got_controls.push_back(seq);
+    }
+    EXPECT_GT(static_cast<int64_t>(seq), last);
+    last = static_cast<int64_t>(seq);
+  }
+  // No control frame was lost; the drops were all blocks...
+  EXPECT_EQ(got_controls, controls);
+  EXPECT_EQ(got_blocks.size(), blocks - dropped);
+  // ...and the oldest ones: the newest blocks (the queue holds six or more beside the one being
+  // written) survived. Dropping the newest would have lost these.
+  ASSERT_GE(got_blocks.size(), 4u);
+  const std::vector<uint64_t> newest = {1995, 1996, 1997, 1998};  // 1999 is a control frame
+  EXPECT_EQ(std::vector<uint64_t>(got_blocks.end() - 4, got_blocks.end()), newest);
+
+  // Dropping did not close the connection.
+  ASSERT_FALSE(c.Write("still there?"));
+  auto echo = c.Read();
+  ASSERT_FALSE(echo.ec) << echo.ec.message();
+  EXPECT_EQ(echo.data, "still there?");
+  EXPECT_EQ(rec.closes().size(), 0u);
+  ASSERT_FALSE(c.Close(kWsNormal));
+  EXPECT_TRUE(rec.WaitClosed(1));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(WebSocketTest, DropOldestQueuesControlMessagesPastTheLimitAndDropsBlocksThatDoNotFit) {
+  constexpr uint64_t kControls = 20;  // 160 KiB of non-droppable messages: over the 64 KiB limit
+  Recorder rec;
+  ServerHarness h;
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec, DropOldestOptions(1h))).ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start({}));
+
+  WsClient c;
+  ASSERT_FALSE(c.Connect(h.port(), "/ws", {}, /*receive_buffer_bytes=*/16 * 1024));
+  ASSERT_TRUE(rec.WaitOpened(1));
+  uint64_t stall_blocks = 0;
+  uint64_t late_block = 0;
+  uint64_t dropped = 0;
+  {
+    auto conn = rec.conn(0);
+    ASSERT_NE(conn, nullptr);
+    // Stall the writer with blocks, then send 8 KiB control messages, then one more block.
+    stall_blocks = StallWriter(h.runtime(), *conn);
+    ASSERT_GT(stall_blocks, 0u);
+    late_block = stall_blocks + kControls;
+    for (uint64_t seq = stall_blocks; seq < late_block; ++seq) {
+      EXPECT_TRUE(conn->Send(ControlMessage(seq, kBlockSize), /*binary=*/false));
+    }
+    EXPECT_TRUE(conn->Send(BurstMessage(late_block, kBlockSize), /*binary=*/true, /*droppable=*/true));
+    ASSERT_NO_FATAL_FAILURE(Barrier(h.runtime(), *conn));
+    dropped = conn->dropped();
+  }
+  ASSERT_GT(dropped, 0u);
+  ASSERT_LT(dropped, stall_blocks);
+
+  std::vector<uint64_t> got_controls;
+  std::vector<uint64_t> got_blocks;
+  for (uint64_t i = 0; i < late_block + 1 - dropped; ++i) {
+    auto m = c.Read();
+    ASSERT_FALSE(m.ec) << "message " << i << ": " << m.ec.message();
+    uint64_t seq = 0;
+    if (m.binary) {
+      ASSERT_TRUE(ParseBurstMessage(m.data, kBlockSize, &seq)) << "message " << i << " is damaged";
+      got_blocks.push_back(seq);
+    } else {
+      ASSERT_EQ(m.data.size(), kBlockSize);
+      ASSERT_TRUE(ParseControlMessage(m.data, &seq)) << "message " << i << " is damaged";
+      got_controls.push_back(seq);
+    }
+  }
+  // Every control message arrived although together they exceed the queue limit...
+  std::vector<uint64_t> want_controls;
+  for (uint64_t seq = stall_blocks; seq < late_block; ++seq) want_controls.push_back(seq);
+  EXPECT_EQ(got_controls, want_controls);
+  // ...while the block sent behind them found no room (only controls and the message being
+  // written were queued) and was dropped itself.
+  ASSERT_FALSE(got_blocks.empty());
+  EXPECT_LT(got_blocks.back(), stall_blocks);
+  EXPECT_EQ(rec.closes().size(), 0u);
+  ASSERT_FALSE(c.Close(kWsNormal));
+  EXPECT_TRUE(rec.WaitClosed(1));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(WebSocketTest, DropOldestClosesASlowClientAfterTheGraceWhileAFastOneGetsEverything) {
+  Recorder rec;
+  ServerHarness h;
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec, DropOldestOptions(200ms))).ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start({}));
+
+  WsClient slow;
+  ASSERT_FALSE(slow.Connect(h.port(), "/ws", {}, /*receive_buffer_bytes=*/16 * 1024));
+  ASSERT_TRUE(rec.WaitOpened(1));
+  WsClient fast;
+  ASSERT_FALSE(fast.Connect(h.port(), "/ws"));
+  ASSERT_TRUE(rec.WaitOpened(2));
+  {
+    auto slow_conn = rec.conn(0);
+    auto fast_conn = rec.conn(1);
+    ASSERT_NE(slow_conn, nullptr);
+    ASSERT_NE(fast_conn, nullptr);
+    // Every block goes to both; the fast client reads each one before the next is sent, the slow
+    // one reads nothing. Keep going until the slow one has been closed, then a little longer.
+    const auto give_up = std::chrono::steady_clock::now() + 60s;
+    uint64_t seq = 0;
+    uint64_t after_close = 0;
+    while (after_close < 50) {
+      ASSERT_LT(std::chrono::steady_clock::now(), give_up) << "the slow client was never closed";
+      auto block = BurstMessage(seq, kBlockSize);
+      slow_conn->Send(block, /*binary=*/true, /*droppable=*/true);
+      ASSERT_TRUE(fast_conn->Send(block, /*binary=*/true, /*droppable=*/true));
+      auto m = fast.Read();
+      ASSERT_FALSE(m.ec) << "block " << seq << ": " << m.ec.message();
+      uint64_t index = 0;
+      ASSERT_TRUE(ParseBurstMessage(m.data, kBlockSize, &index)) << "block " << seq << " is damaged";
+      ASSERT_EQ(index, seq);
+      ++seq;
+      if (after_close > 0 || !rec.closes().empty()) ++after_close;
+    }
+    EXPECT_THAT(rec.closes(), ElementsAre(kWsPolicyViolation));
+    EXPECT_GT(slow_conn->dropped(), 0u);
+    EXPECT_EQ(fast_conn->dropped(), 0u);
+  }
+  // The slow client sees its connection end (with the 1008 close frame if it got out, else
+  // the TCP connection closing) once it reads what was delivered before.
+  WsClient::Message m;
+  do {
+    m = slow.Read();
+  } while (!m.ec);
+  EXPECT_NE(m.ec, boost::asio::error::timed_out);
+  if (m.ec == websocket::error::closed) {
+    EXPECT_EQ(slow.close_code(), kWsPolicyViolation);
+    EXPECT_EQ(slow.close_reason(), "slow consumer");
+  }
+
+  ASSERT_FALSE(fast.Write("still there?"));
+  auto echo = fast.Read();
+  ASSERT_FALSE(echo.ec) << echo.ec.message();
+  EXPECT_EQ(echo.data, "still there?");
+  ASSERT_FALSE(fast.Close(kWsNormal));
+  EXPECT_TRUE(rec.WaitClosed(2));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(WebSocketTest, DropOldestClosesAClientThatStoppedReadingWithoutFurtherSends) {
+  Recorder rec;
+  ServerHarness h;
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec, DropOldestOptions(200ms))).ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start({}));
+
+  WsClient c;
+  ASSERT_FALSE(c.Connect(h.port(), "/ws", {}, /*receive_buffer_bytes=*/16 * 1024));
+  ASSERT_TRUE(rec.WaitOpened(1));
+  {
+    auto conn = rec.conn(0);
+    ASSERT_NE(conn, nullptr);
+    ASSERT_GT(StallWriter(h.runtime(), *conn), 0u);
+  }
+  // Nothing more is sent and the client still reads nothing: the grace timer closes it, long
+  // before the 60 s idle timeout would (which would report 1006).
+  ASSERT_TRUE(Eventually([&] { return !rec.closes().empty(); }, 30s));
+  EXPECT_THAT(rec.closes(), ElementsAre(kWsPolicyViolation));
+
+  // What was delivered is intact and in order; then the connection ends.
+  int64_t last = -1;
+  WsClient::Message m;
+  for (;;) {
+    m = c.Read();
+    if (m.ec) break;
+    uint64_t index = 0;
+    ASSERT_TRUE(ParseBurstMessage(m.data, kBlockSize, &index)) << "block after " << last << " is damaged";
+    EXPECT_GT(static_cast<int64_t>(index), last);
+    last = static_cast<int64_t>(index);
+  }
+  EXPECT_NE(m.ec, boost::asio::error::timed_out);
+  EXPECT_TRUE(h.server().WaitDrained(5s));
   EXPECT_TRUE(h.Shutdown());
 }
 

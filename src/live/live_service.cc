@@ -1,0 +1,871 @@
+#include "live/live_service.h"
+
+#include <algorithm>
+#include <atomic>
+#include <charconv>
+#include <future>
+#include <unordered_map>
+
+#include <nlohmann/json.hpp>
+
+#include "base/logging.h"
+#include "base/metrics.h"
+#include "base/mutex.h"
+#include "live/frames.h"
+#include "live/membership.h"
+#include "live/memory_store.h"
+#include "net/http_json.h"
+#include "net/router.h"
+#include "net/runtime.h"
+#include "net/token.h"
+#include "net/websocket.h"
+
+namespace chorus::live {
+namespace {
+
+constexpr std::string_view kPublishScope = "live.publish";
+
+int64_t WallMs() { return SystemClock::Instance().WallMillis(); }
+
+// A viewer's socket in a room's member shards.
+struct Subscriber {
+  std::shared_ptr<net::WebSocketConnection> conn;
+  bool json = false;
+};
+
+// What `accept` hands each connection.
+struct WsContext {
+  std::string user;
+  bool json = false;
+};
+
+struct Metrics {
+  Counter* published_room;
+  Counter* published_user;
+  Counter* published_broadcast;
+  std::array<Counter*, static_cast<size_t>(DropReason::kCount)> dropped;
+  Counter* coalesced;
+  Counter* blocks;
+  Counter* deliveries;
+  Counter* private_deliveries;
+  Counter* store_errors;
+  Counter* polls;
+  Counter* bad_frames;
+  Gauge* rooms;
+  Gauge* connections;
+  Gauge* subscriptions;
+  Histogram* dwell;
+};
+
+Metrics& GetMetrics() {
+  static Metrics* m = [] {
+    auto* x = new Metrics();
+    auto& reg = DefaultMetrics();
+    auto published = reg.Counter("chorus_live_published_total", "Messages accepted for publishing", {"target"});
+    x->published_room = &published->WithLabels({"room"});
+    x->published_user = &published->WithLabels({"user"});
+    x->published_broadcast = &published->WithLabels({"broadcast"});
+    auto dropped = reg.Counter("chorus_live_dropped_total", "Room messages dropped by rule", {"reason"});
+    for (size_t i = 0; i < x->dropped.size(); ++i) {
+      x->dropped[i] = &dropped->WithLabels({DropReasonName(static_cast<DropReason>(i))});
+    }
+    x->coalesced = &reg.Counter("chorus_live_coalesced_total", "Gain messages replaced by a newer value")->Get();
+    x->blocks = &reg.Counter("chorus_live_blocks_total", "Blocks emitted by room dispatchers")->Get();
+    x->deliveries = &reg.Counter("chorus_live_deliveries_total", "Blocks queued on member connections")->Get();
+    x->private_deliveries =
+        &reg.Counter("chorus_live_private_deliveries_total", "Private messages queued on connections")->Get();
+    x->store_errors = &reg.Counter("chorus_live_store_errors_total", "Poll store writes that failed")->Get();
+    x->polls = &reg.Counter("chorus_live_polls_total", "Short-poll requests answered")->Get();
+    x->bad_frames = &reg.Counter("chorus_live_bad_frames_total", "Client frames answered with an error")->Get();
+    x->rooms = &reg.Gauge("chorus_live_rooms", "Rooms with a dispatcher")->Get();
+    x->connections = &reg.Gauge("chorus_live_connections", "Open live WebSocket connections")->Get();
+    x->subscriptions = &reg.Gauge("chorus_live_subscriptions", "Room subscriptions over all connections")->Get();
+    x->dwell = &reg.Histogram("chorus_live_dwell_seconds", "Time a member stayed in a room",
+                              {1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400})
+                    ->Get();
+    return x;
+  }();
+  return *m;
+}
+
+Result<int64_t> ParseInt(std::string_view text, std::string_view name) {
+  int64_t v = 0;
+  auto [ptr, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || ptr != text.data() + text.size()) {
+    return InvalidArgument(std::string(name) + " must be an integer");
+  }
+  return v;
+}
+
+// Room-online counts readable from any shard (connect and poll choose poll_ms by room size).
+class OnlineTable {
+ public:
+  void Set(const std::string& room, int64_t online) {
+    Stripe& s = stripes_[std::hash<std::string>{}(room) % kStripes];
+    MutexLock lock(s.mu);
+    if (online == 0) {
+      s.online.erase(room);
+    } else {
+      s.online[room] = online;
+    }
+  }
+  int64_t Get(const std::string& room) const {
+    const Stripe& s = stripes_[std::hash<std::string>{}(room) % kStripes];
+    MutexLock lock(s.mu);
+    auto it = s.online.find(room);
+    return it == s.online.end() ? 0 : it->second;
+  }
+
+ private:
+  static constexpr size_t kStripes = 16;
+  struct Stripe {
+    mutable Mutex mu;
+    std::unordered_map<std::string, int64_t> online GUARDED_BY(mu);
+  };
+  std::array<Stripe, kStripes> stripes_;
+};
+
+}  // namespace
+
+int64_t LiveOptions::PollMs(int64_t online) const {
+  for (const auto& [below, ms] : poll_tiers) {
+    if (online < below) return ms;
+  }
+  return poll_ms_max;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+class LiveService::Impl {
+ public:
+  Impl(net::Runtime& runtime, const net::TokenSigner& signer, LiveOptions options, std::shared_ptr<PollStore> store)
+      : runtime_(runtime), signer_(signer), options_(std::move(options)), store_(std::move(store)) {
+    for (auto& [room, o] : options_.room_overrides) {
+      DispatcherOptions d = options_.dispatcher;
+      if (o.block_max > 0) d.block_max = o.block_max;
+      room_dispatch_.emplace(room, d);
+    }
+    for (uint32_t i = 0; i < runtime_.size(); ++i) {
+      shards_.push_back(std::make_unique<ShardState>(i, IdGenerator(options_.node_id, i, runtime_.size())));
+    }
+    GetMetrics();
+  }
+
+  // -- state owned by one shard --
+
+  struct OwnedRoom {
+    std::string id;
+    std::unique_ptr<RoomDispatcher> dispatcher;
+    TimerId timer = 0;
+    std::vector<int64_t> members;  // per shard
+    int64_t online = 0;
+    int64_t joins = 0;
+    int64_t leaves = 0;
+    uint64_t seq = 0;
+    int64_t last_created = 0;
+    SteadyTime last_active;
+    RoomDispatcher::DropCounts reported{};
+    uint64_t reported_coalesced = 0;
+  };
+
+  struct ConnInfo {
+    std::shared_ptr<net::WebSocketConnection> conn;
+    std::string user;
+    bool json = false;
+    std::vector<std::pair<std::string, SteadyTime>> rooms;  // subscribed rooms and since when
+  };
+
+  struct ShardState {
+    ShardState(uint32_t i, IdGenerator g) : index(i), ids(g) {}
+    uint32_t index;
+    IdGenerator ids;
+    std::unordered_map<std::string, std::unique_ptr<OwnedRoom>> owned;
+    std::unordered_map<std::string, std::unique_ptr<MemberShards<Subscriber>>> local;
+    std::unordered_map<uint64_t, ConnInfo> conns;
+    std::unordered_multimap<std::string, uint64_t> users;
+    TimerId housekeeping = 0;
+  };
+
+  uint32_t OwnerOf(std::string_view room) const {
+    return static_cast<uint32_t>(std::hash<std::string_view>{}(room) % runtime_.size());
+  }
+  ShardState& Here() {
+    net::Shard* s = net::Runtime::Current();
+    return *shards_[s->index()];
+  }
+
+  const DispatcherOptions* DispatchOptionsFor(std::string_view room) const {
+    auto it = room_dispatch_.find(room);
+    return it == room_dispatch_.end() ? &options_.dispatcher : &it->second;
+  }
+  Duration IntervalFor(std::string_view room) const {
+    auto it = options_.room_overrides.find(room);
+    if (it != options_.room_overrides.end() && it->second.block_interval > Duration::zero()) {
+      return it->second.block_interval;
+    }
+    return options_.block_interval;
+  }
+
+  // Owner shard only.
+  OwnedRoom& RoomOf(ShardState& st, const std::string& room) {
+    auto it = st.owned.find(room);
+    if (it != st.owned.end()) return *it->second;
+    auto r = std::make_unique<OwnedRoom>();
+    r->id = room;
+    r->dispatcher = std::make_unique<RoomDispatcher>(DispatchOptionsFor(room));
+    r->members.assign(runtime_.size(), 0);
+    r->last_active = SystemClock::Instance().Now();
+    OwnedRoom* raw = r.get();
+    net::Shard& shard = runtime_.shard(st.index);
+    r->timer = shard.RunEvery(IntervalFor(room), [this, &st, raw] { Tick(st, *raw); });
+    st.owned.emplace(room, std::move(r));
+    GetMetrics().rooms->Add(1);
+    return *raw;
+  }
+
+  void ReportDrops(OwnedRoom& r) {
+    const auto& drops = r.dispatcher->drops();
+    for (size_t i = 0; i < drops.size(); ++i) {
+      if (drops[i] != r.reported[i]) {
+        GetMetrics().dropped[i]->Inc(drops[i] - r.reported[i]);
+        r.reported[i] = drops[i];
+      }
+    }
+    if (r.dispatcher->coalesced() != r.reported_coalesced) {
+      GetMetrics().coalesced->Inc(r.dispatcher->coalesced() - r.reported_coalesced);
+      r.reported_coalesced = r.dispatcher->coalesced();
+    }
+  }
+
+  // Accepts one message into an owned room: stamps it and enqueues it. Owner shard only.
+  MessagePtr Accept(ShardState& st, OwnedRoom& r, Draft& d, int64_t now, std::vector<StoredMessage>& stored) {
+    const int32_t priority = options_.priority.Compute(d);
+    auto m = std::make_shared<Message>(std::move(d.message));
+    m->room = r.id;
+    m->user.clear();
+    m->priority = priority;
+    m->id = st.ids.Next(now);
+    // created_at never goes down within a room, so a poll's next_since never skips a message.
+    m->created_at = std::max(now, r.last_created);
+    r.last_created = m->created_at;
+    Finalize(*m);
+    stored.push_back(Stored(m));
+    r.dispatcher->Enqueue(m);
+    return m;
+  }
+
+  static StoredMessage Stored(const MessagePtr& m) {
+    StoredMessage s;
+    s.id = m->id;
+    s.created_at = m->created_at;
+    s.priority = m->priority;
+    s.type = m->type;
+    s.gain_key = m->gain_key;
+    // Aliasing constructor: the stored JSON shares the message's lifetime, no copy.
+    s.json = std::shared_ptr<const std::string>(m, &m->json);
+    return s;
+  }
+
+  void AppendToStore(const std::string& room, std::vector<StoredMessage> stored) {
+    if (stored.empty()) return;
+    store_->Append(room, std::move(stored), [](Status st) {
+      if (!st.ok()) {
+        GetMetrics().store_errors->Inc();
+        static auto log = GetLogger("live");
+        log->warn("poll store append failed: {}", st.ToString());
+      }
+    });
+  }
+
+  void Tick(ShardState& st, OwnedRoom& r) {
+    const int64_t now = WallMs();
+    if (r.joins > 0 || r.leaves > 0) {
+      // Presence, coalesced: one notify gain message per tick however many came and went.
+      Draft d;
+      d.message.type = "notify";
+      d.message.gain_key = "presence";
+      d.message.payload = "{\"event\":\"presence\",\"joined\":" + std::to_string(r.joins) +
+                          ",\"left\":" + std::to_string(r.leaves) + ",\"online\":" + std::to_string(r.online) + "}";
+      r.joins = r.leaves = 0;
+      std::vector<StoredMessage> stored;
+      Accept(st, r, d, now, stored);
+      AppendToStore(r.id, std::move(stored));
+    }
+    std::vector<MessagePtr> block = r.dispatcher->Tick(now);
+    ReportDrops(r);
+    const SteadyTime steady = SystemClock::Instance().Now();
+    if (!block.empty()) {
+      ++r.seq;
+      GetMetrics().blocks->Inc();
+      auto frame = std::make_shared<const EncodedFrame>(EncodeBlock(r.id, r.seq, now, r.online, block));
+      for (uint32_t s = 0; s < r.members.size(); ++s) {
+        if (r.members[s] <= 0) continue;
+        if (s == st.index) {
+          Deliver(st, r.id, *frame);
+        } else {
+          runtime_.Post(s, [this, s, room = r.id, frame] { Deliver(*shards_[s], room, *frame); });
+        }
+      }
+      r.last_active = steady;
+    } else if (r.online > 0 || !r.dispatcher->empty()) {
+      r.last_active = steady;
+    } else if (steady - r.last_active > options_.idle_room_ttl) {
+      // Forget a quiet, empty room. Last thing this callback does: `r` is destroyed here.
+      runtime_.shard(st.index).Cancel(r.timer);
+      GetMetrics().rooms->Sub(1);
+      st.owned.erase(r.id);
+    }
+  }
+
+  // Queues a block on every local member of the room. Member shard only.
+  void Deliver(ShardState& st, const std::string& room, const EncodedFrame& frame) {
+    auto it = st.local.find(room);
+    if (it == st.local.end()) return;
+    uint64_t n = 0;
+    it->second->ForEach([&](uint64_t, const Subscriber& sub) {
+      sub.conn->Send(frame.For(sub.json), !sub.json, /*droppable=*/true);
+      ++n;
+    });
+    GetMetrics().deliveries->Inc(n);
+  }
+
+  // A member count change reported to the owner. Owner shard only.
+  void MembersChanged(ShardState& st, const std::string& room, uint32_t from_shard, int64_t delta) {
+    OwnedRoom& r = RoomOf(st, room);
+    r.members[from_shard] += delta;
+    r.online += delta;
+    if (delta > 0) r.joins += delta;
+    if (delta < 0) r.leaves -= delta;
+    online_.Set(room, r.online);
+  }
+
+  // -- publishing --
+
+  struct Fanin {
+    std::atomic<uint32_t> left;
+    std::atomic<int64_t> reached{0};
+    std::vector<uint64_t> ids;
+    PublishCallback done;
+  };
+
+  void PublishRoom(std::string room, std::vector<Draft> drafts, PublishCallback done) {
+    const uint32_t owner = OwnerOf(room);
+    runtime_.Post(owner, [this, owner, room = std::move(room), drafts = std::move(drafts), done = std::move(done)]() mutable {
+      ShardState& st = *shards_[owner];
+      OwnedRoom& r = RoomOf(st, room);
+      const int64_t now = WallMs();
+      PublishResult result;
+      std::vector<StoredMessage> stored;
+      for (Draft& d : drafts) result.ids.push_back(Accept(st, r, d, now, stored)->id);
+      GetMetrics().published_room->Inc(drafts.size());
+      ReportDrops(r);  // an overflow may have dropped already
+      AppendToStore(room, std::move(stored));
+      result.reached = r.online;
+      done(std::move(result));
+    });
+  }
+
+  // Stamps messages that do not belong to one room (private, broadcast) on the calling shard,
+  // or shard 0 for callers off the runtime (gRPC threads).
+  template <typename Fn>
+  void OnSomeShard(Fn fn) {
+    if (net::Shard* s = net::Runtime::Current()) {
+      fn(*shards_[s->index()]);
+    } else {
+      runtime_.Post(0, [this, fn = std::move(fn)]() mutable { fn(*shards_[0]); });
+    }
+  }
+
+  void PublishUser(std::string user, std::vector<Draft> drafts, PublishCallback done) {
+    OnSomeShard([this, user = std::move(user), drafts = std::move(drafts), done = std::move(done)](ShardState& st) mutable {
+      const int64_t now = WallMs();
+      auto frames = std::make_shared<std::vector<EncodedFrame>>();
+      auto fanin = std::make_shared<Fanin>();
+      fanin->left = runtime_.size();
+      fanin->done = std::move(done);
+      for (Draft& d : drafts) {
+        Message m = std::move(d.message);
+        m.priority = options_.priority.Compute(d);
+        m.room.clear();
+        m.user = user;
+        m.id = st.ids.Next(now);
+        m.created_at = now;
+        Finalize(m);
+        fanin->ids.push_back(m.id);
+        frames->push_back(EncodePrivate(m));
+      }
+      GetMetrics().published_user->Inc(drafts.size());
+      for (uint32_t s = 0; s < runtime_.size(); ++s) {
+        runtime_.Post(s, [this, s, user, frames, fanin] {
+          ShardState& here = *shards_[s];
+          int64_t n = 0;
+          auto [b, e] = here.users.equal_range(user);
+          for (auto it = b; it != e; ++it) {
+            auto c = here.conns.find(it->second);
+            if (c == here.conns.end()) continue;
+            for (const EncodedFrame& f : *frames) c->second.conn->Send(f.For(c->second.json), !c->second.json);
+            ++n;
+          }
+          GetMetrics().private_deliveries->Inc(static_cast<uint64_t>(n) * frames->size());
+          fanin->reached += n;
+          if (--fanin->left == 0) fanin->done(PublishResult{std::move(fanin->ids), fanin->reached.load()});
+        });
+      }
+    });
+  }
+
+  void Broadcast(std::vector<Draft> drafts, PublishCallback done) {
+    OnSomeShard([this, drafts = std::move(drafts), done = std::move(done)](ShardState& st) mutable {
+      const int64_t now = WallMs();
+      auto fanin = std::make_shared<Fanin>();
+      fanin->left = runtime_.size();
+      fanin->done = std::move(done);
+      // One id per message for every room, so a client in two rooms can dedupe.
+      auto stamped = std::make_shared<std::vector<Draft>>(std::move(drafts));
+      for (size_t i = 0; i < stamped->size(); ++i) fanin->ids.push_back(st.ids.Next(now));
+      GetMetrics().published_broadcast->Inc(stamped->size());
+      for (uint32_t s = 0; s < runtime_.size(); ++s) {
+        runtime_.Post(s, [this, s, stamped, fanin] {
+          ShardState& here = *shards_[s];
+          const int64_t t = WallMs();
+          for (auto& [room, r] : here.owned) {
+            std::vector<StoredMessage> stored;
+            for (size_t i = 0; i < stamped->size(); ++i) {
+              Draft d = (*stamped)[i];
+              const int32_t priority = options_.priority.Compute(d);
+              auto m = std::make_shared<Message>(std::move(d.message));
+              m->room = room;
+              m->priority = priority;
+              m->id = fanin->ids[i];
+              m->created_at = std::max(t, r->last_created);
+              r->last_created = m->created_at;
+              Finalize(*m);
+              stored.push_back(Stored(m));
+              r->dispatcher->Enqueue(std::move(m));
+            }
+            ReportDrops(*r);
+            AppendToStore(room, std::move(stored));
+          }
+          fanin->reached += static_cast<int64_t>(here.owned.size());
+          if (--fanin->left == 0) fanin->done(PublishResult{std::move(fanin->ids), fanin->reached.load()});
+        });
+      }
+    });
+  }
+
+  // -- WebSocket --
+
+  Result<std::any> AcceptWs(const net::HttpRequest& req) {
+    auto token = req.Token(/*allow_query=*/true);
+    if (!token) return Unauthenticated("missing token (?token= or Authorization: Bearer)");
+    CHORUS_ASSIGN_OR_RETURN(net::TokenClaims claims, signer_.Verify(*token, SystemClock::Instance()));
+    if (claims.kind != net::TokenClaims::Kind::kUser) {
+      return PermissionDenied("a user token is required to subscribe");
+    }
+    WsContext ctx;
+    ctx.user = claims.subject;
+    if (auto format = req.Query("format")) {
+      if (*format == "json") {
+        ctx.json = true;
+      } else if (*format != "protobuf" && *format != "proto") {
+        return InvalidArgument("format must be json or protobuf");
+      }
+    }
+    if (options_.max_ws_connections > 0 && connections_.load() >= static_cast<int64_t>(options_.max_ws_connections)) {
+      return Unavailable("live WebSocket capacity reached; use short polling (GET /v1/connect)");
+    }
+    return std::any(std::move(ctx));
+  }
+
+  void OnOpen(const std::shared_ptr<net::WebSocketConnection>& conn) {
+    const auto& ctx = std::any_cast<const WsContext&>(conn->context());
+    ShardState& st = Here();
+    ConnInfo& info = st.conns[conn->id()];
+    info.conn = conn;
+    info.user = ctx.user;
+    info.json = ctx.json;
+    st.users.emplace(ctx.user, conn->id());
+    connections_.fetch_add(1);
+    GetMetrics().connections->Add(1);
+    const int64_t heartbeat_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options_.heartbeat).count();
+    conn->Send(EncodeWelcome(ctx.user, conn->id(), heartbeat_ms).For(info.json), !info.json);
+  }
+
+  void SendError(ConnInfo& info, std::string_view code, std::string_view message) {
+    GetMetrics().bad_frames->Inc();
+    info.conn->Send(EncodeError(code, message).For(info.json), !info.json);
+  }
+
+  void OnMessage(net::WebSocketConnection& conn, std::string_view data, bool binary) {
+    ShardState& st = Here();
+    auto it = st.conns.find(conn.id());
+    if (it == st.conns.end()) return;
+    ConnInfo& info = it->second;
+    auto op = ParseClientFrame(data, binary);
+    if (!op.ok()) {
+      SendError(info, op.status().code() == StatusCode::kNotFound ? "unknown_op" : "bad_frame", op.status().message());
+      return;
+    }
+    switch (op->kind) {
+      case ClientOp::Kind::kPing:
+        conn.Send(EncodePong(op->ts, WallMs()).For(info.json), !info.json);
+        return;
+      case ClientOp::Kind::kSubscribe:
+        Subscribe(st, info, op->room);
+        return;
+      case ClientOp::Kind::kUnsubscribe:
+        if (Status s = ValidateRoomId(op->room); !s.ok()) return SendError(info, "bad_room", s.message());
+        if (!Leave(st, info, op->room)) return SendError(info, "not_subscribed", "not subscribed to " + op->room);
+        info.conn->Send(EncodeUnsubscribed(op->room).For(info.json), !info.json);
+        return;
+    }
+  }
+
+  void Subscribe(ShardState& st, ConnInfo& info, const std::string& room) {
+    if (Status s = ValidateRoomId(room); !s.ok()) return SendError(info, "bad_room", s.message());
+    const bool already = std::any_of(info.rooms.begin(), info.rooms.end(), [&](const auto& r) { return r.first == room; });
+    if (!already) {
+      if (info.rooms.size() >= options_.max_rooms_per_connection) {
+        return SendError(info, "too_many_rooms",
+                         "a connection may be in at most " + std::to_string(options_.max_rooms_per_connection) +
+                             " rooms; unsubscribe first");
+      }
+      auto& members = st.local[room];
+      if (!members) members = std::make_unique<MemberShards<Subscriber>>(options_.shard_size);
+      members->Join(info.conn->id(), Subscriber{info.conn, info.json});
+      info.rooms.emplace_back(room, SystemClock::Instance().Now());
+      GetMetrics().subscriptions->Add(1);
+      const uint32_t owner = OwnerOf(room), from = st.index;
+      runtime_.Post(owner, [this, owner, room, from] { MembersChanged(*shards_[owner], room, from, +1); });
+    }
+    // The count the owner last published, plus this join if it has not arrived yet.
+    const int64_t online = online_.Get(room) + (already ? 0 : 1);
+    info.conn->Send(EncodeSubscribed(room, online).For(info.json), !info.json);
+  }
+
+  bool Leave(ShardState& st, ConnInfo& info, const std::string& room) {
+    auto r = std::find_if(info.rooms.begin(), info.rooms.end(), [&](const auto& e) { return e.first == room; });
+    if (r == info.rooms.end()) return false;
+    const double dwell = std::chrono::duration<double>(SystemClock::Instance().Now() - r->second).count();
+    info.rooms.erase(r);
+    auto local = st.local.find(room);
+    if (local != st.local.end()) {
+      local->second->Leave(info.conn->id());
+      if (local->second->empty()) st.local.erase(local);
+    }
+    GetMetrics().subscriptions->Sub(1);
+    GetMetrics().dwell->Observe(dwell);
+    static auto log = GetLogger("live");
+    log->debug("event=leave room={} user={} dwell_s={:.3f}", room, info.user, dwell);
+    const uint32_t owner = OwnerOf(room), from = st.index;
+    runtime_.Post(owner, [this, owner, room, from] { MembersChanged(*shards_[owner], room, from, -1); });
+    return true;
+  }
+
+  void OnClose(net::WebSocketConnection& conn, uint16_t) {
+    ShardState& st = Here();
+    auto it = st.conns.find(conn.id());
+    if (it == st.conns.end()) return;
+    ConnInfo& info = it->second;
+    while (!info.rooms.empty()) {
+      std::string room = info.rooms.back().first;
+      Leave(st, info, room);
+    }
+    auto [b, e] = st.users.equal_range(info.user);
+    for (auto u = b; u != e; ++u) {
+      if (u->second == conn.id()) {
+        st.users.erase(u);
+        break;
+      }
+    }
+    st.conns.erase(it);
+    connections_.fetch_sub(1);
+    GetMetrics().connections->Sub(1);
+  }
+
+  // -- HTTP --
+
+  Status RequirePublisher(const net::HttpRequest& req) {
+    auto token = req.Token(/*allow_query=*/false);
+    if (!token) return Unauthenticated("missing bearer token");
+    CHORUS_ASSIGN_OR_RETURN(net::TokenClaims claims, signer_.Verify(*token, SystemClock::Instance()));
+    return net::RequireScope(claims, kPublishScope);
+  }
+
+  // Body: one message object or {"messages": [...]}.
+  Result<std::vector<Draft>> ParseDrafts(const net::HttpRequest& req) {
+    CHORUS_ASSIGN_OR_RETURN(nlohmann::json body, net::ParseJsonBody(req));
+    std::vector<Draft> drafts;
+    auto one = [&](const nlohmann::json& j, std::string_view where) -> Status {
+      auto d = ParseDraftJson(j, options_.max_payload_bytes);
+      if (!d.ok()) return InvalidArgument(std::string(where) + d.status().message());
+      drafts.push_back(std::move(*d));
+      return Status::Ok();
+    };
+    if (body.is_object() && body.contains("messages") && !body.contains("type")) {
+      const nlohmann::json& list = body["messages"];
+      if (!list.is_array() || list.empty()) return InvalidArgument("messages must be a non-empty array");
+      if (list.size() > options_.max_batch) {
+        return InvalidArgument("at most " + std::to_string(options_.max_batch) + " messages per request");
+      }
+      for (size_t i = 0; i < list.size(); ++i) {
+        CHORUS_RETURN_IF_ERROR(one(list[i], "messages[" + std::to_string(i) + "]: "));
+      }
+    } else {
+      CHORUS_RETURN_IF_ERROR(one(body, ""));
+    }
+    return drafts;
+  }
+
+  static void Respond(net::HttpResponder& r, const std::string& target_key, const std::string& target,
+                      Result<PublishResult> result) {
+    if (!result.ok()) return r.SendStatus(result.status());
+    std::string body = "{\"" + target_key + "\":\"" + target + "\",\"ids\":[";
+    for (size_t i = 0; i < result->ids.size(); ++i) {
+      if (i) body += ',';
+      body += '"' + std::to_string(result->ids[i]) + '"';
+    }
+    body += "],\"reached\":" + std::to_string(result->reached) + "}";
+    r.Send(net::HttpResponse::Json(200, std::move(body)));
+  }
+
+  void HandlePublishRoom(net::HttpRequest& req, net::HttpResponder r) {
+    if (Status s = RequirePublisher(req); !s.ok()) return r.SendStatus(s);
+    std::string room(req.Param("room"));
+    if (Status s = ValidateRoomId(room); !s.ok()) return r.SendStatus(s);
+    auto drafts = ParseDrafts(req);
+    if (!drafts.ok()) return r.SendStatus(drafts.status());
+    auto rp = std::make_shared<net::HttpResponder>(std::move(r));
+    PublishRoom(room, std::move(*drafts), [rp, room](Result<PublishResult> res) {
+      Respond(*rp, "room", room, std::move(res));
+    });
+  }
+
+  void HandlePublishUser(net::HttpRequest& req, net::HttpResponder r) {
+    if (Status s = RequirePublisher(req); !s.ok()) return r.SendStatus(s);
+    std::string user(req.Param("user"));
+    if (Status s = ValidateUserId(user); !s.ok()) return r.SendStatus(s);
+    auto drafts = ParseDrafts(req);
+    if (!drafts.ok()) return r.SendStatus(drafts.status());
+    auto rp = std::make_shared<net::HttpResponder>(std::move(r));
+    PublishUser(user, std::move(*drafts), [rp, user](Result<PublishResult> res) {
+      Respond(*rp, "user", user, std::move(res));
+    });
+  }
+
+  void HandleBroadcast(net::HttpRequest& req, net::HttpResponder r) {
+    if (Status s = RequirePublisher(req); !s.ok()) return r.SendStatus(s);
+    auto drafts = ParseDrafts(req);
+    if (!drafts.ok()) return r.SendStatus(drafts.status());
+    auto rp = std::make_shared<net::HttpResponder>(std::move(r));
+    Broadcast(std::move(*drafts), [rp](Result<PublishResult> res) {
+      Respond(*rp, "target", "broadcast", std::move(res));
+    });
+  }
+
+  void HandleConnect(net::HttpRequest& req, net::HttpResponder r) {
+    auto room_q = req.Query("room");
+    if (!room_q) return r.SendStatus(InvalidArgument("room is required"));
+    std::string room(*room_q);
+    if (Status s = ValidateRoomId(room); !s.ok()) return r.SendStatus(s);
+    const int64_t online = online_.Get(room);
+    const int64_t poll_ms = options_.PollMs(online);
+    const bool ws_capable = req.Query("ws").value_or("1") != "0";
+    const bool ws_full = options_.max_ws_connections > 0 &&
+                         connections_.load() >= static_cast<int64_t>(options_.max_ws_connections);
+    nlohmann::json out = {{"room", room}, {"online", online}, {"poll_ms", poll_ms},
+                          {"poll_url", "/v1/rooms/" + room + "/messages"}};
+    if (ws_capable && !ws_full) {
+      std::string url = options_.public_ws_url;
+      if (url.empty()) {
+        std::string_view host = req.Header("host");
+        url = "ws://" + std::string(host.empty() ? "127.0.0.1" : host) + "/v1/ws";
+      }
+      out["transport"] = "websocket";
+      out["urls"] = nlohmann::json::array({url});
+    } else {
+      out["transport"] = "poll";
+      out["reason"] = ws_full ? "websocket capacity reached" : "client cannot use WebSocket";
+    }
+    r.Send(net::JsonResponse(200, out));
+  }
+
+  void HandlePoll(net::HttpRequest& req, net::HttpResponder r) {
+    if (options_.poll_requires_token || req.Token(false)) {
+      auto token = req.Token(/*allow_query=*/true);
+      if (!token) return r.SendStatus(Unauthenticated("missing token"));
+      auto claims = signer_.Verify(*token, SystemClock::Instance());
+      if (!claims.ok()) return r.SendStatus(claims.status());
+    }
+    std::string room(req.Param("room"));
+    if (Status s = ValidateRoomId(room); !s.ok()) return r.SendStatus(s);
+    PollQuery q;
+    q.room = room;
+    q.limit = options_.poll_limit_default;
+    int64_t since = 0;
+    for (const auto& [key, value] : req.query) {
+      if (key == "since") {
+        auto v = ParseInt(value, "since");
+        if (!v.ok()) return r.SendStatus(v.status());
+        if (*v < 0) return r.SendStatus(InvalidArgument("since must be >= 0"));
+        since = *v;
+      } else if (key == "limit") {
+        auto v = ParseInt(value, "limit");
+        if (!v.ok()) return r.SendStatus(v.status());
+        if (*v < 1) return r.SendStatus(InvalidArgument("limit must be >= 1"));
+        q.limit = std::min<size_t>(static_cast<size_t>(*v), options_.poll_limit_max);
+      } else if (key == "types") {
+        size_t start = 0;
+        while (start <= value.size()) {
+          size_t comma = value.find(',', start);
+          if (comma == std::string::npos) comma = value.size();
+          std::string type = value.substr(start, comma - start);
+          if (!type.empty()) q.types.push_back(std::move(type));
+          start = comma + 1;
+        }
+        if (q.types.size() > 16) return r.SendStatus(InvalidArgument("at most 16 types"));
+      } else if (key == "token") {
+      } else {
+        return r.SendStatus(InvalidArgument("unknown query parameter " + key + " (since, limit, types)"));
+      }
+    }
+    // Clamp: never before the retention window, never after now. Messages of the current
+    // millisecond wait for the next poll, so a message stamped in it cannot be skipped.
+    const int64_t now = WallMs();
+    q.until = now - 1;
+    const int64_t floor = now - options_.retention.max_age_ms;
+    if (since == 0 || since < floor) since = floor;
+    if (since > q.until) since = q.until;
+    q.since = since;
+    const int64_t poll_ms = options_.PollMs(online_.Get(room));
+    GetMetrics().polls->Inc();
+    auto rp = std::make_shared<net::HttpResponder>(std::move(r));
+    store_->Query(std::move(q), [rp, poll_ms](Result<PollResult> res) {
+      net::HttpResponder& r = *rp;
+      if (!res.ok()) return r.SendStatus(res.status());
+      std::string body;
+      size_t bytes = 64;
+      for (const auto& m : res->messages) bytes += m.json->size() + 1;
+      body.reserve(bytes);
+      body += "{\"messages\":[";
+      for (size_t i = 0; i < res->messages.size(); ++i) {
+        if (i) body += ',';
+        body += *res->messages[i].json;
+      }
+      body += "],\"next_since\":";
+      body += std::to_string(res->newest);
+      body += ",\"next_poll_ms\":";
+      body += std::to_string(poll_ms);
+      body += "}";
+      r.Send(net::HttpResponse::Json(200, std::move(body)));
+    });
+  }
+
+  Status AddRoutes(net::Router& router) {
+    using net::HttpRequest;
+    using net::HttpResponder;
+    CHORUS_RETURN_IF_ERROR(router.Add("POST", "/v1/rooms/{room}/messages",
+                                      [this](HttpRequest& q, HttpResponder r) { HandlePublishRoom(q, std::move(r)); }));
+    CHORUS_RETURN_IF_ERROR(router.Add("GET", "/v1/rooms/{room}/messages",
+                                      [this](HttpRequest& q, HttpResponder r) { HandlePoll(q, std::move(r)); }));
+    CHORUS_RETURN_IF_ERROR(router.Add("POST", "/v1/users/{user}/messages",
+                                      [this](HttpRequest& q, HttpResponder r) { HandlePublishUser(q, std::move(r)); }));
+    CHORUS_RETURN_IF_ERROR(
+        router.Add("POST", "/v1/broadcast", [this](HttpRequest& q, HttpResponder r) { HandleBroadcast(q, std::move(r)); }));
+    CHORUS_RETURN_IF_ERROR(
+        router.Add("GET", "/v1/connect", [this](HttpRequest& q, HttpResponder r) { HandleConnect(q, std::move(r)); }));
+    net::WebSocketHandler ws;
+    ws.accept = [this](const HttpRequest& q) { return AcceptWs(q); };
+    ws.on_open = [this](const std::shared_ptr<net::WebSocketConnection>& c) { OnOpen(c); };
+    ws.on_message = [this](net::WebSocketConnection& c, std::string_view d, bool b) { OnMessage(c, d, b); };
+    ws.on_close = [this](net::WebSocketConnection& c, uint16_t code) { OnClose(c, code); };
+    ws.options.max_message_bytes = options_.max_frame_bytes;
+    ws.options.max_queue_bytes = options_.outbound_queue_bytes;
+    ws.options.max_queue_messages = 4096;
+    ws.options.overflow = net::WsOverflow::kDropOldest;
+    ws.options.slow_client_grace = options_.slow_client_grace;
+    ws.options.idle_timeout = options_.idle_timeout;
+    return router.AddWebSocket("/v1/ws", std::move(ws));
+  }
+
+  void Start() {
+    // Housekeeping: forget retained poll messages past the window (memory store only).
+    for (uint32_t s = 0; s < runtime_.size(); ++s) {
+      runtime_.Post(s, [this, s] {
+        if (s != 0) return;
+        shards_[s]->housekeeping = runtime_.shard(s).RunEvery(std::chrono::seconds(5), [this] {
+          if (sweep_) sweep_(WallMs());
+        });
+      });
+    }
+  }
+
+  void Stop() {
+    // Cancel every timer on its own shard and wait: afterwards no callback touches `this`.
+    for (uint32_t s = 0; s < runtime_.size(); ++s) {
+      std::promise<void> cancelled;
+      std::future<void> wait = cancelled.get_future();
+      runtime_.Post(s, [this, s, cancelled = std::move(cancelled)]() mutable {
+        ShardState& st = *shards_[s];
+        net::Shard& shard = runtime_.shard(s);
+        for (auto& [room, r] : st.owned) shard.Cancel(r->timer);
+        if (st.housekeeping) shard.Cancel(st.housekeeping);
+        cancelled.set_value();
+      });
+      // A runtime that is not running never answers: then no timer can fire either.
+      wait.wait_for(std::chrono::seconds(2));
+    }
+  }
+
+  net::Runtime& runtime_;
+  const net::TokenSigner& signer_;
+  LiveOptions options_;
+  std::shared_ptr<PollStore> store_;
+  std::function<void(int64_t)> sweep_;
+  std::map<std::string, DispatcherOptions, std::less<>> room_dispatch_;
+  std::vector<std::unique_ptr<ShardState>> shards_;
+  OnlineTable online_;
+  std::atomic<int64_t> connections_{0};
+};
+
+// ---------------------------------------------------------------------------------------------
+
+Result<std::unique_ptr<LiveService>> LiveService::Create(net::Runtime& runtime, const net::TokenSigner& signer,
+                                                         LiveOptions options, std::shared_ptr<PollStore> store) {
+  if (!store) return InvalidArgument("live: a poll store is required");
+  if (options.dispatcher.block_max == 0) return InvalidArgument("live.block_max must be > 0");
+  if (options.block_interval <= Duration::zero()) return InvalidArgument("live.block_interval must be > 0");
+  uint32_t shard_bits = 0;
+  while ((1u << shard_bits) < runtime.size()) ++shard_bits;
+  if ((static_cast<uint64_t>(options.node_id) << shard_bits) >= 1024) {
+    return InvalidArgument("live.node_id " + std::to_string(options.node_id) + " does not fit beside " +
+                           std::to_string(runtime.size()) + " shards in the 10 node bits of an id (max " +
+                           std::to_string((1024 >> shard_bits) - 1) + ")");
+  }
+  auto impl = std::make_unique<Impl>(runtime, signer, std::move(options), std::move(store));
+  if (auto* memory = dynamic_cast<MemoryPollStore*>(impl->store_.get())) {
+    impl->sweep_ = [memory](int64_t now) { memory->Sweep(now); };
+  }
+  return std::unique_ptr<LiveService>(new LiveService(std::move(impl)));
+}
+
+LiveService::LiveService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+LiveService::~LiveService() = default;
+
+Status LiveService::AddRoutes(net::Router& router) { return impl_->AddRoutes(router); }
+void LiveService::Start() { impl_->Start(); }
+void LiveService::Stop() { impl_->Stop(); }
+const LiveOptions& LiveService::options() const { return impl_->options_; }
+const net::TokenSigner& LiveService::signer() const { return impl_->signer_; }
+
+void LiveService::PublishRoom(std::string room, std::vector<Draft> drafts, PublishCallback done) {
+  impl_->PublishRoom(std::move(room), std::move(drafts), std::move(done));
+}
+void LiveService::PublishUser(std::string user, std::vector<Draft> drafts, PublishCallback done) {
+  impl_->PublishUser(std::move(user), std::move(drafts), std::move(done));
+}
+void LiveService::Broadcast(std::vector<Draft> drafts, PublishCallback done) {
+  impl_->Broadcast(std::move(drafts), std::move(done));
+}
+
+}  // namespace chorus::live

@@ -1,0 +1,129 @@
+// LiveService: the live-room messaging service (docs/live.md) on a net::Runtime.
+//
+// Ownership (thread-per-core, no locks on the hot path):
+//   - a room's dispatcher, presence counters and block timer live on its owner shard,
+//     hash(room) % shards; every publish to the room is posted there;
+//   - a connection's subscriptions live on the shard that accepted it, in that shard's
+//     MemberShards for the room; joins and leaves are posted to the owner as deltas;
+//   - the owner serializes each block once and posts the shared bytes to every shard that has
+//     members of the room, which walks its member shards and queues the bytes on each socket;
+//   - private messages are encoded once and posted to every shard, which looks the user up in its
+//     own connection index; broadcasts are posted to every shard and enqueued into every room it
+//     owns.
+// The poll store is shared (thread-safe or per-shard, see poll_store.h).
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/config.h"
+#include "base/status.h"
+#include "live/dispatcher.h"
+#include "live/message.h"
+#include "live/poll_store.h"
+
+namespace grpc {
+class Service;
+}
+
+namespace chorus::net {
+class Router;
+class Runtime;
+class TokenSigner;
+}  // namespace chorus::net
+
+namespace chorus::live {
+
+struct LiveOptions {
+  DispatcherOptions dispatcher;
+  PriorityRules priority;
+  Duration block_interval = std::chrono::seconds(1);
+  // Per-room block_interval / block_max overrides (config live.rooms).
+  struct RoomOverride {
+    Duration block_interval{0};
+    size_t block_max = 0;
+  };
+  std::map<std::string, RoomOverride, std::less<>> room_overrides;
+
+  uint32_t node_id = 0;
+  size_t max_payload_bytes = 4096;
+  size_t max_batch = 100;
+
+  // Membership and delivery.
+  size_t shard_size = 512;
+  size_t max_rooms_per_connection = 8;
+  size_t max_frame_bytes = 4096;
+  size_t outbound_queue_bytes = 1 << 20;
+  Duration slow_client_grace = std::chrono::seconds(5);
+  Duration idle_timeout = std::chrono::seconds(60);  // server pings at half of it
+  Duration heartbeat = std::chrono::seconds(25);     // advised app-level ping period
+
+  // Polling and transport choice.
+  size_t poll_limit_default = 15;
+  size_t poll_limit_max = 50;
+  // (online below, poll ms) ascending by online; rooms at or above the last bound use poll_ms_max.
+  std::vector<std::pair<int64_t, int64_t>> poll_tiers = {{100, 1500}, {1000, 2000}};
+  int64_t poll_ms_max = 2500;
+  bool poll_requires_token = false;
+  std::string public_ws_url;  // advertised by /v1/connect; empty = ws://<Host header>/v1/ws
+  size_t max_ws_connections = 0;  // above it /v1/connect advises polling; 0 = no limit
+
+  RetentionOptions retention;
+  Duration idle_room_ttl = std::chrono::seconds(60);  // an empty, quiet room is forgotten after it
+
+  int64_t PollMs(int64_t online) const;
+};
+
+// Declares the live.* configuration keys.
+void AddConfigKeys(ConfigSchema& schema);
+// Reads the live.* keys (validating the tree-valued ones).
+Result<LiveOptions> OptionsFromConfig(const Config& config);
+
+// What a publish reports: the assigned ids, in request order, and how far it reached — the room's
+// online count (room), the connections the private message was queued on (user), or the rooms
+// it was enqueued into (broadcast).
+struct PublishResult {
+  std::vector<uint64_t> ids;
+  int64_t reached = 0;
+};
+
+class LiveService {
+ public:
+  using PublishCallback = std::function<void(Result<PublishResult>)>;
+
+  // `store` serves polls; the service appends room messages to it. Nothing runs until Start().
+  static Result<std::unique_ptr<LiveService>> Create(net::Runtime& runtime, const net::TokenSigner& signer,
+                                                     LiveOptions options, std::shared_ptr<PollStore> store);
+  ~LiveService();
+
+  // Registers the HTTP and WebSocket routes (docs/live.md "API").
+  Status AddRoutes(net::Router& router);
+  // The chorus.live.v1.Live gRPC service, backed by this service; owned by the caller.
+  std::unique_ptr<grpc::Service> MakeGrpcService();
+
+  // Starts the per-shard housekeeping timers. Call after the runtime has started.
+  void Start();
+  // Cancels timers on every shard and waits for that; call before stopping the runtime.
+  void Stop();
+
+  // The publishing core shared by HTTP and gRPC. Callable from any thread; `done` runs on a
+  // shard thread with the assigned ids once the messages are accepted.
+  void PublishRoom(std::string room, std::vector<Draft> drafts, PublishCallback done);
+  void PublishUser(std::string user, std::vector<Draft> drafts, PublishCallback done);
+  void Broadcast(std::vector<Draft> drafts, PublishCallback done);
+
+  const LiveOptions& options() const;
+  const net::TokenSigner& signer() const;
+
+  class Impl;
+
+ private:
+  explicit LiveService(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace chorus::live

@@ -1,0 +1,590 @@
+// End-to-end tests of the live service over real sockets: an in-process runtime and HTTP server,
+// WebSocket and HTTP clients on loopback, the memory store and a real redis-server.
+#include "live/live_service.h"
+
+#include <gtest/gtest.h>
+#include <nlohmann/json.hpp>
+
+#include <set>
+#include <sstream>
+
+#include "base/metrics.h"
+#include "chorus/live/v1/live.pb.h"
+#include "live/memory_store.h"
+#include "live/redis_store.h"
+#include "net/test_client.h"
+#include "net/token.h"
+#include "support/engines.h"
+
+namespace chorus::live {
+namespace {
+
+using net::testclient::Eventually;
+using net::testclient::ServerHarness;
+using net::testclient::WsClient;
+using nlohmann::json;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace asio = boost::asio;
+
+const std::string kSecret(40, 'k');
+
+struct HttpReply {
+  int status = 0;
+  std::string body;
+  json Json() const { return json::parse(body, nullptr, false); }
+};
+
+// One blocking HTTP/1.1 request on a fresh connection.
+HttpReply Request(uint16_t port, http::verb verb, const std::string& target, const std::string& body = "",
+                  const std::string& bearer = "") {
+  asio::io_context io;
+  asio::ip::tcp::socket sock(io);
+  sock.connect({asio::ip::make_address("127.0.0.1"), port});
+  http::request<http::string_body> req(verb, target, 11);
+  req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
+  if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
+  if (!body.empty()) {
+    req.set(http::field::content_type, "application/json");
+    req.body() = body;
+  }
+  req.prepare_payload();
+  http::write(sock, req);
+  beast::flat_buffer buf;
+  http::response<http::string_body> res;
+  http::read(sock, buf, res);
+  return {static_cast<int>(res.result_int()), res.body()};
+}
+
+class LiveServer {
+ public:
+  explicit LiveServer(std::function<void(LiveOptions&)> tune = {}, std::shared_ptr<PollStore> store = nullptr,
+                      std::function<std::shared_ptr<PollStore>(net::Runtime&)> make_store = {}) {
+    auto signer = net::TokenSigner::Create(kSecret);
+    EXPECT_TRUE(signer.ok());
+    signer_ = std::make_unique<net::TokenSigner>(std::move(*signer));
+    LiveOptions o;
+    o.block_interval = std::chrono::milliseconds(100);
+    o.idle_timeout = std::chrono::seconds(30);
+    if (tune) tune(o);
+    if (make_store) store = make_store(harness_.runtime());
+    if (!store) store = std::make_shared<MemoryPollStore>(o.retention);
+    store_ = store;
+    auto live = LiveService::Create(harness_.runtime(), *signer_, o, store);
+    EXPECT_TRUE(live.ok()) << live.status().ToString();
+    live_ = std::move(*live);
+    EXPECT_TRUE(live_->AddRoutes(harness_.router()).ok());
+    live_->Start();
+    harness_.Start({});
+  }
+  ~LiveServer() {
+    live_->Stop();
+    harness_.Shutdown();
+  }
+
+  uint16_t port() const { return harness_.port(); }
+  LiveService& live() { return *live_; }
+
+  std::string UserToken(const std::string& user, int64_t ttl_s = 3600) const {
+    net::TokenClaims c;
+    c.kind = net::TokenClaims::Kind::kUser;
+    c.subject = user;
+    c.issued_at = SystemClock::Instance().WallMillis() / 1000;
+    c.expires_at = c.issued_at + ttl_s;
+    return signer_->Sign(c);
+  }
+  std::string ServiceToken(std::vector<std::string> scopes = {"live.publish"}) const {
+    net::TokenClaims c;
+    c.kind = net::TokenClaims::Kind::kService;
+    c.subject = "biz";
+    c.scopes = std::move(scopes);
+    c.issued_at = SystemClock::Instance().WallMillis() / 1000;
+    return signer_->Sign(c);
+  }
+
+  HttpReply Publish(const std::string& path, const json& body) {
+    return Request(port(), http::verb::post, path, body.dump(), ServiceToken());
+  }
+  HttpReply Poll(const std::string& room, const std::string& query = "") {
+    return Request(port(), http::verb::get, "/v1/rooms/" + room + "/messages" + query);
+  }
+
+ private:
+  ServerHarness harness_;
+  std::unique_ptr<net::TokenSigner> signer_;
+  std::shared_ptr<PollStore> store_;
+  std::unique_ptr<LiveService> live_;
+};
+
+// A JSON-format viewer.
+class Viewer {
+ public:
+  Viewer(LiveServer& server, const std::string& user, int receive_buffer = 0) {
+    ec_ = ws_.Connect(server.port(), "/v1/ws?format=json&token=" + server.UserToken(user), {}, receive_buffer);
+    EXPECT_FALSE(ec_) << ec_.message();
+    if (!ec_) welcome_ = Next();
+  }
+  json Next(chorus::Duration deadline = std::chrono::seconds(5)) {
+    auto m = ws_.Read(deadline);
+    if (m.ec) return json{{"frame", "<closed>"}, {"error", m.ec.message()}};
+    return json::parse(m.data, nullptr, false);
+  }
+  // The next frame of the given kind, skipping others (e.g. presence-only blocks).
+  json NextFrame(const std::string& kind, chorus::Duration deadline = std::chrono::seconds(5)) {
+    const auto until = std::chrono::steady_clock::now() + deadline;
+    while (std::chrono::steady_clock::now() < until) {
+      json f = Next(deadline);
+      if (f["frame"] == kind || f["frame"] == "<closed>") return f;
+    }
+    return json{{"frame", "<timeout>"}};
+  }
+  // The next block that carries a message of a type other than notify (presence).
+  json NextContentBlock(chorus::Duration deadline = std::chrono::seconds(5)) {
+    const auto until = std::chrono::steady_clock::now() + deadline;
+    while (std::chrono::steady_clock::now() < until) {
+      json f = NextFrame("block", deadline);
+      if (f["frame"] != "block") return f;
+      for (const auto& m : f["messages"]) {
+        if (m["type"] != "notify") return f;
+      }
+    }
+    return json{{"frame", "<timeout>"}};
+  }
+  void Send(const json& op) { EXPECT_FALSE(ws_.Write(op.dump())); }
+  json Subscribe(const std::string& room) {
+    Send({{"op", "subscribe"}, {"room", room}});
+    return NextFrame("subscribed");
+  }
+  WsClient& ws() { return ws_; }
+  const json& welcome() const { return welcome_; }
+
+ private:
+  WsClient ws_;
+  beast::error_code ec_;
+  json welcome_;
+};
+
+// A series' value from the process registry (the in-process server's metrics), 0 if absent.
+double MetricValue(const std::string& series) {
+  std::istringstream in(DefaultMetrics().Render());
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(series, 0) != 0) continue;
+    const char next = line.size() > series.size() ? line[series.size()] : '\0';
+    if (next != ' ' && next != '{') continue;
+    return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return 0;
+}
+
+std::vector<std::string> Types(const json& block) {
+  std::vector<std::string> out;
+  for (const auto& m : block["messages"]) {
+    if (m["type"] != "notify") out.push_back(m["type"].get<std::string>() + ":" + m["payload"]["n"].dump());
+  }
+  return out;
+}
+
+TEST(LiveServiceTest, SubscribeReceivesBlocksInPriorityOrder) {
+  LiveServer server([](LiveOptions& o) { o.block_interval = std::chrono::milliseconds(300); });
+  Viewer v(server, "alice");
+  ASSERT_EQ(v.welcome()["frame"], "welcome");
+  EXPECT_EQ(v.welcome()["user"], "alice");
+  auto sub = v.Subscribe("r1");
+  ASSERT_EQ(sub["frame"], "subscribed");
+  EXPECT_EQ(sub["room"], "r1");
+  auto res = server.Publish("/v1/rooms/r1/messages",
+                            {{"messages",
+                              {{{"type", "chat"}, {"payload", {{"n", 1}}}},
+                               {{"type", "gift"}, {"payload", {{"n", 2}, {"value", 10}}}},
+                               {{"type", "chat"}, {"sender", {{"id", "vip"}, {"level", 50}}}, {"payload", {{"n", 3}}}},
+                               {{"type", "gift"}, {"payload", {{"n", 4}, {"value", 900}}}},
+                               {{"type", "pk"}, {"payload", {{"n", 5}}}}}}});
+  ASSERT_EQ(res.status, 200) << res.body;
+  ASSERT_EQ(res.Json()["ids"].size(), 5u);
+  auto block = v.NextContentBlock();
+  ASSERT_EQ(block["frame"], "block") << block.dump();
+  EXPECT_EQ(block["room"], "r1");
+  // Published together, so one block: big gift, small gift, pk, high-level chat, anonymous chat.
+  EXPECT_EQ(Types(block), (std::vector<std::string>{"gift:4", "gift:2", "pk:5", "chat:3", "chat:1"}));
+  std::set<std::string> ids;
+  for (const auto& m : block["messages"]) ids.insert(m["id"].get<std::string>());
+  for (const auto& id : res.Json()["ids"]) EXPECT_TRUE(ids.contains(id.get<std::string>()));
+}
+
+TEST(LiveServiceTest, BlocksAreCappedAndCarryOver) {
+  LiveServer server([](LiveOptions& o) {
+    o.block_interval = std::chrono::milliseconds(300);
+    o.dispatcher.block_max = 3;
+    o.dispatcher.carry_max = 2;
+  });
+  Viewer v(server, "bob");
+  v.Subscribe("r1");
+  json msgs = json::array();
+  for (int i = 0; i < 6; ++i) msgs.push_back({{"type", "gift"}, {"payload", {{"n", i}}}});
+  for (int i = 6; i < 8; ++i) msgs.push_back({{"type", "chat"}, {"payload", {{"n", i}}}});
+  ASSERT_EQ(server.Publish("/v1/rooms/r1/messages", {{"messages", msgs}}).status, 200);
+  auto first = v.NextContentBlock();
+  EXPECT_EQ(Types(first), (std::vector<std::string>{"gift:0", "gift:1", "gift:2"}));
+  auto second = v.NextContentBlock();
+  // Two gifts carried (carry_max); gift 5 hit the carry limit, the chats were over budget.
+  EXPECT_EQ(Types(second), (std::vector<std::string>{"gift:3", "gift:4"}));
+  EXPECT_GT(second["seq"].get<uint64_t>(), first["seq"].get<uint64_t>());
+}
+
+TEST(LiveServiceTest, ProtobufFramesByDefault) {
+  LiveServer server;
+  WsClient ws;
+  ASSERT_FALSE(ws.Connect(server.port(), "/v1/ws?token=" + server.UserToken("carol")));
+  auto welcome = ws.Read();
+  ASSERT_FALSE(welcome.ec);
+  EXPECT_TRUE(welcome.binary);
+  v1::ServerFrame frame;
+  ASSERT_TRUE(frame.ParseFromString(welcome.data));
+  ASSERT_TRUE(frame.has_welcome());
+  EXPECT_EQ(frame.welcome().user(), "carol");
+  v1::ClientFrame sub;
+  sub.mutable_subscribe()->set_room("pb");
+  ASSERT_FALSE(ws.Write(sub.SerializeAsString(), /*binary=*/true));
+  ASSERT_TRUE(frame.ParseFromString(ws.Read().data));
+  ASSERT_TRUE(frame.has_subscribed());
+  ASSERT_EQ(server.Publish("/v1/rooms/pb/messages", {{"type", "gift"}, {"payload", {{"n", 1}}}}).status, 200);
+  bool got = false;
+  for (int i = 0; i < 20 && !got; ++i) {
+    auto m = ws.Read();
+    ASSERT_FALSE(m.ec) << m.ec.message();
+    ASSERT_TRUE(frame.ParseFromString(m.data));
+    if (!frame.has_block()) continue;
+    for (const auto& msg : frame.block().messages()) {
+      if (msg.type() != "gift") continue;
+      got = true;
+      EXPECT_EQ(json::parse(msg.payload())["n"], 1);
+      EXPECT_GT(msg.id(), 0u);
+      EXPECT_EQ(frame.block().room(), "pb");
+    }
+  }
+  EXPECT_TRUE(got);
+  v1::ClientFrame ping;
+  ping.mutable_ping()->set_ts(42);
+  ASSERT_FALSE(ws.Write(ping.SerializeAsString(), true));
+  for (int i = 0; i < 20; ++i) {
+    ASSERT_TRUE(frame.ParseFromString(ws.Read().data));
+    if (frame.has_pong()) break;
+  }
+  ASSERT_TRUE(frame.has_pong());
+  EXPECT_EQ(frame.pong().ts(), 42);
+}
+
+TEST(LiveServiceTest, SwitchRoomsAndPresence) {
+  LiveServer server;
+  Viewer v(server, "dave");
+  Viewer other(server, "erin");
+  v.Subscribe("a");
+  other.Subscribe("a");
+  // Presence is coalesced into one notify gain message per tick.
+  auto presence = v.NextFrame("block");
+  ASSERT_EQ(presence["frame"], "block");
+  bool saw_presence = false;
+  for (const auto& m : presence["messages"]) {
+    if (m["gain_key"] == "presence") saw_presence = true;
+  }
+  EXPECT_TRUE(saw_presence) << presence.dump();
+
+  v.Send({{"op", "unsubscribe"}, {"room", "a"}});
+  EXPECT_EQ(v.NextFrame("unsubscribed")["room"], "a");
+  v.Subscribe("b");
+  ASSERT_EQ(server.Publish("/v1/rooms/a/messages", {{"type", "chat"}, {"payload", {{"n", 1}}}}).status, 200);
+  ASSERT_EQ(server.Publish("/v1/rooms/b/messages", {{"type", "chat"}, {"payload", {{"n", 2}}}}).status, 200);
+  auto block = v.NextContentBlock();
+  EXPECT_EQ(block["room"], "b");
+  EXPECT_EQ(Types(block), (std::vector<std::string>{"chat:2"}));
+  EXPECT_EQ(Types(other.NextContentBlock()), (std::vector<std::string>{"chat:1"}));
+  // Unsubscribing from a room it is not in is an error frame, not a disconnect.
+  v.Send({{"op", "unsubscribe"}, {"room", "zzz"}});
+  EXPECT_EQ(v.NextFrame("error")["code"], "not_subscribed");
+}
+
+TEST(LiveServiceTest, PrivateMessagesReachOnlyTheUser) {
+  LiveServer server;
+  Viewer alice1(server, "alice"), alice2(server, "alice"), bob(server, "bob");
+  auto res = server.Publish("/v1/users/alice/messages", {{"type", "notify"}, {"payload", {{"n", 7}}}});
+  ASSERT_EQ(res.status, 200) << res.body;
+  EXPECT_EQ(res.Json()["reached"], 2);  // both of alice's connections
+  for (Viewer* v : {&alice1, &alice2}) {
+    auto f = v->NextFrame("private");
+    ASSERT_EQ(f["frame"], "private");
+    EXPECT_EQ(f["message"]["payload"]["n"], 7);
+    EXPECT_EQ(f["message"]["user"], "alice");
+  }
+  bob.Send({{"op", "ping"}, {"ts", 1}});
+  EXPECT_EQ(bob.Next()["frame"], "pong");  // bob got nothing before his pong
+  EXPECT_EQ(server.Publish("/v1/users/nobody/messages", {{"type", "notify"}}).Json()["reached"], 0);
+}
+
+TEST(LiveServiceTest, BroadcastReachesEveryRoom) {
+  LiveServer server;
+  Viewer a(server, "u1"), b(server, "u2");
+  a.Subscribe("room-a");
+  b.Subscribe("room-b");
+  auto res = server.Publish("/v1/broadcast", {{"type", "notify"}, {"payload", {{"n", 9}}}});
+  ASSERT_EQ(res.status, 200) << res.body;
+  EXPECT_GE(res.Json()["reached"].get<int>(), 2);
+  const std::string id = res.Json()["ids"][0];
+  for (Viewer* v : {&a, &b}) {
+    bool found = false;
+    for (int i = 0; i < 10 && !found; ++i) {
+      auto f = v->NextFrame("block");
+      for (const auto& m : f["messages"]) found |= m["id"] == id;
+    }
+    EXPECT_TRUE(found);
+  }
+}
+
+TEST(LiveServiceTest, SilentClientIsClosedByHeartbeatTimeout) {
+  LiveServer server([](LiveOptions& o) { o.idle_timeout = std::chrono::milliseconds(600); });
+  // A raw TCP client that upgrades and then never reads or answers pings.
+  asio::io_context io;
+  asio::ip::tcp::socket sock(io);
+  sock.connect({asio::ip::make_address("127.0.0.1"), server.port()});
+  const std::string upgrade = "GET /v1/ws?format=json&token=" + server.UserToken("mute") +
+                              " HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                              "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+  asio::write(sock, asio::buffer(upgrade));
+  // Read until the server closes the TCP connection (bounded: the test fails rather than hangs).
+  std::string seen;
+  beast::error_code ec;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  sock.non_blocking(true);
+  while (std::chrono::steady_clock::now() < until) {
+    char buf[4096];
+    size_t n = sock.read_some(asio::buffer(buf), ec);
+    if (ec == asio::error::would_block) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+      continue;
+    }
+    if (ec) break;
+    seen.append(buf, n);
+  }
+  EXPECT_TRUE(ec == asio::error::eof || ec == asio::error::connection_reset) << ec.message();
+  EXPECT_NE(seen.find("101"), std::string::npos);
+  // The server still serves others.
+  Viewer v(server, "talker");
+  EXPECT_EQ(v.welcome()["frame"], "welcome");
+}
+
+TEST(LiveServiceTest, SlowClientIsDroppedWithoutDelayingAFastOne) {
+  LiveServer server([](LiveOptions& o) {
+    o.block_interval = std::chrono::milliseconds(20);
+    o.dispatcher.block_max = 200;
+    o.outbound_queue_bytes = 256 * 1024;
+    o.slow_client_grace = std::chrono::milliseconds(300);
+    o.max_payload_bytes = 8192;
+  });
+  const double slow_closes_before = MetricValue("chorus_websocket_slow_consumer_closes_total");
+  Viewer fast(server, "fast");
+  Viewer slow(server, "slow", /*receive_buffer=*/4096);
+  fast.Subscribe("hot");
+  slow.Subscribe("hot");
+  // ~4 KiB messages, 600 publishes of 4: ~10 MB, more than the loopback socket buffers absorb
+  // for a reader that never reads; each block stays well under the queue limit.
+  const std::string filler(4000, 'x');
+  constexpr int kBatches = 600, kPerBatch = 4;
+  std::thread publisher([&] {
+    for (int b = 0; b < kBatches; ++b) {
+      json msgs = json::array();
+      for (int i = 0; i < kPerBatch; ++i) {
+        msgs.push_back({{"type", "gift"}, {"payload", {{"n", b * kPerBatch + i}, {"f", filler}}}});
+      }
+      EXPECT_EQ(server.Publish("/v1/rooms/hot/messages", {{"messages", msgs}}).status, 200);
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  // The fast reader gets every message, in order.
+  std::set<int> got;
+  const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (got.size() < kBatches * kPerBatch && std::chrono::steady_clock::now() < until) {
+    auto f = fast.NextFrame("block");
+    if (f["frame"] != "block") break;
+    for (const auto& m : f["messages"]) {
+      if (m["type"] == "gift") got.insert(m["payload"]["n"].get<int>());
+    }
+  }
+  publisher.join();
+  EXPECT_EQ(got.size(), static_cast<size_t>(kBatches * kPerBatch));
+  // The slow one was closed as a slow consumer: the server counts it, and the client, reading
+  // again, finds the connection ended — with a 1008 close frame if it still fit, else at TCP level
+  // (a reader that stopped cannot receive a close frame behind its full buffers).
+  EXPECT_TRUE(Eventually([&] { return MetricValue("chorus_websocket_slow_consumer_closes_total") > slow_closes_before; },
+                         std::chrono::seconds(10)));
+  json f;
+  for (int i = 0; i < 100000 && f["frame"] != "<closed>"; ++i) f = slow.Next(std::chrono::seconds(10));
+  ASSERT_EQ(f["frame"], "<closed>");
+  EXPECT_NE(f["error"], "Connection timed out");
+  if (slow.ws().close_code() != 0) {
+    EXPECT_EQ(slow.ws().close_code(), 1008);
+    EXPECT_EQ(slow.ws().close_reason(), "slow consumer");
+  }
+  EXPECT_GT(MetricValue("chorus_websocket_dropped_messages_total"), 0);
+}
+
+TEST(LiveServiceTest, BadInputGetsClearErrorsAndServerKeepsServing) {
+  LiveServer server([](LiveOptions& o) { o.max_frame_bytes = 1024; });
+  const uint16_t port = server.port();
+  // Upgrades: no token, bad token, expired token, service token, bad format.
+  WsClient ws;
+  EXPECT_TRUE(ws.Connect(port, "/v1/ws"));
+  EXPECT_EQ(ws.response().result_int(), 401u);
+  WsClient bad;
+  EXPECT_TRUE(bad.Connect(port, "/v1/ws?token=garbage"));
+  EXPECT_EQ(bad.response().result_int(), 401u);
+  WsClient expired;
+  EXPECT_TRUE(expired.Connect(port, "/v1/ws?token=" + server.UserToken("old", -10)));
+  EXPECT_EQ(expired.response().result_int(), 401u);
+  WsClient service;
+  EXPECT_TRUE(service.Connect(port, "/v1/ws?token=" + server.ServiceToken()));
+  EXPECT_EQ(service.response().result_int(), 403u);
+  WsClient format;
+  EXPECT_TRUE(format.Connect(port, "/v1/ws?format=xml&token=" + server.UserToken("x")));
+  EXPECT_EQ(format.response().result_int(), 400u);
+
+  // Frames: unknown op, malformed JSON, garbage protobuf, bad room: error frames, still open.
+  Viewer v(server, "frank");
+  v.Send({{"op", "dance"}});
+  EXPECT_EQ(v.NextFrame("error")["code"], "unknown_op");
+  ASSERT_FALSE(v.ws().Write("{not json"));
+  EXPECT_EQ(v.NextFrame("error")["code"], "bad_frame");
+  ASSERT_FALSE(v.ws().Write(std::string("\xff\xff\xff", 3), /*binary=*/true));
+  EXPECT_EQ(v.NextFrame("error")["code"], "bad_frame");
+  v.Send({{"op", "subscribe"}, {"room", "no/slash"}});
+  EXPECT_EQ(v.NextFrame("error")["code"], "bad_room");
+  v.Send({{"op", "subscribe"}});
+  EXPECT_EQ(v.NextFrame("error")["code"], "bad_frame");
+  EXPECT_EQ(v.Subscribe("fine")["frame"], "subscribed");
+  // Oversized frame: closed with 1009.
+  ASSERT_FALSE(v.ws().Write(std::string(4096, 'a')));
+  EXPECT_EQ(v.Next()["frame"], "<closed>");
+  EXPECT_EQ(v.ws().close_code(), 1009);
+
+  // Publishing: no token, user token, wrong scope, bad room, bad body, bad type, empty batch.
+  const json ok = {{"type", "chat"}};
+  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", ok.dump()).status, 401);
+  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", ok.dump(), server.UserToken("u")).status, 403);
+  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", ok.dump(), server.ServiceToken({"likes.write"})).status,
+            403);
+  const std::string t = server.ServiceToken();
+  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/bad%20room/messages", ok.dump(), t).status, 400);
+  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", "{oops", t).status, 400);
+  auto bad_type = Request(port, http::verb::post, "/v1/rooms/r/messages", R"({"type":"Bad Type"})", t);
+  EXPECT_EQ(bad_type.status, 400);
+  EXPECT_NE(bad_type.body.find("type"), std::string::npos);
+  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", R"({"messages":[]})", t).status, 400);
+  auto second_bad = Request(port, http::verb::post, "/v1/rooms/r/messages",
+                            R"({"messages":[{"type":"chat"},{"type":"chat","priority":5000}]})", t);
+  EXPECT_EQ(second_bad.status, 400);
+  EXPECT_NE(second_bad.body.find("messages[1]"), std::string::npos) << second_bad.body;
+  // Polling: bad since / limit / parameter.
+  EXPECT_EQ(server.Poll("r", "?since=abc").status, 400);
+  EXPECT_EQ(server.Poll("r", "?limit=0").status, 400);
+  EXPECT_EQ(server.Poll("r", "?bogus=1").status, 400);
+  EXPECT_EQ(server.Poll("a%2Fb").status, 400);
+  // And it still serves.
+  EXPECT_EQ(server.Publish("/v1/rooms/r/messages", ok).status, 200);
+  Viewer after(server, "after");
+  EXPECT_EQ(after.welcome()["frame"], "welcome");
+}
+
+TEST(LiveServiceTest, ConnectChoosesTransportByCapabilityAndRoomSize) {
+  LiveServer server([](LiveOptions& o) { o.poll_tiers = {{1, 1500}, {2, 2000}}; o.poll_ms_max = 2500; });
+  auto c = Request(server.port(), http::verb::get, "/v1/connect?room=r").Json();
+  EXPECT_EQ(c["transport"], "websocket");
+  EXPECT_EQ(c["urls"][0], "ws://127.0.0.1:" + std::to_string(server.port()) + "/v1/ws");
+  EXPECT_EQ(c["poll_ms"], 1500);
+  auto p = Request(server.port(), http::verb::get, "/v1/connect?room=r&ws=0").Json();
+  EXPECT_EQ(p["transport"], "poll");
+  EXPECT_EQ(p["poll_url"], "/v1/rooms/r/messages");
+  Viewer a(server, "a"), b(server, "b");
+  a.Subscribe("r");
+  b.Subscribe("r");
+  EXPECT_TRUE(Eventually([&] {
+    return Request(server.port(), http::verb::get, "/v1/connect?room=r").Json()["poll_ms"] == 2500;
+  }));
+  EXPECT_EQ(Request(server.port(), http::verb::get, "/v1/connect").status, 400);
+}
+
+// Polling behaves the same on both stores.
+class LivePollTest : public ::testing::TestWithParam<std::string> {
+ protected:
+  void SetUp() override {
+    if (GetParam() == "redis") {
+      auto redis = chorus::testing::RedisServer::Start();
+      ASSERT_TRUE(redis.ok()) << redis.status().ToString();
+      redis_ = std::move(*redis);
+    }
+  }
+  std::unique_ptr<LiveServer> MakeServer() {
+    if (GetParam() == "memory") return std::make_unique<LiveServer>();
+    return std::make_unique<LiveServer>(nullptr, nullptr, [this](net::Runtime& rt) -> std::shared_ptr<PollStore> {
+      redis::RedisOptions ro;
+      ro.host = redis_->host();
+      ro.port = redis_->port();
+      auto store = RedisPollStore::Connect(rt, ro, RetentionOptions{});
+      EXPECT_TRUE(store.ok()) << store.status().ToString();
+      std::shared_ptr<RedisPollStore> s = std::move(*store);
+      EXPECT_TRUE(Eventually([&] { return s->clients()[0]->connected() && s->clients()[1]->connected(); }));
+      return s;
+    });
+  }
+  std::unique_ptr<chorus::testing::RedisServer> redis_;
+};
+
+TEST_P(LivePollTest, ClampLimitPriorityAndNextSince) {
+  auto server = MakeServer();
+  json msgs = json::array();
+  for (int i = 0; i < 10; ++i) msgs.push_back({{"type", "chat"}, {"payload", {{"n", i}}}});
+  msgs.push_back({{"type", "gift"}, {"payload", {{"n", 100}, {"value", 50}}}});
+  msgs.push_back({{"type", "pk"}, {"payload", {{"n", 200}}}});
+  ASSERT_EQ(server->Publish("/v1/rooms/p/messages", {{"messages", msgs}}).status, 200);
+  std::this_thread::sleep_for(std::chrono::milliseconds(5));  // the current ms is held back
+
+  // since=0 is clamped to the retention window; limit 3 keeps the highest priorities.
+  HttpReply r;
+  ASSERT_TRUE(Eventually([&] {
+    r = server->Poll("p", "?since=0&limit=3");
+    return r.status == 200 && r.Json()["messages"].size() == 3;
+  })) << r.status << " " << r.body;
+  json j = r.Json();
+  std::set<std::string> types;
+  for (const auto& m : j["messages"]) types.insert(m["type"]);
+  EXPECT_EQ(types, (std::set<std::string>{"gift", "pk", "chat"}));
+  EXPECT_GT(j["next_since"].get<int64_t>(), 0);
+  EXPECT_EQ(j["next_poll_ms"], 1500);
+  // next_since is past everything considered: the next poll is empty.
+  auto next = server->Poll("p", "?since=" + std::to_string(j["next_since"].get<int64_t>())).Json();
+  EXPECT_TRUE(next["messages"].empty()) << next.dump();
+  EXPECT_EQ(next["next_since"], j["next_since"]);
+
+  // Default limit 15, max 50; types filter.
+  auto all = server->Poll("p", "?limit=500").Json();
+  EXPECT_EQ(all["messages"].size(), 12u);
+  auto chats = server->Poll("p", "?types=chat").Json();
+  EXPECT_EQ(chats["messages"].size(), 10u);
+  for (const auto& m : chats["messages"]) EXPECT_EQ(m["type"], "chat");
+  // In time order within the response.
+  int64_t prev = 0;
+  for (const auto& m : chats["messages"]) {
+    EXPECT_GE(m["created_at"].get<int64_t>(), prev);
+    prev = m["created_at"];
+  }
+  // A since in the future is clamped to now: nothing, and a next_since to continue from.
+  const int64_t future = SystemClock::Instance().WallMillis() + 3'600'000;
+  auto f = server->Poll("p", "?since=" + std::to_string(future)).Json();
+  EXPECT_TRUE(f["messages"].empty());
+  EXPECT_LT(f["next_since"].get<int64_t>(), future);
+  // An unknown room is simply empty.
+  EXPECT_TRUE(server->Poll("nobody-here").Json()["messages"].empty());
+}
+
+INSTANTIATE_TEST_SUITE_P(Stores, LivePollTest, ::testing::Values("memory", "redis"));
+
+}  // namespace
+}  // namespace chorus::live
