@@ -285,7 +285,8 @@ class LiveService::Impl {
       d.message.type = "notify";
       d.message.gain_key = "presence";
       d.message.payload = "{\"event\":\"presence\",\"joined\":" + std::to_string(r.joins) +
-                          ",\"left\":" + std::to_string(r.leaves) + ",\"online\":" + std::to_string(r.online) + "}";
+                          ",\"left\":" + std::to_string(r.leaves) + ",\"online\":" + std::to_string(r.online) +
+                          ",\"text\":\"" + std::to_string(r.joins) + " joined\"}";
       r.joins = r.leaves = 0;
       std::vector<StoredMessage> stored;
       Accept(st, r, d, now, stored);

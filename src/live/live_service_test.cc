@@ -286,7 +286,10 @@ TEST(LiveServiceTest, SwitchRoomsAndPresence) {
   ASSERT_EQ(presence["frame"], "block");
   bool saw_presence = false;
   for (const auto& m : presence["messages"]) {
-    if (m["gain_key"] == "presence") saw_presence = true;
+    if (m["gain_key"] != "presence") continue;
+    saw_presence = true;
+    EXPECT_GE(m["payload"]["joined"].get<int>(), 1);
+    EXPECT_EQ(m["payload"]["text"], std::to_string(m["payload"]["joined"].get<int>()) + " joined");
   }
   EXPECT_TRUE(saw_presence) << presence.dump();
 
