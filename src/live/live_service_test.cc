@@ -79,6 +79,13 @@ class LiveServer {
   }
   ~LiveServer() {
     live_->Stop();
+    harness_.server().BeginShutdown();
+    harness_.server().WaitDrained(std::chrono::seconds(3));
+    // The Redis store's clients live on the shards' event loops: drop them after the shards stop
+    // and before the runtime goes away.
+    harness_.runtime().Stop();
+    live_.reset();
+    store_.reset();
     harness_.Shutdown();
   }
 
@@ -209,7 +216,8 @@ TEST(LiveServiceTest, SubscribeReceivesBlocksInPriorityOrder) {
   EXPECT_EQ(Types(block), (std::vector<std::string>{"gift:4", "gift:2", "pk:5", "chat:3", "chat:1"}));
   std::set<std::string> ids;
   for (const auto& m : block["messages"]) ids.insert(m["id"].get<std::string>());
-  for (const auto& id : res.Json()["ids"]) EXPECT_TRUE(ids.contains(id.get<std::string>()));
+  const json published = res.Json();
+  for (const auto& id : published["ids"]) EXPECT_TRUE(ids.contains(id.get<std::string>()));
 }
 
 TEST(LiveServiceTest, BlocksAreCappedAndCarryOver) {
