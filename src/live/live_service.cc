@@ -31,6 +31,8 @@ int64_t WallMs() { return SystemClock::Instance().WallMillis(); }
 struct Subscriber {
   std::shared_ptr<net::WebSocketConnection> conn;
   bool json = false;
+  // conn->dropped() when last looked at: the difference is blocks its slow-client policy dropped.
+  mutable uint64_t dropped_seen = 0;
 };
 
 // What `accept` hands each connection.
@@ -314,7 +316,8 @@ class LiveService::Impl {
       // Forget a quiet, empty room. Last thing this callback does: `r` is destroyed here.
       runtime_.shard(st.index).Cancel(r.timer);
       GetMetrics().rooms->Sub(1);
-      st.owned.erase(r.id);
+      const std::string id = r.id;
+      st.owned.erase(id);
     }
   }
 
@@ -322,12 +325,17 @@ class LiveService::Impl {
   void Deliver(ShardState& st, const std::string& room, const EncodedFrame& frame) {
     auto it = st.local.find(room);
     if (it == st.local.end()) return;
-    uint64_t n = 0;
+    uint64_t n = 0, slow_drops = 0;
     it->second->ForEach([&](uint64_t, const Subscriber& sub) {
       sub.conn->Send(frame.For(sub.json), !sub.json, /*droppable=*/true);
+      // Send ran inline (same shard), so a drop it caused is already counted.
+      const uint64_t dropped = sub.conn->dropped();
+      slow_drops += dropped - sub.dropped_seen;
+      sub.dropped_seen = dropped;
       ++n;
     });
     GetMetrics().deliveries->Inc(n);
+    if (slow_drops > 0) GetMetrics().dropped[static_cast<size_t>(DropReason::kSlowClient)]->Inc(slow_drops);
   }
 
   // A member count change reported to the owner. Owner shard only.

@@ -436,6 +436,7 @@ TEST(LiveServiceTest, SlowClientIsDroppedWithoutDelayingAFastOne) {
     EXPECT_EQ(slow.ws().close_reason(), "slow consumer");
   }
   EXPECT_GT(MetricValue("chorus_websocket_dropped_messages_total"), 0);
+  EXPECT_GT(MetricValue("chorus_live_dropped_total{reason=\"slow_client\"}"), 0);
 }
 
 TEST(LiveServiceTest, BadInputGetsClearErrorsAndServerKeepsServing) {
