@@ -5,6 +5,8 @@
 // one line to kCommands. Every subcommand reports through report.h (JSON file + summary line).
 // Exit codes: 0 clean run, 1 the run completed but saw errors (or the report could not be
 // written), 2 bad flags or the run could not start.
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -15,6 +17,7 @@
 
 #include "base/clock.h"
 #include "http_load.h"
+#include "live_fanout.h"
 #include "report.h"
 
 namespace chorus::bench {
@@ -136,6 +139,123 @@ CommandMain SetupHttp(CLI::App& cmd) {
   };
 }
 
+std::string FormatRate(double rate) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", rate);
+  return buf;
+}
+
+// chorus-bench live-clients: one subscriber process of live-fanout (spawned by it; speaks the
+// ready/start/stop protocol of live_fanout.h on stdin/stdout).
+CommandMain SetupLiveClients(CLI::App& cmd) {
+  struct Flags {
+    LiveClientsOptions clients;
+    int port = 0;
+    DurationFlag attempt_timeout{"15s"};
+  };
+  auto flags = std::make_shared<Flags>();
+  cmd.add_option("--host", flags->clients.host, "server host")->capture_default_str();
+  cmd.add_option("--port", flags->port, "server port")->required()->check(CLI::Range(1, 65535));
+  cmd.add_option("--target", flags->clients.target, "WebSocket target, e.g. /v1/ws?format=json&token=T")
+      ->required();
+  cmd.add_option("--room", flags->clients.room, "room to subscribe to")->capture_default_str();
+  cmd.add_option("-c,--connections", flags->clients.connections, "WebSocket connections")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--concurrency", flags->clients.concurrency, "connection attempts in flight")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--attempt-timeout", flags->attempt_timeout.text, "give one attempt this long")
+      ->capture_default_str();
+  cmd.add_option("--attempts", flags->clients.max_attempts, "attempts per connection")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--index", flags->clients.index, "process number (labels, seeds)")->capture_default_str();
+  return [flags]() -> int {
+    if (!flags->attempt_timeout.Resolve("--attempt-timeout")) return 2;
+    flags->clients.port = static_cast<uint16_t>(flags->port);
+    flags->clients.attempt_timeout = flags->attempt_timeout.value;
+    return RunLiveClients(flags->clients, STDIN_FILENO, stdout);
+  };
+}
+
+// chorus-bench live-fanout --url http://127.0.0.1:PORT --ws-target '/v1/ws?format=json&token=T'
+//     --publish-token T --subscribers N --procs P --rate R --duration D --server-pid PID
+CommandMain SetupLiveFanout(CLI::App& cmd) {
+  struct Flags {
+    LiveFanoutOptions fanout;
+    DurationFlag duration{"20s"};
+    DurationFlag warmup{"3s"};
+    DurationFlag ready_timeout{"300s"};
+    ReportFlags report;
+  };
+  auto flags = std::make_shared<Flags>();
+  LiveFanoutOptions& f = flags->fanout;
+  cmd.add_option("--url", f.url, "http://host:port of the live server")->required();
+  cmd.add_option("--ws-target", f.ws_target,
+                 "WebSocket target with query, e.g. /v1/ws?format=json&token=T (JSON frames only)")
+      ->required();
+  cmd.add_option("--publish-token", f.publish_token, "bearer token for publishing (live.publish)");
+  cmd.add_option("--room", f.room, "the one room everybody is in")->capture_default_str();
+  cmd.add_option("-n,--subscribers", f.subscribers, "WebSocket subscribers in all")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--procs", f.procs, "subscriber processes (at most ~19,900 sockets each)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--rate", f.rate, "published messages per second (mixed gift/pk/chat/notify)")
+      ->capture_default_str();
+  cmd.add_option("-d,--duration", flags->duration.text, "measured window")->capture_default_str();
+  cmd.add_option("--warmup", flags->warmup.text, "publishing before the window opens")->capture_default_str();
+  cmd.add_option("--ready-timeout", flags->ready_timeout.text, "time allowed to connect everybody")
+      ->capture_default_str();
+  cmd.add_option("--server-pid", f.server_pid, "server process whose CPU time is measured (0: none)")
+      ->capture_default_str();
+  cmd.add_option("--seed", f.seed, "message mix seed")->capture_default_str();
+  flags->report.Add(cmd, "live-fanout", "chorus");
+
+  return [flags]() -> int {
+    if (!flags->duration.Resolve("--duration") || !flags->warmup.Resolve("--warmup") ||
+        !flags->ready_timeout.Resolve("--ready-timeout")) {
+      return 2;
+    }
+    LiveFanoutOptions& f = flags->fanout;
+    f.duration = flags->duration.value;
+    f.warmup = flags->warmup.value;
+    f.ready_timeout = flags->ready_timeout.value;
+    char exe[4096];
+    const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) {
+      std::fprintf(stderr, "chorus-bench live-fanout: cannot find my own binary\n");
+      return 2;
+    }
+    f.self_exe.assign(exe, static_cast<size_t>(len));
+    auto result = RunLiveFanout(f);
+    if (!result.ok()) {
+      std::fprintf(stderr, "chorus-bench live-fanout: %s\n", result.status().ToString().c_str());
+      return 2;
+    }
+    Report report;
+    report.name = flags->report.name;
+    report.params = {
+        {"url", f.url},
+        {"room", f.room},
+        {"subscribers", std::to_string(f.subscribers)},
+        {"procs", std::to_string(f.procs)},
+        {"rate", FormatRate(f.rate)},
+        {"duration", flags->duration.text},
+        {"warmup", flags->warmup.text},
+        {"seed", std::to_string(f.seed)},
+        {"load_generator", "chorus-bench live-fanout"},
+    };
+    report.subject = std::move(*result);
+    report.subject.system = flags->report.system;
+    report.summary_figures = {"server_cpu_s_per_million_deliveries", "server_cpu_pct"};
+    const int rc = flags->report.Emit(report);
+    return report.subject.ErrorCount() > 0 && rc == 0 ? 1 : rc;
+  };
+}
+
 struct Command {
   const char* name;
   const char* help;
@@ -144,6 +264,9 @@ struct Command {
 
 constexpr Command kCommands[] = {
     {"http", "HTTP/1.1 keep-alive GET load (closed loop, epoll, latency histogram)", SetupHttp},
+    {"live-fanout", "one room, N WebSocket subscribers, steady publisher: deliveries/s, server CPU, latency",
+     SetupLiveFanout},
+    {"live-clients", "internal: one subscriber process of live-fanout", SetupLiveClients},
 };
 
 }  // namespace

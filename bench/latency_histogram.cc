@@ -100,4 +100,50 @@ nlohmann::json LatencyHistogram::ToJson() const {
   };
 }
 
+nlohmann::json LatencyHistogram::ToBucketsJson() const {
+  nlohmann::json buckets = nlohmann::json::array();
+  for (int i = 0; i < kNumBuckets; ++i) {
+    if (counts_[i] != 0) buckets.push_back({i, counts_[i]});
+  }
+  return nlohmann::json{
+      {"count", count_},   {"min", min_}, {"max", max_}, {"sum", sum_}, {"out_of_range", out_of_range_},
+      {"buckets", buckets}};
+}
+
+Result<LatencyHistogram> LatencyHistogram::FromBucketsJson(const nlohmann::json& j) {
+  auto field = [&](const char* name) -> const nlohmann::json* {
+    auto it = j.find(name);
+    return it == j.end() || !it->is_number_integer() ? nullptr : &*it;
+  };
+  if (!j.is_object()) return InvalidArgument("histogram must be a JSON object");
+  const nlohmann::json* count = field("count");
+  const nlohmann::json* min = field("min");
+  const nlohmann::json* max = field("max");
+  const nlohmann::json* sum = field("sum");
+  const nlohmann::json* out_of_range = field("out_of_range");
+  auto buckets = j.find("buckets");
+  if (!count || !min || !max || !sum || !out_of_range || buckets == j.end() || !buckets->is_array()) {
+    return InvalidArgument("histogram needs count, min, max, sum, out_of_range and buckets");
+  }
+  LatencyHistogram h;
+  uint64_t total = 0;
+  for (const nlohmann::json& b : *buckets) {
+    if (!b.is_array() || b.size() != 2 || !b[0].is_number_integer() || !b[1].is_number_unsigned()) {
+      return InvalidArgument("histogram bucket must be [index, count]");
+    }
+    const int64_t index = b[0].get<int64_t>();
+    if (index < 0 || index >= kNumBuckets) return InvalidArgument("histogram bucket out of range");
+    const uint64_t n = b[1].get<uint64_t>();
+    h.counts_[static_cast<size_t>(index)] += n;
+    total += n;
+  }
+  if (total != count->get<uint64_t>()) return InvalidArgument("histogram buckets do not add up");
+  h.count_ = total;
+  h.min_ = min->get<int64_t>();
+  h.max_ = max->get<int64_t>();
+  h.sum_ = sum->get<uint64_t>();
+  h.out_of_range_ = out_of_range->get<uint64_t>();
+  return h;
+}
+
 }  // namespace chorus::bench

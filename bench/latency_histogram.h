@@ -12,11 +12,15 @@
 // Min, Max, Mean and Count are exact (Max/Mean include clamped values at their true size).
 //
 // Not thread-safe: give each load-generator thread its own histogram and Merge() them at the end.
+// Histograms recorded in other processes (live-fanout's client processes) travel as
+// ToBucketsJson() and come back with FromBucketsJson(), losslessly.
 #pragma once
 
 #include <cstdint>
 #include <nlohmann/json_fwd.hpp>
 #include <vector>
+
+#include "base/status.h"
 
 namespace chorus::bench {
 
@@ -55,6 +59,13 @@ class LatencyHistogram {
   // {"count", "min_ns", "mean_ns", "p50_ns", "p90_ns", "p99_ns", "p999_ns", "p9999_ns", "max_ns",
   //  "out_of_range"}: integers in nanoseconds, mean rounded.
   nlohmann::json ToJson() const;
+
+  // The full state, for merging across processes: {"count", "min", "max", "sum", "out_of_range",
+  // "buckets": [[index, count], ...]} with only the non-empty buckets listed.
+  nlohmann::json ToBucketsJson() const;
+  // Inverse of ToBucketsJson(). Rejects (InvalidArgument) anything it did not write: unknown
+  // bucket indexes, counts that do not add up.
+  static Result<LatencyHistogram> FromBucketsJson(const nlohmann::json& j);
 
   // Bucket arithmetic, exposed for tests.
   static int BucketIndex(int64_t nanos);

@@ -179,6 +179,39 @@ TEST(LatencyHistogramTest, JsonCarriesPercentilesInNanoseconds) {
   EXPECT_EQ(j["mean_ns"], 500'500);
 }
 
+TEST(LatencyHistogramTest, BucketsJsonRoundTripsAcrossProcesses) {
+  Random rng(5);
+  LatencyHistogram h;
+  for (int64_t v : LogUniformSamples(rng, 10'000)) h.Record(v);
+  h.Record(int64_t{1} << 40);  // out of range survives too
+  // Through text, as it travels between live-fanout's processes.
+  auto back = LatencyHistogram::FromBucketsJson(nlohmann::json::parse(h.ToBucketsJson().dump()));
+  ASSERT_TRUE(back.ok()) << back.status().ToString();
+  EXPECT_EQ(back->Count(), h.Count());
+  EXPECT_EQ(back->Min(), h.Min());
+  EXPECT_EQ(back->Max(), h.Max());
+  EXPECT_EQ(back->out_of_range(), 1u);
+  EXPECT_DOUBLE_EQ(back->Mean(), h.Mean());
+  for (const Pct& pct : kPercentiles) EXPECT_EQ(back->Percentile(pct.p), h.Percentile(pct.p));
+
+  auto empty = LatencyHistogram::FromBucketsJson(LatencyHistogram().ToBucketsJson());
+  ASSERT_TRUE(empty.ok());
+  EXPECT_EQ(empty->Count(), 0u);
+}
+
+TEST(LatencyHistogramTest, BucketsJsonRejectsWhatItDidNotWrite) {
+  LatencyHistogram h;
+  h.Record(1000);
+  nlohmann::json j = h.ToBucketsJson();
+  j["count"] = 2;  // buckets hold 1
+  EXPECT_FALSE(LatencyHistogram::FromBucketsJson(j).ok());
+  j = h.ToBucketsJson();
+  j["buckets"] = nlohmann::json::array({nlohmann::json::array({LatencyHistogram::kNumBuckets, 1})});
+  EXPECT_FALSE(LatencyHistogram::FromBucketsJson(j).ok());
+  EXPECT_FALSE(LatencyHistogram::FromBucketsJson(nlohmann::json::array()).ok());
+  EXPECT_FALSE(LatencyHistogram::FromBucketsJson(nlohmann::json{{"count", 0}}).ok());
+}
+
 TEST(LatencyHistogramTest, ResetForgetsEverything) {
   LatencyHistogram h;
   h.Record(5'000);

@@ -22,6 +22,11 @@ nlohmann::json MeasurementJson(const Measurement& m) {
       {"unit", m.unit},     {"duration_s", std::round(m.duration_s * 1000) / 1000},
       {"counts", m.counts},
   };
+  if (!m.figures.empty()) {
+    nlohmann::json figures = nlohmann::json::object();
+    for (const auto& [key, value] : m.figures) figures[key] = std::round(value * 1e4) / 1e4;
+    j["figures"] = std::move(figures);
+  }
   if (m.latency) j["latency"] = m.latency->ToJson();
   return j;
 }
@@ -98,6 +103,13 @@ std::string Report::Summary() const {
     const LatencyHistogram& h = *subject.latency;
     s += "; p50 " + FormatMillis(h.Percentile(50)) + " p99 " + FormatMillis(h.Percentile(99)) +
          " p999 " + FormatMillis(h.Percentile(99.9));
+  }
+  for (const std::string& key : summary_figures) {
+    auto it = subject.figures.find(key);
+    if (it == subject.figures.end()) continue;
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%.4g", it->second);
+    s += "; " + key + " " + buf;
   }
   uint64_t errors = subject.ErrorCount();
   for (const Measurement& peer : peers) errors += peer.ErrorCount();

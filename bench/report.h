@@ -13,7 +13,7 @@
 //   {"name", "timestamp", "host": {"cores", "hostname"}, "params": {string: string},
 //    "subject": Measurement, "peers": [Measurement], "ratios": {"<subject>/<peer>": number}}
 //   Measurement = {"system", "throughput", "unit", "duration_s", "counts": {string: integer},
-//                  "latency": LatencyHistogram::ToJson() | absent}
+//                  "figures": {string: number} | absent, "latency": LatencyHistogram::ToJson() | absent}
 //
 // Plain data, no threads. Shell scripts that cannot link this (http_vs_nginx.sh) write the same
 // schema by hand; keep them in step when changing it.
@@ -43,6 +43,9 @@ struct Measurement {
   // Totals and error counts, e.g. "requests", "non_2xx", "socket_errors". Errors are counted, never
   // hidden: a run with errors is still reported, and the summary says so.
   std::map<std::string, uint64_t> counts;
+  // Derived non-integer figures, e.g. "server_cpu_s_per_million_deliveries" (written only when
+  // non-empty).
+  std::map<std::string, double> figures;
   std::optional<LatencyHistogram> latency;
 
   // Sum of the counts whose name marks an error ("non_2xx", "*error*").
@@ -54,6 +57,8 @@ struct Report {
   std::map<std::string, std::string> params;
   Measurement subject;
   std::vector<Measurement> peers;
+  // Names of subject figures the summary line shows after the latency, as "; name value".
+  std::vector<std::string> summary_figures;
 
   // subject.throughput / peer.throughput, keyed "<subject>/<peer>"; peers with zero throughput
   // are left out.

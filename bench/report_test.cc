@@ -60,6 +60,18 @@ TEST(ReportTest, SummaryShoutsAboutErrors) {
   EXPECT_NE(r.Summary().find("; ERRORS 5"), std::string::npos) << r.Summary();
 }
 
+TEST(ReportTest, FiguresGoToJsonAndChosenOnesToTheSummary) {
+  Report r = SampleReport();
+  r.subject.figures = {{"server_cpu_s_per_million_deliveries", 0.41234567}, {"client_cpu_s", 3}};
+  r.summary_figures = {"server_cpu_s_per_million_deliveries", "not_there"};
+  EXPECT_NE(r.Summary().find("p999 3.40ms; server_cpu_s_per_million_deliveries 0.4123"), std::string::npos)
+      << r.Summary();
+  EXPECT_EQ(r.Summary().find("client_cpu_s"), std::string::npos) << r.Summary();
+  const nlohmann::json j = r.ToJson(WallTime{});
+  EXPECT_DOUBLE_EQ(j["subject"]["figures"]["server_cpu_s_per_million_deliveries"].get<double>(), 0.4123);
+  EXPECT_FALSE(j["peers"][0].contains("figures"));  // absent when there are none
+}
+
 TEST(ReportTest, RatiosSkipPeersWithoutThroughput) {
   Report r = SampleReport();
   Measurement dead;
