@@ -154,7 +154,7 @@ Result<ClientOp> ParseClientFrame(std::string_view data, bool binary) {
       op.ts = ts->get<int64_t>();
     }
   } else {
-    return NotFound("unknown op \"" + net::JsonEscape(verb.substr(0, 64)) + "\" (subscribe, unsubscribe, ping)");
+    return NotFound("unknown op (expected subscribe, unsubscribe or ping)");
   }
   return op;
 }

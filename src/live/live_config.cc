@@ -11,8 +11,9 @@ Result<int64_t> ParseMs(const nlohmann::json& v, const std::string& key) {
   if (!v.is_string()) return InvalidArgument(key + " must be a duration string such as \"3s\"");
   auto d = ParseDuration(v.get<std::string>());
   if (!d.ok()) return InvalidArgument(key + ": " + d.status().message());
-  if (*d <= Duration::zero()) return InvalidArgument(key + " must be > 0");
-  return std::chrono::duration_cast<std::chrono::milliseconds>(*d).count();
+  const int64_t ms = std::chrono::duration_cast<std::chrono::milliseconds>(*d).count();
+  if (ms <= 0) return InvalidArgument(key + " must be at least 1ms");
+  return ms;
 }
 
 }  // namespace
@@ -115,6 +116,9 @@ Result<LiveOptions> OptionsFromConfig(const Config& c) {
   o.slow_client_grace = c.GetDuration("live.slow_client_grace");
   o.idle_timeout = c.GetDuration("live.idle_timeout");
   o.heartbeat = c.GetDuration("live.heartbeat");
+  if (o.slow_client_grace < Duration::zero()) return InvalidArgument("live.slow_client_grace must be >= 0");
+  if (o.idle_timeout < std::chrono::seconds(1)) return InvalidArgument("live.idle_timeout must be at least 1s");
+  if (o.heartbeat <= Duration::zero()) return InvalidArgument("live.heartbeat must be > 0");
   o.poll_limit_default = static_cast<size_t>(c.GetInt("live.poll.limit_default"));
   o.poll_limit_max = static_cast<size_t>(c.GetInt("live.poll.limit_max"));
   if (o.poll_limit_default > o.poll_limit_max) {
@@ -132,6 +136,7 @@ Result<LiveOptions> OptionsFromConfig(const Config& c) {
       std::chrono::duration_cast<std::chrono::milliseconds>(c.GetDuration("live.retention.max_age")).count();
   if (o.retention.max_age_ms <= 0) return InvalidArgument("live.retention.max_age must be > 0");
   o.idle_room_ttl = c.GetDuration("live.idle_room_ttl");
+  if (o.idle_room_ttl < Duration::zero()) return InvalidArgument("live.idle_room_ttl must be >= 0");
   return o;
 }
 

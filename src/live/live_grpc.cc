@@ -108,6 +108,7 @@ class LiveGrpc final : public pb::Live::Service {
     Result<PublishResult> r = future.get();
     if (!r.ok()) return ToGrpc(r.status());
     for (uint64_t id : r->ids) res->add_ids(id);
+    res->set_reached(r->reached);
     return grpc::Status::OK;
   }
 

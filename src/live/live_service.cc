@@ -31,8 +31,10 @@ int64_t WallMs() { return SystemClock::Instance().WallMillis(); }
 struct Subscriber {
   std::shared_ptr<net::WebSocketConnection> conn;
   bool json = false;
-  // conn->dropped() when last looked at: the difference is blocks its slow-client policy dropped.
-  mutable uint64_t dropped_seen = 0;
+  // conn->dropped() when last looked at, shared by all of the connection's rooms (it lives in the
+  // shard's connection table, whose nodes do not move): the difference is blocks its slow-client
+  // policy dropped.
+  uint64_t* dropped_seen = nullptr;
 };
 
 // What `accept` hands each connection.
@@ -165,6 +167,7 @@ class LiveService::Impl {
     int64_t leaves = 0;
     uint64_t seq = 0;
     int64_t last_created = 0;
+    bool published = false;  // ever got a message from a publisher (else forgotten once empty)
     SteadyTime last_active;
     RoomDispatcher::DropCounts reported{};
     uint64_t reported_coalesced = 0;
@@ -175,6 +178,7 @@ class LiveService::Impl {
     std::string user;
     bool json = false;
     std::vector<std::pair<std::string, SteadyTime>> rooms;  // subscribed rooms and since when
+    uint64_t dropped_seen = 0;                               // see Subscriber
   };
 
   struct ShardState {
@@ -219,7 +223,8 @@ class LiveService::Impl {
     r->last_active = SystemClock::Instance().Now();
     OwnedRoom* raw = r.get();
     net::Shard& shard = runtime_.shard(st.index);
-    r->timer = shard.RunEvery(IntervalFor(room), [this, &st, raw] { Tick(st, *raw); });
+    // After Stop() no new timer is armed: nothing may call back into a service being torn down.
+    if (!stopping_.load()) r->timer = shard.RunEvery(IntervalFor(room), [this, &st, raw] { Tick(st, *raw); });
     st.owned.emplace(room, std::move(r));
     GetMetrics().rooms->Add(1);
     return *raw;
@@ -247,8 +252,10 @@ class LiveService::Impl {
     m->user.clear();
     m->priority = priority;
     m->id = st.ids.Next(now);
-    // created_at never goes down within a room, so a poll's next_since never skips a message.
-    m->created_at = std::max(now, r.last_created);
+    // created_at strictly increases within a room (a room publishing more than 1000 messages/s
+    // runs ahead of the wall clock), so a poller passing back next_since never skips a message:
+    // everything stored later is newer than everything it has seen.
+    m->created_at = std::max(now, r.last_created + 1);
     r.last_created = m->created_at;
     Finalize(*m);
     stored.push_back(Stored(m));
@@ -289,15 +296,22 @@ class LiveService::Impl {
       d.message.payload = "{\"event\":\"presence\",\"joined\":" + std::to_string(r.joins) +
                           ",\"left\":" + std::to_string(r.leaves) + ",\"online\":" + std::to_string(r.online) +
                           ",\"text\":\"" + std::to_string(r.joins) + " joined\"}";
-      r.joins = r.leaves = 0;
       std::vector<StoredMessage> stored;
       Accept(st, r, d, now, stored);
       AppendToStore(r.id, std::move(stored));
     }
     std::vector<MessagePtr> block = r.dispatcher->Tick(now);
+    // The presence notice counts everyone since the last one that went out: in a busy room it may
+    // wait several ticks (a gain value is never dropped), each replacing the last with a total.
+    if (r.joins > 0 || r.leaves > 0) {
+      for (const MessagePtr& m : block) {
+        if (m->gain_key == "presence") r.joins = r.leaves = 0;
+      }
+    }
     ReportDrops(r);
     const SteadyTime steady = SystemClock::Instance().Now();
-    if (!block.empty()) {
+    if (!block.empty()) r.last_active = steady;
+    if (!block.empty() && r.online > 0) {  // encoded only when someone is there to receive it
       ++r.seq;
       GetMetrics().blocks->Inc();
       auto frame = std::make_shared<const EncodedFrame>(EncodeBlock(r.id, r.seq, now, r.online, block));
@@ -309,10 +323,9 @@ class LiveService::Impl {
           runtime_.Post(s, [this, s, room = r.id, frame] { Deliver(*shards_[s], room, *frame); });
         }
       }
+    } else if (!block.empty() || r.online > 0 || !r.dispatcher->empty()) {
       r.last_active = steady;
-    } else if (r.online > 0 || !r.dispatcher->empty()) {
-      r.last_active = steady;
-    } else if (steady - r.last_active > options_.idle_room_ttl) {
+    } else if (!r.published || steady - r.last_active > options_.idle_room_ttl) {
       // Forget a quiet, empty room. Last thing this callback does: `r` is destroyed here.
       runtime_.shard(st.index).Cancel(r.timer);
       GetMetrics().rooms->Sub(1);
@@ -330,8 +343,8 @@ class LiveService::Impl {
       sub.conn->Send(frame.For(sub.json), !sub.json, /*droppable=*/true);
       // Send ran inline (same shard), so a drop it caused is already counted.
       const uint64_t dropped = sub.conn->dropped();
-      slow_drops += dropped - sub.dropped_seen;
-      sub.dropped_seen = dropped;
+      slow_drops += dropped - *sub.dropped_seen;
+      *sub.dropped_seen = dropped;
       ++n;
     });
     GetMetrics().deliveries->Inc(n);
@@ -366,6 +379,7 @@ class LiveService::Impl {
       PublishResult result;
       std::vector<StoredMessage> stored;
       for (Draft& d : drafts) result.ids.push_back(Accept(st, r, d, now, stored)->id);
+      r.published = true;
       GetMetrics().published_room->Inc(drafts.size());
       ReportDrops(r);  // an overflow may have dropped already
       AppendToStore(room, std::move(stored));
@@ -446,8 +460,9 @@ class LiveService::Impl {
               m->room = room;
               m->priority = priority;
               m->id = fanin->ids[i];
-              m->created_at = std::max(t, r->last_created);
+              m->created_at = std::max(t, r->last_created + 1);
               r->last_created = m->created_at;
+              r->published = true;
               Finalize(*m);
               stored.push_back(Stored(m));
               r->dispatcher->Enqueue(std::move(m));
@@ -541,7 +556,7 @@ class LiveService::Impl {
       }
       auto& members = st.local[room];
       if (!members) members = std::make_unique<MemberShards<Subscriber>>(options_.shard_size);
-      members->Join(info.conn->id(), Subscriber{info.conn, info.json});
+      members->Join(info.conn->id(), Subscriber{info.conn, info.json, &info.dropped_seen});
       info.rooms.emplace_back(room, SystemClock::Instance().Now());
       GetMetrics().subscriptions->Add(1);
       const uint32_t owner = OwnerOf(room), from = st.index;
@@ -729,7 +744,9 @@ class LiveService::Impl {
           size_t comma = value.find(',', start);
           if (comma == std::string::npos) comma = value.size();
           std::string type = value.substr(start, comma - start);
-          if (!type.empty()) q.types.push_back(std::move(type));
+          if (!type.empty() && std::find(q.types.begin(), q.types.end(), type) == q.types.end()) {
+            q.types.push_back(std::move(type));
+          }
           start = comma + 1;
         }
         if (q.types.size() > 16) return r.SendStatus(InvalidArgument("at most 16 types"));
@@ -810,7 +827,9 @@ class LiveService::Impl {
   }
 
   void Stop() {
-    // Cancel every timer on its own shard and wait: afterwards no callback touches `this`.
+    // Cancel every timer on its own shard and wait. Tasks already posted may still run until the
+    // runtime stops, but arm no timers: destroy the service only after Runtime::Stop().
+    stopping_.store(true);
     for (uint32_t s = 0; s < runtime_.size(); ++s) {
       std::promise<void> cancelled;
       std::future<void> wait = cancelled.get_future();
@@ -835,6 +854,7 @@ class LiveService::Impl {
   std::vector<std::unique_ptr<ShardState>> shards_;
   OnlineTable online_;
   std::atomic<int64_t> connections_{0};
+  std::atomic<bool> stopping_{false};
 };
 
 // ---------------------------------------------------------------------------------------------

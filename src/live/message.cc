@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
@@ -32,6 +33,27 @@ Status ValidateType(std::string_view type) {
   for (char c : type) {
     if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) {
       return InvalidArgument("type may only contain a-z, 0-9 and _");
+    }
+  }
+  return Status::Ok();
+}
+
+inline constexpr size_t kMaxPayloadDepth = 32;
+
+// Walks the payload iteratively: nesting deeper than kMaxPayloadDepth or far more values than
+// could fit in `max_bytes` is refused before anything recursive (dump) touches it.
+Status CheckPayloadShape(const nlohmann::json& root, size_t max_bytes) {
+  std::vector<std::pair<const nlohmann::json*, size_t>> stack = {{&root, 1}};
+  size_t values = 0;
+  while (!stack.empty()) {
+    auto [v, depth] = stack.back();
+    stack.pop_back();
+    if (depth > kMaxPayloadDepth) {
+      return InvalidArgument("payload nests deeper than " + std::to_string(kMaxPayloadDepth) + " levels");
+    }
+    if (++values > max_bytes) return InvalidArgument("payload is larger than " + std::to_string(max_bytes) + " bytes");
+    if (v->is_structured()) {
+      for (const auto& child : *v) stack.emplace_back(&child, depth + 1);
     }
   }
   return Status::Ok();
@@ -82,6 +104,8 @@ Result<Draft> ParseDraftJson(const nlohmann::json& j, size_t max_payload_bytes) 
       }
     } else if (k == "payload") {
       if (!v.is_object()) return InvalidArgument("payload must be a JSON object");
+      // dump() recurses: bound the nesting before serializing (and the size, roughly, too).
+      CHORUS_RETURN_IF_ERROR(CheckPayloadShape(v, max_payload_bytes));
       m.payload = v.dump();
       if (auto value = v.find("value"); value != v.end() && value->is_number()) {
         d.gift_value = value->get<double>();
@@ -151,7 +175,8 @@ int32_t PriorityRules::Compute(const Draft& d) const {
   auto it = base.find(m.type);
   int64_t p = it == base.end() ? default_base : it->second;
   if (m.type == "gift" && d.gift_value > 0) {
-    p += std::min<int64_t>(static_cast<int64_t>(std::floor(d.gift_value / gift_step)), gift_bonus_max);
+    // Clamp in double first: a huge (or infinite) value must not overflow the integer cast.
+    p += static_cast<int64_t>(std::min(std::floor(d.gift_value / gift_step), static_cast<double>(gift_bonus_max)));
   } else if (m.type == "chat") {
     if (m.sender_id.empty()) {
       p -= 1;

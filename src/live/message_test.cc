@@ -44,6 +44,19 @@ TEST(MessageTest, RejectsBadInput) {
   }
 }
 
+TEST(MessageTest, DeepOrHugePayloadsAreRefusedBeforeSerializing) {
+  // 100,000 levels would overflow the stack in a recursive dump().
+  std::string deep = R"({"type":"chat","payload":{"a":)";
+  for (int i = 0; i < 100000; ++i) deep += '[';
+  for (int i = 0; i < 100000; ++i) deep += ']';
+  deep += "}}";
+  auto d = ParseDraft(deep, 1 << 20);
+  ASSERT_FALSE(d.ok());
+  EXPECT_NE(d.status().message().find("deeper"), std::string::npos) << d.status().message();
+  std::string nested = R"({"type":"chat","payload":{"a":[[[[1]]]]}})";
+  EXPECT_TRUE(ParseDraft(nested, 4096).ok());
+}
+
 TEST(MessageTest, RoomIds) {
   EXPECT_TRUE(ValidateRoomId("r1").ok());
   EXPECT_TRUE(ValidateRoomId("live:123_a.b-c").ok());
@@ -75,6 +88,8 @@ TEST(PriorityRulesTest, FollowTheSeed) {
   EXPECT_GT(chat_zero, chat_anon);
   EXPECT_EQ(p(R"({"type":"chat","priority":999})"), 999);  // the business may set it
   EXPECT_EQ(p(R"({"type":"vote"})"), rules.default_base);
+  // A gift too large for any integer still gets the biggest bonus, not the smallest.
+  EXPECT_EQ(p(R"({"type":"gift","payload":{"value":1e300}})"), rules.base.at("gift") + rules.gift_bonus_max);
 }
 
 TEST(PriorityRulesTest, FromConfig) {

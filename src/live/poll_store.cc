@@ -10,26 +10,27 @@ PollResult SelectForPoll(std::vector<StoredMessage> candidates, const PollQuery&
   result.newest = query.since;
   for (const StoredMessage& m : candidates) result.newest = std::max(result.newest, m.created_at);
 
-  // Gain messages: only the newest value per key is a candidate.
+  // Gain messages: only the newest value per key is a candidate. Decide first, move after: the
+  // map's keys point into the candidates' strings.
   std::unordered_map<std::string_view, size_t> newest_gain;
-  bool any_gain = false;
   for (size_t i = 0; i < candidates.size(); ++i) {
     const StoredMessage& m = candidates[i];
     if (m.gain_key.empty()) continue;
-    any_gain = true;
     auto [it, inserted] = newest_gain.try_emplace(m.gain_key, i);
     const StoredMessage& prev = candidates[it->second];
-    if (!inserted && (m.created_at > prev.created_at ||
-                      (m.created_at == prev.created_at && m.id > prev.id))) {
+    if (!inserted && (m.created_at > prev.created_at || (m.created_at == prev.created_at && m.id > prev.id))) {
       it->second = i;
     }
   }
-  if (any_gain) {
+  if (!newest_gain.empty()) {
+    std::vector<bool> keep(candidates.size(), true);
+    for (size_t i = 0; i < candidates.size(); ++i) {
+      if (!candidates[i].gain_key.empty()) keep[i] = newest_gain.at(candidates[i].gain_key) == i;
+    }
     std::vector<StoredMessage> kept;
     kept.reserve(candidates.size());
     for (size_t i = 0; i < candidates.size(); ++i) {
-      if (!candidates[i].gain_key.empty() && newest_gain[candidates[i].gain_key] != i) continue;
-      kept.push_back(std::move(candidates[i]));
+      if (keep[i]) kept.push_back(std::move(candidates[i]));
     }
     candidates = std::move(kept);
   }

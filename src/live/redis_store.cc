@@ -106,6 +106,7 @@ struct QueryState {
   std::vector<std::string> requested;  // types asked for so far
   Status status;
   size_t outstanding = 0;
+  int64_t watermark = std::numeric_limits<int64_t>::min();
 
   bool Requested(std::string_view type) const {
     return std::find(requested.begin(), requested.end(), type) != requested.end();
@@ -149,6 +150,20 @@ struct QueryState {
         });
   }
 
+  void RequestWatermark(const std::shared_ptr<QueryState>& self) {
+    ++outstanding;
+    client->Command({"GET", RedisPollStore::WatermarkKey(query.room)}, [self](const Result<RedisReply>& r) {
+      if (!r.ok()) {
+        self->Fail(r.status());
+      } else if (r->is_string()) {
+        int64_t w = 0;
+        auto [ptr, ec] = std::from_chars(r->str.data(), r->str.data() + r->str.size(), w);
+        if (ec == std::errc() && ptr == r->str.data() + r->str.size()) self->watermark = w;
+      }
+      self->Settle();
+    });
+  }
+
   void Fail(const Status& s) {
     if (status.ok()) status = s.WithContext(kContext);
   }
@@ -159,6 +174,8 @@ struct QueryState {
       done(status);
       return;
     }
+    // No watermark: nothing of this room is stored yet, or it all expired.
+    std::erase_if(candidates, [this](const StoredMessage& m) { return m.created_at > watermark; });
     done(SelectForPoll(std::move(candidates), query));
   }
 };
@@ -169,6 +186,13 @@ std::string RedisPollStore::Key(std::string_view room, std::string_view type) {
   std::string key;
   key.reserve(room.size() + type.size() + 8);
   key.append("live:{").append(room).append("}:").append(type);
+  return key;
+}
+
+std::string RedisPollStore::WatermarkKey(std::string_view room) {
+  std::string key;
+  key.reserve(room.size() + 11);
+  key.append("live:{").append(room).append("}:$wm");  // '$' cannot occur in a type name
   return key;
 }
 
@@ -271,6 +295,9 @@ void RedisPollStore::Append(std::string_view room, std::vector<StoredMessage> me
   state->Add(client, std::move(index), state);
   state->Add(client, {"ZREMRANGEBYSCORE", index_key, "-inf", keep_from}, state);
   state->Add(client, {"PEXPIRE", index_key, ttl_ms}, state);
+  // Last: the watermark. One connection runs these in order, so a reader that sees watermark W
+  // also sees every message with created_at <= W (created_at strictly increases per room).
+  state->Add(client, {"SET", WatermarkKey(room), std::to_string(newest), "PX", ttl_ms}, state);
 }
 
 void RedisPollStore::Query(PollQuery query, QueryCallback done) {
@@ -285,6 +312,9 @@ void RedisPollStore::Query(PollQuery query, QueryCallback done) {
   state->done = std::move(done);
   std::vector<std::string> types = query.types;
   state->query = std::move(query);
+  // First, the watermark: the ranges below may also see appends that land after it, which are
+  // filtered out so that the answer is a consistent prefix (see Append).
+  state->RequestWatermark(state);
   if (types.empty()) {
     // Business types are found through the index, the standard ones asked for in the same round trip.
     for (std::string_view t : kStandardTypes) state->RequestType(std::string(t), state);

@@ -75,6 +75,8 @@ class RedisPollStore final : public PollStore {
   // "live:{<room>}:<type>" and "live:{<room>}" (the type index), see the header comment.
   static std::string Key(std::string_view room, std::string_view type);
   static std::string TypesKey(std::string_view room);
+  // "live:{<room>}:$wm": the newest created_at whose append has completed (written last).
+  static std::string WatermarkKey(std::string_view room);
 
   const std::vector<std::shared_ptr<redis::RedisClient>>& clients() const { return clients_; }
 

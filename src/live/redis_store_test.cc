@@ -280,11 +280,26 @@ TEST_F(RedisPollStoreTest, RetentionByCountAndByAge) {
   EXPECT_EQ(Ids(*later), (std::vector<uint64_t>{7}));
 
   // Idle rooms expire by themselves: every key carries a TTL of at most twice the window.
-  for (const std::string key : {"live:{r}:chat", "live:{r}:gift", "live:{r}"}) {
+  for (const std::string key : {"live:{r}:chat", "live:{r}:gift", "live:{r}", "live:{r}:$wm"}) {
     const int64_t ttl = Integer({"PTTL", key});
     EXPECT_GT(ttl, 0) << key;
     EXPECT_LE(ttl, 20'000) << key;
   }
+}
+
+TEST_F(RedisPollStoreTest, QueriesNeverSeePastTheWatermark) {
+  // A message stored without its append completing (as if the query ran between the ZADD and the
+  // watermark SET of an append in flight) is held back until the watermark covers it.
+  ASSERT_TRUE(Append("w", {Stored(1, 1000, "chat", 200)}).ok());
+  ASSERT_TRUE(Redis({"ZADD", "live:{w}:gift", "1001", *Stored(2, 1001, "gift", 600).json}).ok());
+  auto first = Query({.room = "w", .since = 0, .until = 99'999, .limit = 15});
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(Ids(*first), (std::vector<uint64_t>{1}));
+  EXPECT_EQ(first->newest, 1000);
+  ASSERT_TRUE(Append("w", {Stored(3, 1002, "chat", 200)}).ok());
+  auto second = Query({.room = "w", .since = first->newest, .until = 99'999, .limit = 15});
+  ASSERT_TRUE(second.ok());
+  EXPECT_EQ(Ids(*second), (std::vector<uint64_t>{2, 3}));  // the gift was not skipped
 }
 
 TEST_F(RedisPollStoreTest, KeysAreLiveRoomHashTagAndType) {
@@ -294,7 +309,9 @@ TEST_F(RedisPollStoreTest, KeysAreLiveRoomHashTagAndType) {
                   .ok());
   EXPECT_EQ(RedisPollStore::Key(room, "gift"), "live:{room:1.a-b_C}:gift");
   EXPECT_THAT(Keys("live:*"), UnorderedElementsAre("live:{room:1.a-b_C}:gift", "live:{room:1.a-b_C}:chat",
-                                                   "live:{room:1.a-b_C}:vote", "live:{room:1.a-b_C}"));
+                                                   "live:{room:1.a-b_C}:vote", "live:{room:1.a-b_C}",
+                                                   "live:{room:1.a-b_C}:$wm"));
+  EXPECT_EQ(Keys("live:{room:1.a-b_C}:$wm").size(), 1u);
   EXPECT_EQ(Integer({"ZCARD", "live:{room:1.a-b_C}:gift"}), 1);
   EXPECT_EQ(Integer({"ZCARD", "live:{room:1.a-b_C}:chat"}), 2);
   EXPECT_EQ(Integer({"EXISTS", "live:{room:1.a-b_C}:pk"}), 0);

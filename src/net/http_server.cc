@@ -196,6 +196,10 @@ class WsSession final : public Connection,
 
   bool Send(std::shared_ptr<const std::string> payload, bool binary, bool droppable = false) override {
     if (closed_.load(std::memory_order_acquire)) return false;
+    if (shard_.IsCurrent()) {  // the fan-out case: no task, no extra reference to the session
+      Enqueue(std::move(payload), binary, droppable);
+      return true;
+    }
     shard_.Dispatch([self = shared_from_this(), payload = std::move(payload), binary, droppable]() mutable {
       self->Enqueue(std::move(payload), binary, droppable);
     });
