@@ -58,11 +58,23 @@ void RoomDispatcher::Enqueue(MessagePtr m) {
     Drop(DropReason::kOverflow);
     if (!dropped) return;  // the new message was the lowest
   }
-  if (!m->gain_key.empty()) {
-    if (replaces) {
-      ++coalesced_;
-      ++stale_;
+  if (replaces) {
+    ++coalesced_;
+    MessagePtr& current = gain_[m->gain_key];
+    // Same priority: the new value takes the old one's place, so a value updated every tick keeps
+    // its turn instead of going to the back. Otherwise the old entry goes stale (swept later).
+    auto q = queues_.find(current->priority);
+    if (q != queues_.end() && current->priority == m->priority) {
+      auto slot = std::find(q->second.begin(), q->second.end(), current);
+      if (slot != q->second.end()) {
+        *slot = m;
+        current = std::move(m);
+        return;
+      }
     }
+    ++stale_;
+    current = m;
+  } else if (!m->gain_key.empty()) {
     gain_[m->gain_key] = m;
   }
   queues_[m->priority].push_back(std::move(m));

@@ -130,6 +130,27 @@ TEST_F(DispatcherTest, GainMessageIsNotExpiredOrDroppedWhileNewest) {
   EXPECT_EQ(d.drops(DropReason::kExpired) + d.drops(DropReason::kOverBudget), 0u);
 }
 
+TEST_F(DispatcherTest, GainReplacementKeepsItsTurn) {
+  options_.block_max = 1;
+  RoomDispatcher d(&options_);
+  auto score = Make("pk", 500, "score");
+  auto other = Make("pk", 500);
+  d.Enqueue(score);
+  d.Enqueue(other);
+  auto score2 = Make("pk", 500, "score");
+  d.Enqueue(score2);  // replaces in place: still first in line
+  EXPECT_EQ(d.pending(), 2u);
+  EXPECT_EQ(Ids(d.Tick(now_ms_)), (std::vector<uint64_t>{score2->id}));
+  // A replacement at another priority moves to that priority's queue.
+  auto score3 = Make("pk", 700, "score");
+  auto score4 = Make("pk", 100, "score");
+  d.Enqueue(score3);
+  d.Enqueue(score4);
+  EXPECT_EQ(Ids(d.Tick(now_ms_)), (std::vector<uint64_t>{other->id}));
+  EXPECT_EQ(Ids(d.Tick(now_ms_)), (std::vector<uint64_t>{score4->id}));
+  EXPECT_TRUE(d.empty());
+}
+
 TEST_F(DispatcherTest, OverflowDropsLowestOldestOrTheNewcomer) {
   options_.pending_max = 3;
   RoomDispatcher d(&options_);
@@ -158,7 +179,8 @@ TEST_F(DispatcherTest, OverflowNeverEvictsCurrentGainValues) {
   EXPECT_EQ(d.drops(DropReason::kOverflow), 1u);
   auto score2 = Make("pk", 100, "score");
   d.Enqueue(score2);  // a replacement is always accepted
-  EXPECT_EQ(Ids(d.Tick(now_ms_)), (std::vector<uint64_t>{likes->id, score2->id}));
+  // The new score took the old one's place: still ahead of the (younger) likes value.
+  EXPECT_EQ(Ids(d.Tick(now_ms_)), (std::vector<uint64_t>{score2->id, likes->id}));
 }
 
 TEST_F(DispatcherTest, SimulatedClockDrivesTicks) {
