@@ -5,9 +5,11 @@
 #
 # Gives: log/die, a temporary directory with cleanup on exit (bench_tmp), servers started in their
 # own process groups and stopped on exit (start_group/stop_group/wait_ready), free loopback ports
-# (free_ports), wrk runs parsed into W_* variables (run_wrk), a chorus binary (resolve_chorus_bin),
-# the Bun peer binary installed on demand (ensure_bun) and ms formatting. Scripts set `FAILED=0`
-# at the very end of a successful run; until then the temporary directory is kept for the logs.
+# (free_ports), wrk runs parsed into W_* variables (run_wrk), alternating best-of wrk rounds
+# against several servers (wrk_rounds), a chorus binary (resolve_chorus_bin), the Bun peer binary
+# installed on demand (ensure_bun), an nginx static-file config (write_nginx_conf) and ms
+# formatting. Scripts set `FAILED=0` at the very end of a successful run; until then the temporary
+# directory is kept for the logs.
 
 log() { printf '[%s] %s\n' "${LOG_TAG:-bench}" "$*" >&2; }
 die() { log "error: $*"; exit 2; }
@@ -130,9 +132,7 @@ ensure_bun() {
 run_wrk() {
   local system=$1 url=$2 round=$3 out
   out=$TMP/wrk-$system-$round.txt
-  # shellcheck disable=SC2034  # the W_* results are read by the calling script
   W_RPS="" W_MEAN=0 W_MAX=0 W_P50=0 W_P75=0 W_P90=0 W_P99=0 W_REQUESTS=0 W_SECONDS=0
-  # shellcheck disable=SC2034
   W_NON2XX=0 W_SOCKERR=0
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$url" >"$out" 2>&1 ||
     { cat "$out" >&2; die "wrk failed against $system"; }
@@ -160,11 +160,55 @@ run_wrk() {
 # ms NS: three significant digits, like chorus-bench's summaries.
 ms() { awk -v n="$1" 'BEGIN { v = n / 1e6; f = v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : v >= 1 ? "%.2f" : "%.3f"; printf f "ms", v }'; }
 
-# write_nginx_conf DIR PORT WORKERS: $DIR/nginx.conf serving $DIR/html as static files on
-# 127.0.0.1:PORT, tuned like a static file server should be (access log off, sendfile,
+# wrk_rounds SYSTEM URL [SYSTEM URL ...]: warms each system up with wrk for WARMUP, then runs
+# ROUNDS rounds of run_wrk over the systems in the given order (a, b, a, b, ...), logging each run
+# and showing wrk's output for runs with errors. Leaves, per system, the best round's req/s,
+# p50/p99 (ns) and report entry (JSON, schema bench/report.h) in BEST_RPS, BEST_P50, BEST_P99 and
+# BEST_JSON; every run in RUNS_JSON (comma-separated objects for the result file's "runs"); the
+# total of non-2xx responses and socket errors over all runs in ERRORS.
+wrk_rounds() {
+  (($# > 0 && $# % 2 == 0)) || die "wrk_rounds: expected SYSTEM URL pairs"
+  local -a systems=()
+  local -A urls=()
+  local system round
+  while (($#)); do systems+=("$1"); urls[$1]=$2; shift 2; done
+  declare -gA BEST_RPS=() BEST_JSON=() BEST_P50=() BEST_P99=()
+  RUNS_JSON=""
+  ERRORS=0
+  for system in "${systems[@]}"; do
+    log "warming up $system for $WARMUP"
+    wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${urls[$system]}" >/dev/null 2>&1 || true
+    BEST_RPS[$system]=0
+  done
+  for round in $(seq "$ROUNDS"); do
+    for system in "${systems[@]}"; do
+      run_wrk "$system" "${urls[$system]}" "$round"
+      log "round $round $system: $W_RPS req/s, p50 $(ms "$W_P50") p99 $(ms "$W_P99"), non-2xx $W_NON2XX, socket errors $W_SOCKERR"
+      if [[ $W_NON2XX != 0 || $W_SOCKERR != 0 ]]; then
+        ERRORS=$((ERRORS + W_NON2XX + W_SOCKERR))
+        log "ERRORS against $system in round $round (wrk output below)"
+        sed 's/^/    /' "$TMP/wrk-$system-$round.txt" >&2
+      fi
+      RUNS_JSON+="${RUNS_JSON:+, }{\"system\": \"$system\", \"round\": $round, \"throughput\": $W_RPS, \"non_2xx\": $W_NON2XX, \"socket_errors\": $W_SOCKERR}"
+      # shellcheck disable=SC2034  # BEST_JSON, BEST_P50 and BEST_P99 are read by the calling script
+      if awk -v a="$W_RPS" -v b="${BEST_RPS[$system]}" 'BEGIN { exit !(a > b) }'; then
+        BEST_RPS[$system]=$W_RPS
+        BEST_JSON[$system]=$(printf '{"system": "%s", "throughput": %s, "unit": "req/s", "duration_s": %s, "counts": {"requests": %s, "non_2xx": %s, "socket_errors": %s}, "latency": {"mean_ns": %s, "p50_ns": %s, "p75_ns": %s, "p90_ns": %s, "p99_ns": %s, "max_ns": %s}}' \
+          "$system" "$W_RPS" "$W_SECONDS" "$W_REQUESTS" "$W_NON2XX" "$W_SOCKERR" \
+          "$W_MEAN" "$W_P50" "$W_P75" "$W_P90" "$W_P99" "$W_MAX")
+        BEST_P50[$system]=$W_P50
+        BEST_P99[$system]=$W_P99
+      fi
+    done
+  done
+}
+
+# write_nginx_conf DIR PORT WORKERS [LOCATION]: $DIR/nginx.conf serving $DIR/html as static files
+# on 127.0.0.1:PORT, tuned like a static file server should be (access log off, sendfile,
 # open_file_cache, keep-alive without limits, no etag or server tokens), as application/json.
+# LOCATION is the nginx location that serves them ("/" = everything; "= /healthz" = one path).
 write_nginx_conf() {
-  local dir=$1 port=$2 workers=$3 user_line=""
+  local dir=$1 port=$2 workers=$3 location=${4:-/} user_line=""
   [[ $(id -u) == 0 ]] && user_line="user root;"
   mkdir -p "$dir/html" "$dir/tmp"
   cat >"$dir/nginx.conf" <<CONF
@@ -196,7 +240,7 @@ http {
   server {
     listen 127.0.0.1:$port reuseport;
     root $dir/html;
-    location / { }
+    location $location { }
   }
 }
 CONF

@@ -115,35 +115,7 @@ sed 's/^/    /' "$TMP/nginx.headers" | tr -d '\r' >&2
 # ---------------------------------------------------------------------------------------------
 # wrk rounds.
 declare -A URLS=([chorus]="http://127.0.0.1:$P_CHORUS$PATH_Q" [nginx]="http://127.0.0.1:$P_NGINX$PATH_Q")
-SYSTEMS=(chorus nginx)
-declare -A BEST_RPS BEST_JSON BEST_P50 BEST_P99
-RUNS_JSON=""
-ERRORS=0
-for system in "${SYSTEMS[@]}"; do
-  log "warming up $system for $WARMUP"
-  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$WARMUP" "${URLS[$system]}" >/dev/null 2>&1 || true
-  BEST_RPS[$system]=0
-done
-for round in $(seq "$ROUNDS"); do
-  for system in "${SYSTEMS[@]}"; do
-    run_wrk "$system" "${URLS[$system]}" "$round"
-    log "round $round $system: $W_RPS req/s, p50 $(ms "$W_P50") p99 $(ms "$W_P99"), non-2xx $W_NON2XX, socket errors $W_SOCKERR"
-    if [[ $W_NON2XX != 0 || $W_SOCKERR != 0 ]]; then
-      ERRORS=$((ERRORS + W_NON2XX + W_SOCKERR))
-      log "ERRORS against $system in round $round (wrk output below)"
-      sed 's/^/    /' "$TMP/wrk-$system-$round.txt" >&2
-    fi
-    RUNS_JSON+="${RUNS_JSON:+, }{\"system\": \"$system\", \"round\": $round, \"throughput\": $W_RPS, \"non_2xx\": $W_NON2XX, \"socket_errors\": $W_SOCKERR}"
-    if awk -v a="$W_RPS" -v b="${BEST_RPS[$system]}" 'BEGIN { exit !(a > b) }'; then
-      BEST_RPS[$system]=$W_RPS
-      BEST_JSON[$system]=$(printf '{"system": "%s", "throughput": %s, "unit": "req/s", "duration_s": %s, "counts": {"requests": %s, "non_2xx": %s, "socket_errors": %s}, "latency": {"mean_ns": %s, "p50_ns": %s, "p75_ns": %s, "p90_ns": %s, "p99_ns": %s, "max_ns": %s}}' \
-        "$system" "$W_RPS" "$W_SECONDS" "$W_REQUESTS" "$W_NON2XX" "$W_SOCKERR" \
-        "$W_MEAN" "$W_P50" "$W_P75" "$W_P90" "$W_P99" "$W_MAX")
-      BEST_P50[$system]=$W_P50
-      BEST_P99[$system]=$W_P99
-    fi
-  done
-done
+wrk_rounds chorus "${URLS[chorus]}" nginx "${URLS[nginx]}"
 
 # ---------------------------------------------------------------------------------------------
 # Report.

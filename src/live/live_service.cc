@@ -751,6 +751,7 @@ class LiveService::Impl {
         }
         if (q.types.size() > 16) return r.SendStatus(InvalidArgument("at most 16 types"));
       } else if (key == "token") {
+        // Checked above, with the Authorization header.
       } else {
         return r.SendStatus(InvalidArgument("unknown query parameter " + key + " (since, limit, types)"));
       }
