@@ -13,7 +13,6 @@
 #include "base/mutex.h"
 #include "live/frames.h"
 #include "live/membership.h"
-#include "live/memory_store.h"
 #include "net/http_json.h"
 #include "net/router.h"
 #include "net/runtime.h"
@@ -816,15 +815,10 @@ class LiveService::Impl {
   }
 
   void Start() {
-    // Housekeeping: forget retained poll messages past the window (memory store only).
-    for (uint32_t s = 0; s < runtime_.size(); ++s) {
-      runtime_.Post(s, [this, s] {
-        if (s != 0) return;
-        shards_[s]->housekeeping = runtime_.shard(s).RunEvery(std::chrono::seconds(5), [this] {
-          if (sweep_) sweep_(WallMs());
-        });
-      });
-    }
+    // Housekeeping on shard 0: the poll store forgets what is past its retention window.
+    runtime_.Post(0, [this] {
+      shards_[0]->housekeeping = runtime_.shard(0).RunEvery(std::chrono::seconds(5), [this] { store_->Sweep(WallMs()); });
+    });
   }
 
   void Stop() {
@@ -850,7 +844,6 @@ class LiveService::Impl {
   const net::TokenSigner& signer_;
   LiveOptions options_;
   std::shared_ptr<PollStore> store_;
-  std::function<void(int64_t)> sweep_;
   std::map<std::string, DispatcherOptions, std::less<>> room_dispatch_;
   std::vector<std::unique_ptr<ShardState>> shards_;
   OnlineTable online_;
@@ -873,9 +866,6 @@ Result<std::unique_ptr<LiveService>> LiveService::Create(net::Runtime& runtime, 
                            std::to_string((1024 >> shard_bits) - 1) + ")");
   }
   auto impl = std::make_unique<Impl>(runtime, signer, std::move(options), std::move(store));
-  if (auto* memory = dynamic_cast<MemoryPollStore*>(impl->store_.get())) {
-    impl->sweep_ = [memory](int64_t now) { memory->Sweep(now); };
-  }
   return std::unique_ptr<LiveService>(new LiveService(std::move(impl)));
 }
 

@@ -15,6 +15,7 @@
 #include "net/test_client.h"
 #include "net/token.h"
 #include "support/engines.h"
+#include "support/http_client.h"
 
 namespace chorus::live {
 namespace {
@@ -24,7 +25,6 @@ using net::testclient::ServerHarness;
 using net::testclient::WsClient;
 using nlohmann::json;
 namespace beast = boost::beast;
-namespace http = beast::http;
 namespace asio = boost::asio;
 
 const std::string kSecret(40, 'k');
@@ -35,25 +35,19 @@ struct HttpReply {
   json Json() const { return json::parse(body, nullptr, false); }
 };
 
-// One blocking HTTP/1.1 request on a fresh connection.
-HttpReply Request(uint16_t port, http::verb verb, const std::string& target, const std::string& body = "",
+// One request on a fresh connection, through the shared test client.
+HttpReply Request(uint16_t port, std::string_view method, std::string_view target, std::string_view body = "",
                   const std::string& bearer = "") {
-  asio::io_context io;
-  asio::ip::tcp::socket sock(io);
-  sock.connect({asio::ip::make_address("127.0.0.1"), port});
-  http::request<http::string_body> req(verb, target, 11);
-  req.set(http::field::host, "127.0.0.1:" + std::to_string(port));
-  if (!bearer.empty()) req.set(http::field::authorization, "Bearer " + bearer);
-  if (!body.empty()) {
-    req.set(http::field::content_type, "application/json");
-    req.body() = body;
-  }
-  req.prepare_payload();
-  http::write(sock, req);
-  beast::flat_buffer buf;
-  http::response<http::string_body> res;
-  http::read(sock, buf, res);
-  return {static_cast<int>(res.result_int()), res.body()};
+  auto client = chorus::testing::HttpClient::Connect(port);
+  EXPECT_TRUE(client.ok()) << client.status().ToString();
+  if (!client.ok()) return {};
+  std::vector<std::pair<std::string, std::string>> headers;
+  if (!bearer.empty()) headers.emplace_back("Authorization", "Bearer " + bearer);
+  if (!body.empty()) headers.emplace_back("Content-Type", "application/json");
+  auto reply = client->Request(method, target, body, std::move(headers));
+  EXPECT_TRUE(reply.ok()) << reply.status().ToString();
+  if (!reply.ok()) return {};
+  return {reply->status, reply->body};
 }
 
 class LiveServer {
@@ -110,10 +104,10 @@ class LiveServer {
   }
 
   HttpReply Publish(const std::string& path, const json& body) {
-    return Request(port(), http::verb::post, path, body.dump(), ServiceToken());
+    return Request(port(), "POST", path, body.dump(), ServiceToken());
   }
   HttpReply Poll(const std::string& room, const std::string& query = "") {
-    return Request(port(), http::verb::get, "/v1/rooms/" + room + "/messages" + query);
+    return Request(port(), "GET", "/v1/rooms/" + room + "/messages" + query);
   }
 
  private:
@@ -479,18 +473,18 @@ TEST(LiveServiceTest, BadInputGetsClearErrorsAndServerKeepsServing) {
 
   // Publishing: no token, user token, wrong scope, bad room, bad body, bad type, empty batch.
   const json ok = {{"type", "chat"}};
-  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", ok.dump()).status, 401);
-  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", ok.dump(), server.UserToken("u")).status, 403);
-  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", ok.dump(), server.ServiceToken({"likes.write"})).status,
+  EXPECT_EQ(Request(port, "POST", "/v1/rooms/r/messages", ok.dump()).status, 401);
+  EXPECT_EQ(Request(port, "POST", "/v1/rooms/r/messages", ok.dump(), server.UserToken("u")).status, 403);
+  EXPECT_EQ(Request(port, "POST", "/v1/rooms/r/messages", ok.dump(), server.ServiceToken({"likes.write"})).status,
             403);
   const std::string t = server.ServiceToken();
-  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/bad%20room/messages", ok.dump(), t).status, 400);
-  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", "{oops", t).status, 400);
-  auto bad_type = Request(port, http::verb::post, "/v1/rooms/r/messages", R"({"type":"Bad Type"})", t);
+  EXPECT_EQ(Request(port, "POST", "/v1/rooms/bad%20room/messages", ok.dump(), t).status, 400);
+  EXPECT_EQ(Request(port, "POST", "/v1/rooms/r/messages", "{oops", t).status, 400);
+  auto bad_type = Request(port, "POST", "/v1/rooms/r/messages", R"({"type":"Bad Type"})", t);
   EXPECT_EQ(bad_type.status, 400);
   EXPECT_NE(bad_type.body.find("type"), std::string::npos);
-  EXPECT_EQ(Request(port, http::verb::post, "/v1/rooms/r/messages", R"({"messages":[]})", t).status, 400);
-  auto second_bad = Request(port, http::verb::post, "/v1/rooms/r/messages",
+  EXPECT_EQ(Request(port, "POST", "/v1/rooms/r/messages", R"({"messages":[]})", t).status, 400);
+  auto second_bad = Request(port, "POST", "/v1/rooms/r/messages",
                             R"({"messages":[{"type":"chat"},{"type":"chat","priority":5000}]})", t);
   EXPECT_EQ(second_bad.status, 400);
   EXPECT_NE(second_bad.body.find("messages[1]"), std::string::npos) << second_bad.body;
@@ -507,20 +501,20 @@ TEST(LiveServiceTest, BadInputGetsClearErrorsAndServerKeepsServing) {
 
 TEST(LiveServiceTest, ConnectChoosesTransportByCapabilityAndRoomSize) {
   LiveServer server([](LiveOptions& o) { o.poll_tiers = {{1, 1500}, {2, 2000}}; o.poll_ms_max = 2500; });
-  auto c = Request(server.port(), http::verb::get, "/v1/connect?room=r").Json();
+  auto c = Request(server.port(), "GET", "/v1/connect?room=r").Json();
   EXPECT_EQ(c["transport"], "websocket");
   EXPECT_EQ(c["urls"][0], "ws://127.0.0.1:" + std::to_string(server.port()) + "/v1/ws");
   EXPECT_EQ(c["poll_ms"], 1500);
-  auto p = Request(server.port(), http::verb::get, "/v1/connect?room=r&ws=0").Json();
+  auto p = Request(server.port(), "GET", "/v1/connect?room=r&ws=0").Json();
   EXPECT_EQ(p["transport"], "poll");
   EXPECT_EQ(p["poll_url"], "/v1/rooms/r/messages");
   Viewer a(server, "a"), b(server, "b");
   a.Subscribe("r");
   b.Subscribe("r");
   EXPECT_TRUE(Eventually([&] {
-    return Request(server.port(), http::verb::get, "/v1/connect?room=r").Json()["poll_ms"] == 2500;
+    return Request(server.port(), "GET", "/v1/connect?room=r").Json()["poll_ms"] == 2500;
   }));
-  EXPECT_EQ(Request(server.port(), http::verb::get, "/v1/connect").status, 400);
+  EXPECT_EQ(Request(server.port(), "GET", "/v1/connect").status, 400);
 }
 
 // Polling behaves the same on both stores.

@@ -22,9 +22,8 @@ class MemoryPollStore final : public PollStore {
   void Query(PollQuery query, QueryCallback done) override;
   std::string_view name() const override { return "memory"; }
 
-  // Forgets messages older than the retention window as of `now_ms` and rooms left empty. The
-  // service calls it periodically; appends trim their own room.
-  void Sweep(int64_t now_ms);
+  // Also forgets rooms left empty; appends trim their own room.
+  void Sweep(int64_t now_ms) override;
   size_t rooms() const;
 
  private:

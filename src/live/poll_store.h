@@ -63,6 +63,9 @@ class PollStore {
   // Runs a query; `done` runs on the calling shard (or inline) exactly once.
   virtual void Query(PollQuery query, QueryCallback done) = 0;
   virtual std::string_view name() const = 0;
+  // Forgets what is older than the retention window as of `now_ms`, for engines that do not
+  // expire data themselves; called every few seconds from one shard. Redis expires keys itself.
+  virtual void Sweep(int64_t now_ms) {}
 };
 
 // Retention shared by both engines.

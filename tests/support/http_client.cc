@@ -36,10 +36,11 @@ Result<HttpClient> HttpClient::Connect(int port, std::chrono::milliseconds timeo
   }
   int one = 1;
   setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  return HttpClient(fd);
+  return HttpClient(fd, port);
 }
 
-HttpClient::HttpClient(HttpClient&& other) noexcept : fd_(other.fd_), buffer_(std::move(other.buffer_)) {
+HttpClient::HttpClient(HttpClient&& other) noexcept
+    : fd_(other.fd_), port_(other.port_), buffer_(std::move(other.buffer_)) {
   other.fd_ = -1;
 }
 
@@ -47,6 +48,7 @@ HttpClient& HttpClient::operator=(HttpClient&& other) noexcept {
   if (this != &other) {
     if (fd_ >= 0) close(fd_);
     fd_ = other.fd_;
+    port_ = other.port_;
     buffer_ = std::move(other.buffer_);
     other.fd_ = -1;
   }
@@ -130,7 +132,7 @@ Result<HttpReply> HttpClient::Request(std::string_view method, std::string_view 
   req += method;
   req += ' ';
   req += target;
-  req += " HTTP/1.1\r\nHost: 127.0.0.1\r\n";
+  req += " HTTP/1.1\r\nHost: 127.0.0.1:" + std::to_string(port_) + "\r\n";
   for (const auto& [k, v] : headers) req += k + ": " + v + "\r\n";
   if (!body.empty() || method == "POST" || method == "PUT") req += "Content-Length: " + std::to_string(body.size()) + "\r\n";
   req += "\r\n";

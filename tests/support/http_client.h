@@ -31,7 +31,7 @@ class HttpClient {
   Status SendRaw(std::string_view bytes);
   // Reads one response (Content-Length framed). Error on timeout, EOF or garbage.
   Result<HttpReply> ReadReply(std::chrono::milliseconds timeout = std::chrono::seconds(5));
-  // Sends a request with Host and Content-Length and reads the reply.
+  // Sends a request with Host (127.0.0.1:port) and Content-Length and reads the reply.
   Result<HttpReply> Request(std::string_view method, std::string_view target, std::string_view body = {},
                             std::vector<std::pair<std::string, std::string>> headers = {});
   Result<HttpReply> Get(std::string_view target) { return Request("GET", target); }
@@ -39,9 +39,10 @@ class HttpClient {
   bool WaitClosed(std::chrono::milliseconds timeout);
 
  private:
-  explicit HttpClient(int fd) : fd_(fd) {}
+  HttpClient(int fd, int port) : fd_(fd), port_(port) {}
   Status Fill(std::chrono::steady_clock::time_point deadline);
   int fd_ = -1;
+  int port_ = 0;  // for the Host header
   std::string buffer_;
 };
 
