@@ -26,6 +26,15 @@ int RunUp(const Config& config, const std::vector<std::string>& services = {});
 // RunUp can wait for them synchronously.
 void BlockShutdownSignals();
 
+struct VerifyRequest {
+  std::string data_dir;
+  bool repair = false;
+};
+// `chorus likes verify`: recomputes the likes store's counts, received totals and indexes from
+// its records and prints every difference (repairing them with `repair`). Returns the exit code:
+// 0 consistent (or repaired), 1 differences found or an engine error, 2 bad usage.
+int RunLikesVerify(const VerifyRequest& request);
+
 struct TokenRequest {
   std::string data_dir;
   std::string user;               // exactly one of user / service

@@ -52,6 +52,18 @@ int main(int argc, char** argv) {
   auto* live = app.add_subcommand(
       "live", "Run only the live-room messaging service (plus /healthz, /metrics) until SIGTERM/SIGINT.");
   server_flags(live);
+  auto* likes = app.add_subcommand(
+      "likes", "Run only the like platform (plus /healthz, /metrics) until SIGTERM/SIGINT; or `likes verify`.");
+  server_flags(likes);
+  likes->require_subcommand(0, 1);
+  chorus::app::VerifyRequest vreq;
+  vreq.data_dir = "./data";
+  auto* verify = likes->add_subcommand(
+      "verify",
+      "Recompute the likes store's counts, received totals and like indexes from its records and report every "
+      "difference. Exit 0 when consistent (or repaired), 1 when differences remain, 2 on bad usage.");
+  verify->add_option("--data-dir", vreq.data_dir, "Data directory holding likes/ (default ./data)");
+  verify->add_flag("--repair", vreq.repair, "Rewrite every difference (needs the store to itself: stop chorus first)");
 
   // chorus token
   auto* token = app.add_subcommand("token", "Print a signed user or service token.");
@@ -92,6 +104,8 @@ int main(int argc, char** argv) {
     return 0;
   }
 
+  if (verify->parsed()) return chorus::app::RunLikesVerify(vreq);
+
   // up
   if (list_keys) {
     std::cout << chorus::app::Schema().Describe();
@@ -124,6 +138,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   chorus::app::BlockShutdownSignals();
-  return chorus::app::RunUp(*config, live->parsed() ? std::vector<std::string>{"live"}
-                                                   : std::vector<std::string>{});
+  std::vector<std::string> services;
+  if (live->parsed()) services = {"live"};
+  if (likes->parsed()) services = {"likes"};
+  return chorus::app::RunUp(*config, services);
 }

@@ -1,4 +1,5 @@
 #include "chorus/app.h"
+#include "likes/likes_service.h"
 #include "live/live_service.h"
 
 namespace chorus::app {
@@ -28,6 +29,7 @@ const ConfigSchema& Schema() {
         .String("log.format", "text", "Log line format.", {"text", "json"})
         .String("log.file", "", "Log file (empty = stderr).");
     live::AddConfigKeys(*s);
+    likes::AddConfigKeys(*s);
     return s;
   }();
   return *schema;

@@ -15,6 +15,8 @@
 #include "base/readiness.h"
 #include "chorus/app.h"
 #include "chorus/system_service.h"
+#include "likes/likes_service.h"
+#include "likes/rocksdb_store.h"
 #include "live/live_service.h"
 #include "live/store_factory.h"
 #include "net/grpc_server.h"
@@ -161,6 +163,36 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
     }
   }
 
+  // likes: the RocksDB store under data_dir/likes, opened before serving.
+  std::unique_ptr<likes::LikesService> likes_service;
+  if (wants("likes")) {
+    auto likes_options = likes::OptionsFromConfig(config);
+    if (!likes_options.ok()) {
+      log->error("{}", likes_options.status().ToString());
+      return 2;
+    }
+    likes::RocksDbOptions db;
+    db.path = std::filesystem::path(config.GetString("data_dir")) / "likes";
+    db.block_cache_bytes = static_cast<size_t>(config.GetInt("likes.block_cache_bytes"));
+    auto store = likes::RocksDbLikeStore::Open(db);
+    if (!store.ok()) {
+      log->error("likes store: {}", store.status().ToString());
+      return 1;
+    }
+    auto created = likes::LikesService::Create(**runtime, *signer, std::move(*likes_options),
+                                               std::shared_ptr<likes::LikeStore>(std::move(*store)),
+                                               std::make_shared<likes::InProcessBus>());
+    if (!created.ok()) {
+      log->error("likes: {}", created.status().ToString());
+      return 2;
+    }
+    likes_service = std::move(*created);
+    if (Status st = likes_service->AddRoutes(router); !st.ok()) {
+      log->error("likes routes: {}", st.ToString());
+      return 1;
+    }
+  }
+
   auto http_address = net::ParseHostPort(config.GetString("http.listen"));
   if (!http_address.ok()) {
     log->error("http.listen: {}", http_address.status().message());
@@ -177,6 +209,13 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
 
   (*runtime)->Start();
   if (live_service) live_service->Start();
+  if (likes_service) {
+    if (Status st = likes_service->Start(); !st.ok()) {
+      log->error("likes: {}", st.ToString());
+      (*runtime)->Stop();
+      return 1;
+    }
+  }
   auto http = net::HttpServer::Start(**runtime, router, http_options);
   if (!http.ok()) {
     log->error("{}", http.status().ToString());
@@ -187,6 +226,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
 
   std::unique_ptr<grpc::Service> system_service = MakeSystemService(readiness);
   std::unique_ptr<grpc::Service> live_grpc;
+  std::unique_ptr<grpc::Service> likes_grpc;
   std::unique_ptr<net::GrpcServer> grpc_server;
   const std::string& grpc_listen = config.GetString("grpc.listen");
   if (!grpc_listen.empty()) {
@@ -201,6 +241,10 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
       live_grpc = live_service->MakeGrpcService();
       grpc_services.push_back(live_grpc.get());
     }
+    if (likes_service) {
+      likes_grpc = likes_service->MakeGrpcService();
+      grpc_services.push_back(likes_grpc.get());
+    }
     auto started = net::GrpcServer::Start(grpc_listen, grpc_services);
     if (!started.ok()) {
       log->error("{}", started.status().ToString());
@@ -213,6 +257,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
 
   readiness.Set("core", true);
   if (live_service) readiness.Set("live", true, "store=" + config.GetString("live.store"));
+  if (likes_service) readiness.Set("likes", true, "store=rocksdb");
   log->info("ready");  // after readiness flips: tests and scripts may wait for this line
   const int sig = WaitForShutdownSignal();
   log->info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
@@ -232,6 +277,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
               std::chrono::duration_cast<std::chrono::seconds>(drain).count());
   }
   if (live_service) live_service->Stop();
+  if (likes_service) likes_service->Stop();
   (*runtime)->Stop();
   http->reset();
   log->info("stopped");

@@ -7,6 +7,7 @@
 
 #include "chorus/live/v1/live.grpc.pb.h"
 #include "live/live_service.h"
+#include "net/grpc_status.h"
 #include "net/token.h"
 
 namespace chorus::live {
@@ -14,25 +15,7 @@ namespace {
 
 namespace pb = ::chorus::live::v1;
 
-grpc::Status ToGrpc(const Status& s) {
-  using C = grpc::StatusCode;
-  C code = C::UNKNOWN;
-  switch (s.code()) {
-    case StatusCode::kOk: return grpc::Status::OK;
-    case StatusCode::kInvalidArgument: code = C::INVALID_ARGUMENT; break;
-    case StatusCode::kNotFound: code = C::NOT_FOUND; break;
-    case StatusCode::kAlreadyExists: code = C::ALREADY_EXISTS; break;
-    case StatusCode::kPermissionDenied: code = C::PERMISSION_DENIED; break;
-    case StatusCode::kUnauthenticated: code = C::UNAUTHENTICATED; break;
-    case StatusCode::kResourceExhausted: code = C::RESOURCE_EXHAUSTED; break;
-    case StatusCode::kFailedPrecondition: code = C::FAILED_PRECONDITION; break;
-    case StatusCode::kUnavailable: code = C::UNAVAILABLE; break;
-    case StatusCode::kDeadlineExceeded: code = C::DEADLINE_EXCEEDED; break;
-    case StatusCode::kInternal: code = C::INTERNAL; break;
-    case StatusCode::kUnimplemented: code = C::UNIMPLEMENTED; break;
-  }
-  return grpc::Status(code, std::string(s.message()));
-}
+grpc::Status ToGrpc(const Status& s) { return net::ToGrpcStatus(s); }
 
 // A proto Message as a publisher draft, through the same validation as JSON input. Priority 0
 // means "derive by rules" (proto3 cannot tell an unset field from 0).
@@ -77,11 +60,7 @@ class LiveGrpc final : public pb::Live::Service {
 
  private:
   Status Authorize(grpc::ServerContext* ctx) {
-    const auto& md = ctx->client_metadata();
-    auto it = md.find("authorization");
-    if (it == md.end()) return Unauthenticated("missing authorization metadata");
-    CHORUS_ASSIGN_OR_RETURN(std::string_view token,
-                            net::BearerToken(std::string_view(it->second.data(), it->second.size())));
+    CHORUS_ASSIGN_OR_RETURN(std::string_view token, net::GrpcBearerToken(*ctx));
     CHORUS_ASSIGN_OR_RETURN(net::TokenClaims claims, live_.signer().Verify(token, SystemClock::Instance()));
     return net::RequireScope(claims, "live.publish");
   }

@@ -1,8 +1,11 @@
 #include "net/grpc_server.h"
+#include "net/grpc_status.h"
 
 #include <grpcpp/grpcpp.h>
 
 #include <chrono>
+
+#include "net/token.h"
 
 namespace chorus::net {
 
@@ -28,6 +31,33 @@ void GrpcServer::Shutdown(Duration deadline) {
   server_->Shutdown(std::chrono::system_clock::now() +
                     std::chrono::duration_cast<std::chrono::system_clock::duration>(deadline));
   server_->Wait();
+}
+
+grpc::Status ToGrpcStatus(const Status& s) {
+  using C = grpc::StatusCode;
+  C code = C::UNKNOWN;
+  switch (s.code()) {
+    case StatusCode::kOk: return grpc::Status::OK;
+    case StatusCode::kInvalidArgument: code = C::INVALID_ARGUMENT; break;
+    case StatusCode::kNotFound: code = C::NOT_FOUND; break;
+    case StatusCode::kAlreadyExists: code = C::ALREADY_EXISTS; break;
+    case StatusCode::kPermissionDenied: code = C::PERMISSION_DENIED; break;
+    case StatusCode::kUnauthenticated: code = C::UNAUTHENTICATED; break;
+    case StatusCode::kResourceExhausted: code = C::RESOURCE_EXHAUSTED; break;
+    case StatusCode::kFailedPrecondition: code = C::FAILED_PRECONDITION; break;
+    case StatusCode::kUnavailable: code = C::UNAVAILABLE; break;
+    case StatusCode::kDeadlineExceeded: code = C::DEADLINE_EXCEEDED; break;
+    case StatusCode::kInternal: code = C::INTERNAL; break;
+    case StatusCode::kUnimplemented: code = C::UNIMPLEMENTED; break;
+  }
+  return grpc::Status(code, s.message());
+}
+
+Result<std::string_view> GrpcBearerToken(const grpc::ServerContext& ctx) {
+  const auto& md = ctx.client_metadata();
+  auto it = md.find("authorization");
+  if (it == md.end()) return Unauthenticated("missing authorization metadata");
+  return BearerToken(std::string_view(it->second.data(), it->second.size()));
 }
 
 }  // namespace chorus::net

@@ -1,0 +1,21 @@
+// The edge between chorus Status and gRPC, for the gRPC service implementations (which include
+// grpcpp anyway; nothing else should include this header).
+#pragma once
+
+#include <string_view>
+
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/status.h>
+
+#include "base/status.h"
+
+namespace chorus::net {
+
+// The gRPC status for a chorus Status: same code family, same message.
+grpc::Status ToGrpcStatus(const Status& status);
+
+// The token of the call's `authorization: Bearer <token>` metadata; Unauthenticated if absent or
+// malformed. The view points into the call's metadata.
+Result<std::string_view> GrpcBearerToken(const grpc::ServerContext& ctx);
+
+}  // namespace chorus::net
