@@ -153,7 +153,32 @@ class LikesService::Impl {
     TimerId apply_timer = 0;
     TimerId trim_timer = 0;
     bool stopped = false;
+
+    // Read by other shards so reads need no hop when nothing is pending (see MayBePending):
+    // a counting filter over the record and entity keys present in `overlay` / `counts`, and
+    // an epoch that is odd while an apply batch is being written and its overlay dropped.
+    std::unique_ptr<std::atomic<uint16_t>[]> pending{new std::atomic<uint16_t>[kPendingSlots]()};
+    std::atomic<uint64_t> apply_epoch{0};
   };
+  static constexpr size_t kPendingSlots = size_t{1} << 20;
+
+  static size_t PendingSlot(std::string_view key) { return std::hash<std::string_view>{}(key) & (kPendingSlots - 1); }
+  static void MarkPending(ShardState& st, std::string_view key) {
+    st.pending[PendingSlot(key)].fetch_add(1, std::memory_order_seq_cst);
+  }
+  static void UnmarkPending(ShardState& st, std::string_view key) {
+    st.pending[PendingSlot(key)].fetch_sub(1, std::memory_order_seq_cst);
+  }
+  // Whether `key` (owned by `st`) may have acknowledged changes the store does not hold yet.
+  // Call after reading the store; `epoch_before` is st.apply_epoch read before that read. False
+  // means the store value read is current: every write acknowledged before the read began
+  // marked its key before its answer, and the mark is cleared only inside an odd epoch, after
+  // the apply that put it in the store.
+  static bool MayBePending(const ShardState& st, std::string_view key, uint64_t epoch_before) {
+    if (epoch_before & 1) return true;
+    if (st.pending[PendingSlot(key)].load(std::memory_order_seq_cst) != 0) return true;
+    return st.apply_epoch.load(std::memory_order_seq_cst) != epoch_before;
+  }
 
   struct BusinessMetrics {
     Counter* changed = nullptr;
@@ -273,6 +298,7 @@ class LikesService::Impl {
         continue;
       }
       if (it == st.overlay.end()) {
+        MarkPending(st, key);
         it = st.overlay.emplace(std::move(key), KeyOverlay{current, current, 0, 0}).first;
       }
       LogEntry e;
@@ -326,6 +352,8 @@ class LikesService::Impl {
             ko.latest = ko.visible;
           }
           if (ko.unapplied == 0 && ko.inflight == 0) {
+            // Never acknowledged: the store was right all along, no epoch needed.
+            UnmarkPending(st, it->first);
             it = st.overlay.erase(it);
           } else {
             ++it;
@@ -351,7 +379,9 @@ class LikesService::Impl {
       ++ko.unapplied;
       ko.visible = Record{e.to, e.time_ms, e.owner};
       std::string ek = EntityKey(e.ns, e.entity);
-      EntityOverlay& eo = st.counts[ek];
+      auto [eo_it, created] = st.counts.try_emplace(ek);
+      if (created) MarkPending(st, ek);
+      EntityOverlay& eo = eo_it->second;
       eo.delta += DeltaOf(e.from, e.to);
       ++eo.refs;
       changed_entities.push_back(std::move(ek));
@@ -451,7 +481,11 @@ class LikesService::Impl {
       }
       std::vector<LogEntry> batch(st.committed.begin(), st.committed.begin() + static_cast<ptrdiff_t>(n));
       auto& m = GetMetrics();
-      if (Status s = store_->Apply(batch); !s.ok()) {
+      st.apply_epoch.fetch_add(1, std::memory_order_seq_cst);  // odd: the store changes under readers
+      Status applied = store_->Apply(batch);
+      if (!applied.ok()) {
+        st.apply_epoch.fetch_add(1, std::memory_order_seq_cst);
+        const Status& s = applied;
         if (m.apply_errors) m.apply_errors->Inc();
         GetLogger("likes")->error("apply of {} entries failed (retrying next window): {}", n, s.ToString());
         return;
@@ -464,7 +498,10 @@ class LikesService::Impl {
         auto ko = st.overlay.find(RecordKey(e.ns, e.user, e.entity));
         if (ko != st.overlay.end()) {
           if (ko->second.unapplied > 0) --ko->second.unapplied;
-          if (ko->second.unapplied == 0 && ko->second.inflight == 0) st.overlay.erase(ko);
+          if (ko->second.unapplied == 0 && ko->second.inflight == 0) {
+            UnmarkPending(st, ko->first);
+            st.overlay.erase(ko);
+          }
         }
         std::string ek = EntityKey(e.ns, e.entity);
         auto eo = st.counts.find(ek);
@@ -472,11 +509,15 @@ class LikesService::Impl {
           Counts d = DeltaOf(e.from, e.to);
           eo->second.delta.likes -= d.likes;
           eo->second.delta.dislikes -= d.dislikes;
-          if (--eo->second.refs == 0) st.counts.erase(eo);
+          if (--eo->second.refs == 0) {
+            UnmarkPending(st, eo->first);
+            st.counts.erase(eo);
+          }
         }
         if (e.to == LikeState::kLiked) st.trim.insert(EntityKey(e.ns, e.user));
         touched.push_back(std::move(ek));
       }
+      st.apply_epoch.fetch_add(1, std::memory_order_seq_cst);  // even: overlay and store agree
       if (bus_ && bus_->HasCountSubscribers()) {
         std::sort(touched.begin(), touched.end());
         touched.erase(std::unique(touched.begin(), touched.end()), touched.end());
@@ -524,8 +565,21 @@ class LikesService::Impl {
     auto g = std::make_shared<Gather>();
     g->result.states.assign(entities.size(), LikeState::kNone);
     g->done = std::move(done);
+    // Read the store here; only keys that may have acknowledged-but-unapplied changes go to
+    // their owners (MayBePending). Under a steady state that is none of them: no hop.
+    std::vector<uint64_t> epochs(runtime_.size());
+    for (uint32_t s = 0; s < runtime_.size(); ++s) epochs[s] = shards_[s]->apply_epoch.load(std::memory_order_seq_cst);
+    std::vector<std::optional<Record>> records;
+    const bool read = store_->GetRecords(b->ns, user, entities, &records).ok();
     std::map<uint32_t, std::vector<size_t>> by_owner;
-    for (size_t i = 0; i < entities.size(); ++i) by_owner[OwnerOf(b->ns, entities[i])].push_back(i);
+    for (size_t i = 0; i < entities.size(); ++i) {
+      const uint32_t owner = OwnerOf(b->ns, entities[i]);
+      if (read && !MayBePending(*shards_[owner], RecordKey(b->ns, user, entities[i]), epochs[owner])) {
+        if (records[i]) g->result.states[i] = records[i]->state;
+        continue;
+      }
+      by_owner[owner].push_back(i);
+    }
     if (by_owner.empty()) return g->done(std::move(g->result));
     g->left.store(by_owner.size());
     auto shared = std::make_shared<std::vector<std::string>>(std::move(entities));
@@ -595,6 +649,12 @@ class LikesService::Impl {
       bool hot;
     };
     std::map<uint32_t, std::vector<Miss>> by_owner;
+    // Cold misses are read from the store here unless they may be pending (see States); hot
+    // ones always go to the owner, which then keeps this shard's cached copy fresh.
+    std::vector<uint64_t> epochs(runtime_.size());
+    for (uint32_t s = 0; s < runtime_.size(); ++s) epochs[s] = shards_[s]->apply_epoch.load(std::memory_order_seq_cst);
+    std::vector<std::string> cold;
+    std::vector<Miss> cold_misses;
     for (size_t i = 0; i < entities.size(); ++i) {
       std::string ek = EntityKey(b->ns, entities[i]);
       const bool hot = st.hot->Record(ek);
@@ -604,7 +664,24 @@ class LikesService::Impl {
         continue;
       }
       if (m.cache_misses) m.cache_misses->Inc();
-      by_owner[OwnerOf(b->ns, entities[i])].push_back({i, std::move(ek), hot});
+      if (hot) {
+        by_owner[OwnerOf(b->ns, entities[i])].push_back({i, std::move(ek), hot});
+      } else {
+        cold.push_back(entities[i]);
+        cold_misses.push_back({i, std::move(ek), hot});
+      }
+    }
+    if (!cold.empty()) {
+      std::vector<Counts> values;
+      const bool read = store_->GetCounts(b->ns, cold, &values).ok();
+      for (size_t k = 0; k < cold.size(); ++k) {
+        const uint32_t owner = OwnerOf(b->ns, cold[k]);
+        if (read && !MayBePending(*shards_[owner], cold_misses[k].key, epochs[owner])) {
+          g->result.counts[cold_misses[k].index] = values[k];
+        } else {
+          by_owner[owner].push_back(std::move(cold_misses[k]));
+        }
+      }
     }
     if (by_owner.empty()) return g->done(std::move(g->result));
     g->left = by_owner.size();
