@@ -14,9 +14,12 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "base/clock.h"
 #include "http_load.h"
+#include "likes_load.h"
+#include "likes_redis_peer.h"
 #include "live_fanout.h"
 #include "report.h"
 
@@ -48,6 +51,7 @@ struct ReportFlags {
   int Emit(const Report& report) const {
     auto path = WriteReport(report, out, results_dir, SystemClock::Instance());
     std::printf("%s\n", report.Summary().c_str());
+    std::fflush(stdout);  // keep the summary ahead of later stderr lines when both are redirected
     if (!path.ok()) {
       std::fprintf(stderr, "chorus-bench: %s\n", path.status().ToString().c_str());
       return 1;
@@ -256,6 +260,184 @@ CommandMain SetupLiveFanout(CLI::App& cmd) {
   };
 }
 
+// chorus-bench likes --target chorus --url http://127.0.0.1:PORT --token T [--phases write,read,mixed]
+// chorus-bench likes --target redis --redis 127.0.0.1:PORT --pipeline 16 [...]
+// One report per phase: <name>-<phase>; --out takes a "{phase}" placeholder when several run.
+CommandMain SetupLikes(CLI::App& cmd) {
+  struct Flags {
+    LikesRunOptions run;
+    std::string target = "chorus";
+    std::string url;
+    std::string token;
+    std::string redis = "127.0.0.1:6379";
+    LikesRedisOptions redis_options;
+    std::string phases = "write,read,mixed";
+    DurationFlag duration{"10s"};
+    DurationFlag warmup{"2s"};
+    DurationFlag timeout{"5s"};
+    ReportFlags report;
+  };
+  auto flags = std::make_shared<Flags>();
+  LikesWorkload& w = flags->run.workload;
+  cmd.add_option("--target", flags->target, "chorus (the likes HTTP API) or redis (the Redis peer)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"chorus", "redis"}));
+  cmd.add_option("--url", flags->url, "chorus: base URL, http://host:port");
+  cmd.add_option("--token", flags->token, "chorus: bearer token (scopes likes.write,likes.read)");
+  cmd.add_option("--redis", flags->redis, "redis: host:port")->capture_default_str();
+  cmd.add_option("--pipeline", flags->redis_options.pipeline, "redis: operations in flight per connection")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_flag("--redis-likers", flags->redis_options.likers,
+               "redis: also keep entity:likers:{b}:{entity} (who liked it), as chorus does");
+  auto* connections = cmd.add_option("-c,--connections", flags->run.connections,
+                                     "connections (default 64 for chorus, 4 for redis)")
+                          ->check(CLI::PositiveNumber);
+  cmd.add_option("-t,--threads", flags->run.threads, "load threads (each its own epoll loop and user stripe)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--phases", flags->phases, "comma-separated, run in order: preload, write, read, mixed")
+      ->capture_default_str();
+  cmd.add_option("-d,--duration", flags->duration.text, "measured window of each timed phase")
+      ->capture_default_str();
+  cmd.add_option("--warmup", flags->warmup.text, "load before each timed phase's window")->capture_default_str();
+  cmd.add_option("--timeout", flags->timeout.text, "an operation slower than this is an error")
+      ->capture_default_str();
+  cmd.add_option("--preload", flags->run.preload, "preload phase: like this many distinct (user, entity) pairs")
+      ->capture_default_str();
+  cmd.add_option("--preloaded", flags->run.preloaded,
+                 "an earlier run preloaded this many pairs (same seed, users, entities): start from them liked")
+      ->capture_default_str();
+  cmd.add_option("--business", w.business, "business id")->capture_default_str();
+  cmd.add_option("--entities", w.entities, "entities (Zipf ranks, scrambled)")->capture_default_str();
+  cmd.add_option("--users", w.users, "users (uniform)")->capture_default_str();
+  cmd.add_option("--owners", w.owners, "entity owners; 0: actions carry no owner")->capture_default_str();
+  cmd.add_option("--theta", w.theta, "Zipf exponent, 0 < theta < 1")->capture_default_str();
+  cmd.add_option("--write-batch", w.write_batch, "actions per write (1: POST /v1/likes, >1: /v1/likes/batch)")
+      ->capture_default_str();
+  cmd.add_option("--state-batch", w.state_batch, "entities per state read")->capture_default_str();
+  cmd.add_option("--counts-batch", w.counts_batch, "entities per counts read")->capture_default_str();
+  cmd.add_option("--reads-per-write", w.reads_per_write, "mixed: read operations per write operation")
+      ->capture_default_str();
+  cmd.add_option("--counts-share", w.counts_share, "mixed: share of reads that are counts reads")
+      ->capture_default_str();
+  cmd.add_option("--spike-share", w.spike_share, "mixed: share of operations aimed at one entity during the spike")
+      ->capture_default_str();
+  cmd.add_option("--spike-from", w.spike_from, "mixed: spike start, fraction of the window")->capture_default_str();
+  cmd.add_option("--spike-to", w.spike_to, "mixed: spike end, fraction of the window")->capture_default_str();
+  cmd.add_option("--seed", w.seed, "workload seed (preload pairs, draws, id scrambling)")->capture_default_str();
+  flags->report.Add(cmd, "likes", "");
+
+  return [flags, connections]() -> int {
+    if (!flags->duration.Resolve("--duration") || !flags->warmup.Resolve("--warmup") ||
+        !flags->timeout.Resolve("--timeout")) {
+      return 2;
+    }
+    LikesRunOptions& run = flags->run;
+    run.duration = flags->duration.value;
+    run.warmup = flags->warmup.value;
+    run.timeout = flags->timeout.value;
+    const bool redis = flags->target == "redis";
+    if (connections->count() == 0) run.connections = redis ? 4 : 64;
+    for (const std::string& name : CLI::detail::split(flags->phases, ',')) {
+      auto phase = ParseLikesPhase(name);
+      if (!phase.ok()) {
+        std::fprintf(stderr, "chorus-bench likes: --phases: %s\n", phase.status().message().c_str());
+        return 2;
+      }
+      run.phases.push_back(*phase);
+    }
+    if (run.phases.size() > 1 && !flags->report.out.empty() &&
+        flags->report.out.find("{phase}") == std::string::npos) {
+      std::fprintf(stderr, "chorus-bench likes: with several phases --out needs a {phase} placeholder\n");
+      return 2;
+    }
+    std::string system = flags->report.system.empty() ? flags->target : flags->report.system;
+
+    Result<std::unique_ptr<LikesDriver>> driver = InvalidArgument("no target");
+    std::map<std::string, std::string> params = {
+        {"target", flags->target},
+        {"connections", std::to_string(run.connections)},
+        {"threads", std::to_string(run.threads)},
+        {"duration", flags->duration.text},
+        {"warmup", flags->warmup.text},
+        {"business", run.workload.business},
+        {"entities", std::to_string(run.workload.entities)},
+        {"users", std::to_string(run.workload.users)},
+        {"owners", std::to_string(run.workload.owners)},
+        {"theta", FormatRate(run.workload.theta)},
+        {"write_batch", std::to_string(run.workload.write_batch)},
+        {"state_batch", std::to_string(run.workload.state_batch)},
+        {"counts_batch", std::to_string(run.workload.counts_batch)},
+        {"reads_per_write", FormatRate(run.workload.reads_per_write)},
+        {"counts_share", FormatRate(run.workload.counts_share)},
+        {"spike_share", FormatRate(run.workload.spike_share)},
+        {"spike_window", FormatRate(run.workload.spike_from) + "-" + FormatRate(run.workload.spike_to)},
+        {"preload", std::to_string(run.preload)},
+        {"preloaded", std::to_string(run.preloaded)},
+        {"seed", std::to_string(run.workload.seed)},
+        {"load_generator", "chorus-bench likes"},
+    };
+    if (redis) {
+      if (Status st = ParseRedisAddress(flags->redis, &flags->redis_options); !st.ok()) {
+        std::fprintf(stderr, "chorus-bench likes: %s\n", st.message().c_str());
+        return 2;
+      }
+      driver = MakeLikesRedisDriver(flags->redis_options, run.workload);
+      params["redis"] = flags->redis;
+      params["pipeline"] = std::to_string(flags->redis_options.pipeline);
+      params["redis_likers"] = flags->redis_options.likers ? "true" : "false";
+    } else {
+      if (flags->url.empty()) {
+        std::fprintf(stderr, "chorus-bench likes: --target chorus needs --url\n");
+        return 2;
+      }
+      driver = MakeLikesHttpDriver(flags->url, flags->token, run.workload);
+      params["url"] = flags->url;
+    }
+    if (!driver.ok()) {
+      std::fprintf(stderr, "chorus-bench likes: %s\n", driver.status().ToString().c_str());
+      return 2;
+    }
+    auto results = RunLikesPhases(run, **driver);
+    if (!results.ok()) {
+      std::fprintf(stderr, "chorus-bench likes: %s\n", results.status().ToString().c_str());
+      return 2;
+    }
+    int rc = 0;
+    for (const LikesPhaseResult& result : *results) {
+      const std::string phase(LikesPhaseName(result.phase));
+      Report report;
+      report.name = flags->report.name + "-" + phase;
+      report.params = params;
+      report.params["phase"] = phase;
+      report.subject = result.ToMeasurement(system);
+      switch (result.phase) {
+        case LikesPhase::kPreload:
+        case LikesPhase::kWrite:
+          report.summary_figures = {"write_p99_ms"};
+          break;
+        case LikesPhase::kRead:
+          report.summary_figures = {"state_requests_per_s", "state_p99_ms", "state_liked_share"};
+          break;
+        case LikesPhase::kMixed:
+          report.summary_figures = {"write_actions_per_s", "entity_states_per_s", "counts_entities_per_s",
+                                    "write_p99_ms", "state_p99_ms", "counts_p99_ms", "spike_p99_ms",
+                                    "steady_p99_ms"};
+          break;
+      }
+      ReportFlags out = flags->report;
+      if (const size_t at = out.out.find("{phase}"); at != std::string::npos) {
+        out.out.replace(at, 7, phase);
+      }
+      const int emitted = out.Emit(report);
+      if (emitted != 0) rc = emitted;
+      if (report.subject.ErrorCount() > 0 && rc == 0) rc = 1;
+    }
+    return rc;
+  };
+}
+
 struct Command {
   const char* name;
   const char* help;
@@ -267,6 +449,7 @@ constexpr Command kCommands[] = {
     {"live-fanout", "one room, N WebSocket subscribers, steady publisher: deliveries/s, server CPU, latency",
      SetupLiveFanout},
     {"live-clients", "internal: one subscriber process of live-fanout", SetupLiveClients},
+    {"likes", "likes workload (Zipf, 20:1 reads, spike) against chorus or the Redis peer", SetupLikes},
 };
 
 }  // namespace

@@ -2,21 +2,14 @@
 
 #include "base/text.h"
 
-#include <arpa/inet.h>
-#include <netdb.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <sys/epoll.h>
-#include <sys/resource.h>
-#include <sys/socket.h>
-#include <unistd.h>
 
 #include <algorithm>
-#include <cerrno>
 #include <charconv>
-#include <cstring>
 #include <thread>
 #include <vector>
+
+#include "http_closed_loop.h"
 
 namespace chorus::bench {
 
@@ -33,8 +26,10 @@ Result<HttpUrl> ParseHttpUrl(std::string_view url) {
   std::string_view authority = rest.substr(0, slash);
   HttpUrl out;
   if (slash != std::string_view::npos) {
-    out.target = std::string(rest.substr(slash));
-    if (out.target.front() == '?') out.target.insert(0, "/");
+    // "?q" alone means "/?q". (Built by appending: GCC 12's -Wrestrict misfires on insert().)
+    out.target.clear();
+    if (rest[slash] == '?') out.target.push_back('/');
+    out.target.append(rest.substr(slash));
   }
   if (authority.empty() || authority.find('@') != std::string_view::npos ||
       authority.front() == '[') {
@@ -100,6 +95,7 @@ void HttpResponseParser::Reset() {
   close_after_ = false;
   remaining_ = 0;
   body_bytes_ = 0;
+  body_.clear();
   chunk_size_ = 0;
   chunk_size_digits_ = false;
   chunk_size_ext_ = false;
@@ -209,6 +205,7 @@ HttpResponseParser::State HttpResponseParser::Feed(const char* data, size_t len,
       }
       case Phase::kBody: {
         const uint64_t take = std::min<uint64_t>(remaining_, len - off);
+        KeepBody(data + off, take);
         remaining_ -= take;
         body_bytes_ += take;
         off += take;
@@ -220,6 +217,7 @@ HttpResponseParser::State HttpResponseParser::Feed(const char* data, size_t len,
         break;
       }
       case Phase::kUntilClose:
+        KeepBody(data + off, len - off);
         body_bytes_ += len - off;
         off = len;
         break;
@@ -276,6 +274,7 @@ HttpResponseParser::State HttpResponseParser::FeedChunked(const char* data, size
         break;
       case Phase::kChunkData: {
         const uint64_t take = std::min<uint64_t>(remaining_, len - off);
+        KeepBody(data + off, take);
         remaining_ -= take;
         body_bytes_ += take;
         off += take;
@@ -360,286 +359,28 @@ Measurement HttpLoadResult::ToMeasurement(std::string system) const {
 
 namespace {
 
-int64_t NowNanos() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(
-             std::chrono::steady_clock::now().time_since_epoch())
-      .count();
-}
-
-// One thread's share of the connections. Everything here is touched by that thread only.
-class Worker {
+// A fixed GET, counted.
+class FixedRequestWorkload final : public HttpWorkload {
  public:
-  Worker(const sockaddr_in& addr, const std::string& request, int connections, int64_t record_from,
-         int64_t end, int64_t timeout)
-      : addr_(addr),
-        request_(request),
-        conns_(static_cast<size_t>(connections)),
-        record_from_(record_from),
-        end_(end),
-        timeout_(timeout),
-        buf_(64 * 1024) {}
+  explicit FixedRequestWorkload(const std::string& request) : request_(request) {}
 
-  ~Worker() {
-    for (Conn& c : conns_) CloseFd(c);
-    if (epfd_ >= 0) ::close(epfd_);
+  bool NextRequest(size_t /*conn*/, int64_t /*now_ns*/, std::string* request) override {
+    if (request->empty()) *request = request_;  // the engine keeps it between requests
+    return true;
+  }
+  void OnResponse(size_t /*conn*/, int status, std::string_view /*body*/, int64_t latency_ns,
+                  bool recorded) override {
+    if (!recorded) return;
+    ++result.requests;
+    if (status < 200 || status > 299) ++result.non_2xx;
+    result.latency.Record(latency_ns);
   }
 
-  HttpLoadResult Run();
+  HttpLoadResult result;
 
  private:
-  struct Conn {
-    int fd = -1;
-    bool connecting = false;
-    bool want_write = false;  // EPOLLOUT registered for a partial request write
-    bool in_flight = false;   // a request is outstanding (or waits for the connection)
-    bool reused = false;      // this fd already carried a complete response
-    size_t written = 0;
-    int64_t start = 0;     // send time of the request, or connect time while connecting
-    int64_t retry_at = 0;  // when fd < 0: reconnect at this time
-    HttpResponseParser parser;
-  };
-
-  void Connect(Conn& c, int64_t now);
-  void Reconnect(Conn& c, int64_t now);
-  void CloseFd(Conn& c);
-  void SendRequest(Conn& c, int64_t now);
-  void ContinueWrite(Conn& c, int64_t now);
-  void OnReadable(Conn& c);
-  void OnComplete(Conn& c);
-  void Retry(Conn& c, int64_t now);  // reused connection closed by the server: reconnect, resend
-  void SetInterest(Conn& c, bool write);
-  void CheckTimers(int64_t now);
-
-  const sockaddr_in addr_;
   const std::string& request_;
-  std::vector<Conn> conns_;
-  const int64_t record_from_;
-  const int64_t end_;
-  const int64_t timeout_;
-  std::vector<char> buf_;
-  int epfd_ = -1;
-  HttpLoadResult result_;
 };
-
-HttpLoadResult Worker::Run() {
-  epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epfd_ < 0) {
-    result_.connect_errors += conns_.size();
-    return result_;
-  }
-  const int64_t start = NowNanos();
-  for (Conn& c : conns_) Connect(c, start);
-
-  std::vector<epoll_event> events(1024);
-  int64_t next_check = start;
-  while (true) {
-    int64_t now = NowNanos();
-    if (now >= end_) break;
-    if (now >= next_check) {
-      CheckTimers(now);
-      next_check = now + 10'000'000;  // 10 ms
-    }
-    const int wait_ms = static_cast<int>(std::min<int64_t>(10, (end_ - now) / 1'000'000 + 1));
-    const int n = epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), wait_ms);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    for (int i = 0; i < n; ++i) {
-      Conn& c = *static_cast<Conn*>(events[i].data.ptr);
-      const uint32_t ev = events[i].events;
-      if (c.fd < 0) continue;
-      if (c.connecting) {
-        if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) continue;
-        int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
-          ++result_.connect_errors;
-          Reconnect(c, NowNanos());
-          continue;
-        }
-        c.connecting = false;
-        SetInterest(c, false);
-        SendRequest(c, NowNanos());
-        continue;
-      }
-      if ((ev & EPOLLOUT) && c.want_write) ContinueWrite(c, NowNanos());
-      if (c.fd >= 0 && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) OnReadable(c);
-    }
-  }
-  result_.elapsed_s = static_cast<double>(end_ - record_from_) / 1e9;
-  return result_;
-}
-
-void Worker::Connect(Conn& c, int64_t now) {
-  c.connecting = false;
-  c.want_write = false;
-  c.reused = false;
-  c.in_flight = true;  // the request waits for the connection
-  c.start = now;
-  c.parser.Reset();
-  c.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (c.fd < 0) {
-    ++result_.connect_errors;
-    c.retry_at = now + 10'000'000;
-    return;
-  }
-  const int one = 1;
-  setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  const int rc = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&addr_), sizeof addr_);
-  if (rc != 0 && errno != EINPROGRESS) {
-    ++result_.connect_errors;
-    CloseFd(c);
-    c.retry_at = now + 10'000'000;  // back off: do not spin on a refused port
-    return;
-  }
-  c.connecting = true;
-  epoll_event ev{};
-  ev.events = EPOLLIN | EPOLLOUT;
-  ev.data.ptr = &c;
-  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, c.fd, &ev) != 0) {
-    ++result_.connect_errors;
-    CloseFd(c);
-    c.retry_at = now + 10'000'000;
-  }
-}
-
-void Worker::CloseFd(Conn& c) {
-  if (c.fd >= 0) {
-    ::close(c.fd);  // also removes it from the epoll set
-    c.fd = -1;
-  }
-  c.connecting = false;
-  c.want_write = false;
-}
-
-void Worker::Reconnect(Conn& c, int64_t now) {
-  CloseFd(c);
-  c.retry_at = now + 10'000'000;  // an error: back off before trying again
-}
-
-void Worker::Retry(Conn& c, int64_t now) {
-  ++result_.reconnects;
-  CloseFd(c);
-  Connect(c, now);
-}
-
-void Worker::SetInterest(Conn& c, bool write) {
-  epoll_event ev{};
-  ev.events = EPOLLIN | (write ? EPOLLOUT : 0u);
-  ev.data.ptr = &c;
-  epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
-  c.want_write = write;
-}
-
-void Worker::SendRequest(Conn& c, int64_t now) {
-  c.parser.Reset();
-  c.written = 0;
-  c.start = now;
-  c.in_flight = true;
-  ContinueWrite(c, now);
-}
-
-void Worker::ContinueWrite(Conn& c, int64_t now) {
-  while (c.written < request_.size()) {
-    const ssize_t n =
-        ::send(c.fd, request_.data() + c.written, request_.size() - c.written, MSG_NOSIGNAL);
-    if (n > 0) {
-      c.written += static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-      if (!c.want_write) SetInterest(c, true);
-      return;
-    }
-    if (c.reused && c.written == 0) {
-      Retry(c, now);
-    } else {
-      ++result_.write_errors;
-      Reconnect(c, now);
-    }
-    return;
-  }
-  if (c.want_write) SetInterest(c, false);
-}
-
-void Worker::OnReadable(Conn& c) {
-  const ssize_t n = ::recv(c.fd, buf_.data(), buf_.size(), 0);
-  if (n < 0) {
-    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) return;
-    if (c.in_flight && c.reused && !c.parser.started()) {
-      Retry(c, NowNanos());
-    } else {
-      ++result_.read_errors;
-      Reconnect(c, NowNanos());
-    }
-    return;
-  }
-  if (n == 0) {
-    if (c.in_flight && c.parser.started()) {
-      if (c.parser.OnEof() == HttpResponseParser::State::kComplete) {
-        OnComplete(c);  // the body was delimited by the close: open the next connection
-        CloseFd(c);
-        Connect(c, NowNanos());
-      } else {
-        ++result_.read_errors;
-        Reconnect(c, NowNanos());
-      }
-    } else if (c.in_flight && c.reused) {
-      Retry(c, NowNanos());
-    } else {
-      ++result_.read_errors;
-      Reconnect(c, NowNanos());
-    }
-    return;
-  }
-  if (NowNanos() >= record_from_) result_.bytes_read += static_cast<uint64_t>(n);
-  if (!c.in_flight) {  // bytes nobody asked for
-    ++result_.parse_errors;
-    Reconnect(c, NowNanos());
-    return;
-  }
-  size_t consumed = 0;
-  const auto state = c.parser.Feed(buf_.data(), static_cast<size_t>(n), &consumed);
-  if (state == HttpResponseParser::State::kNeedMore) return;
-  if (state == HttpResponseParser::State::kError || consumed != static_cast<size_t>(n)) {
-    ++result_.parse_errors;  // malformed, or more bytes than the one response we asked for
-    Reconnect(c, NowNanos());
-    return;
-  }
-  const bool close = c.parser.close_after();
-  OnComplete(c);
-  const int64_t now = NowNanos();
-  if (close) {
-    CloseFd(c);
-    Connect(c, now);
-  } else {
-    SendRequest(c, now);
-  }
-}
-
-void Worker::OnComplete(Conn& c) {
-  const int64_t now = NowNanos();
-  c.in_flight = false;
-  c.reused = true;
-  if (now < record_from_ || now >= end_) return;
-  ++result_.requests;
-  const int status = c.parser.status();
-  if (status < 200 || status > 299) ++result_.non_2xx;
-  result_.latency.Record(now - c.start);
-}
-
-void Worker::CheckTimers(int64_t now) {
-  for (Conn& c : conns_) {
-    if (c.fd < 0) {
-      if (now >= c.retry_at) Connect(c, now);
-    } else if (c.in_flight && now - c.start > timeout_) {
-      ++result_.timeout_errors;
-      Reconnect(c, now);
-    }
-  }
-}
 
 }  // namespace
 
@@ -650,41 +391,39 @@ Result<HttpLoadResult> RunHttpLoad(const HttpLoadOptions& options) {
   if (options.duration <= std::chrono::nanoseconds::zero()) {
     return InvalidArgument("--duration must be positive");
   }
-  rlimit limit{};
-  if (getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY &&
-      static_cast<rlim_t>(options.connections) + 32 > limit.rlim_cur) {
-    return InvalidArgument("--connections " + std::to_string(options.connections) +
-                           " exceeds the open-file limit " + std::to_string(limit.rlim_cur) +
-                           " (minus 32 spare)");
-  }
+  CHORUS_RETURN_IF_ERROR(CheckOpenFileLimit(options.connections, "--connections"));
+  CHORUS_ASSIGN_OR_RETURN(sockaddr_in addr, ResolveIpv4(url.host, url.port));
 
-  addrinfo hints{};
-  hints.ai_family = AF_INET;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  const std::string port = std::to_string(url.port);
-  if (const int rc = getaddrinfo(url.host.c_str(), port.c_str(), &hints, &found); rc != 0) {
-    return InvalidArgument("cannot resolve " + url.host + ": " + gai_strerror(rc));
-  }
-  sockaddr_in addr{};
-  std::memcpy(&addr, found->ai_addr, sizeof addr);
-  freeaddrinfo(found);
-
-  const std::string request = "GET " + url.target + " HTTP/1.1\r\nHost: " + url.host + ":" + port +
-                              "\r\nUser-Agent: chorus-bench\r\n\r\n";
+  const std::string request = "GET " + url.target + " HTTP/1.1\r\nHost: " + url.host + ":" +
+                              std::to_string(url.port) + "\r\nUser-Agent: chorus-bench\r\n\r\n";
   const int threads = std::min(options.threads, options.connections);
-  const int64_t start = NowNanos();
-  const int64_t record_from = start + options.warmup.count();
-  const int64_t end = record_from + options.duration.count();
+  const int64_t start = SteadyNowNanos();
+  HttpLoopOptions loop;
+  loop.addr = addr;
+  loop.record_from_ns = start + options.warmup.count();
+  loop.end_ns = loop.record_from_ns + options.duration.count();
+  loop.timeout_ns = options.timeout.count();
 
   std::vector<HttpLoadResult> results(static_cast<size_t>(threads));
   std::vector<std::thread> pool;
   pool.reserve(static_cast<size_t>(threads));
   for (int t = 0; t < threads; ++t) {
-    const int conns = options.connections / threads + (t < options.connections % threads ? 1 : 0);
-    pool.emplace_back([&, t, conns] {
-      Worker worker(addr, request, conns, record_from, end, options.timeout.count());
-      results[static_cast<size_t>(t)] = worker.Run();
+    HttpLoopOptions mine = loop;
+    mine.connections = options.connections / threads + (t < options.connections % threads ? 1 : 0);
+    pool.emplace_back([&request, &results, mine, t] {
+      FixedRequestWorkload workload(request);
+      const HttpLoopResult run = RunHttpClosedLoop(mine, workload);
+      HttpLoadResult& r = results[static_cast<size_t>(t)];
+      r = std::move(workload.result);
+      const HttpLoopCounters& k = run.counters;
+      r.connect_errors = k.connect_errors;
+      r.read_errors = k.read_errors;
+      r.write_errors = k.write_errors;
+      r.timeout_errors = k.timeout_errors;
+      r.parse_errors = k.parse_errors;
+      r.reconnects = k.reconnects;
+      r.bytes_read = k.bytes_read;
+      r.elapsed_s = static_cast<double>(mine.end_ns - mine.record_from_ns) / 1e9;
     });
   }
   for (std::thread& th : pool) th.join();

@@ -1,7 +1,8 @@
 // HTTP/1.1 keep-alive GET load generator (`chorus-bench http`).
 //
-// Closed loop: each connection sends its next request only once the previous response has fully
-// arrived, so throughput = connections / latency and nothing queues inside the generator. Each
+// Closed loop (the engine is http_closed_loop.h, shared with `chorus-bench likes`): each
+// connection sends its next request only once the previous response has fully arrived, so
+// throughput = connections / latency and nothing queues inside the generator. Each
 // worker thread owns its connections, one epoll instance and one LatencyHistogram; nothing is
 // shared between threads until the run ends and the histograms are merged. Per request the hot
 // path is one send(), one recv() and a share of one epoll_wait(): the same syscall budget as wrk,
@@ -19,6 +20,7 @@
 // idempotent GET).
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -66,6 +68,12 @@ class HttpResponseParser {
   bool close_after() const { return close_after_; }
   uint64_t body_bytes() const { return body_bytes_; }
 
+  // Keep up to `limit` bytes of each response body (decoded from chunks) for body(); 0, the
+  // default, keeps none. Survives Reset().
+  void set_body_limit(size_t limit) { body_limit_ = limit; }
+  // The kept prefix of the current response's body.
+  std::string_view body() const { return body_; }
+
  private:
   enum class Phase {
     kHead,
@@ -79,6 +87,9 @@ class HttpResponseParser {
   };
   State ParseHead();
   State FeedChunked(const char* data, size_t len, size_t* consumed);
+  void KeepBody(const char* data, size_t len) {
+    if (body_.size() < body_limit_) body_.append(data, std::min(len, body_limit_ - body_.size()));
+  }
 
   Phase phase_ = Phase::kHead;
   bool started_ = false;
@@ -91,6 +102,8 @@ class HttpResponseParser {
   bool chunk_size_digits_ = false;
   bool chunk_size_ext_ = false;  // past the digits, skipping extensions to '\n'
   size_t trailer_line_ = 0;      // bytes on the current trailer line, excluding '\r'
+  size_t body_limit_ = 0;
+  std::string body_;
 };
 
 struct HttpLoadOptions {

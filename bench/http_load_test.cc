@@ -47,6 +47,29 @@ TEST(HttpResponseParserTest, ContentLengthResponseCompletesOnItsLastByte) {
   EXPECT_FALSE(p.close_after());
 }
 
+TEST(HttpResponseParserTest, KeepsTheBodyUpToItsLimitAcrossResets) {
+  HttpResponseParser p;
+  size_t consumed = 0;
+  const std::string plain = "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789";
+  ASSERT_EQ(p.Feed(plain.data(), plain.size(), &consumed), State::kComplete);
+  EXPECT_EQ(p.body(), "") << "no limit set: nothing kept";
+
+  p.set_body_limit(6);
+  p.Reset();
+  ASSERT_EQ(FeedBytewise(p, plain), State::kComplete);
+  EXPECT_EQ(p.body(), "012345");
+  EXPECT_EQ(p.body_bytes(), 10u);
+
+  p.set_body_limit(100);
+  p.Reset();
+  const std::string chunked =
+      "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\n{\"a\"\r\n2\r\n:1\r\n1\r\n}\r\n0\r\n\r\n";
+  ASSERT_EQ(FeedBytewise(p, chunked), State::kComplete);
+  EXPECT_EQ(p.body(), "{\"a\":1}") << "chunk framing is not part of the body";
+  p.Reset();
+  EXPECT_EQ(p.body(), "");
+}
+
 TEST(HttpResponseParserTest, BackToBackResponsesSplitAtTheBoundary) {
   const std::string one = "HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nno!";
   const std::string two = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";

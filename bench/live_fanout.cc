@@ -206,7 +206,8 @@ std::string MakePublishBody(int n, uint64_t* counter, uint64_t seed) {
     // A fresh generator per message number: the mix does not depend on how messages are batched.
     Random rng(seed * 0x9E3779B97F4A7C15ULL + k);
     const uint64_t pick = rng.Uniform(100);
-    const std::string user = "u" + std::to_string(rng.Uniform(100000));
+    std::string user = "u";  // appended: GCC 12's -Wrestrict misfires on "u" + std::string at -O3
+    user += std::to_string(rng.Uniform(100000));
     const std::string level = std::to_string(rng.Uniform(60));
     if (i) body += ',';
     if (pick < 10) {
