@@ -234,7 +234,9 @@ class LikesService::Impl {
       return;
     }
     gather->left.store(by_owner.size());
-    for (auto& [owner, indices] : by_owner) {
+    for (auto& group : by_owner) {
+      const uint32_t owner = group.first;  // (clang 14 cannot capture structured bindings)
+      auto& indices = group.second;
       runtime_.shard(owner).Dispatch([this, owner, indices = std::move(indices), gather] {
         ActOnOwner(*shards_[owner], indices, gather);
       });
@@ -583,7 +585,9 @@ class LikesService::Impl {
     if (by_owner.empty()) return g->done(std::move(g->result));
     g->left.store(by_owner.size());
     auto shared = std::make_shared<std::vector<std::string>>(std::move(entities));
-    for (auto& [owner, indices] : by_owner) {
+    for (auto& group : by_owner) {
+      const uint32_t owner = group.first;  // (clang 14 cannot capture structured bindings)
+      auto& indices = group.second;
       runtime_.shard(owner).Dispatch([this, owner, b, user, shared, g, indices = std::move(indices)] {
         ShardState& st = *shards_[owner];
         std::vector<std::string> missing;
@@ -699,7 +703,9 @@ class LikesService::Impl {
         g->done(std::move(g->result));
       }
     };
-    for (auto& [owner, part] : by_owner) {
+    for (auto& group : by_owner) {
+      const uint32_t owner = group.first;
+      auto& part = group.second;
       auto compute = [this, owner, origin](const std::vector<Miss>& part, bool* degraded) {
         ShardState& os = *shards_[owner];
         std::vector<Counts> values;
