@@ -19,24 +19,8 @@
 namespace chorus::likes {
 namespace {
 
-// ns \0 a \0 b: an overlay key for a record (user, entity).
-std::string RecordKey(std::string_view ns, std::string_view user, std::string_view entity) {
-  std::string k;
-  k.reserve(ns.size() + user.size() + entity.size() + 2);
-  k.append(ns).push_back('\0');
-  k.append(user).push_back('\0');
-  k.append(entity);
-  return k;
-}
-
-// ns \0 entity: an entity's counts in the overlay and the caches.
-std::string EntityKey(std::string_view ns, std::string_view entity) {
-  std::string k;
-  k.reserve(ns.size() + entity.size() + 1);
-  k.append(ns).push_back('\0');
-  k.append(entity);
-  return k;
-}
+// An entity's counts in the overlay and the caches.
+std::string EntityKey(std::string_view ns, std::string_view entity) { return TotalKey(ns, entity); }
 
 struct Metrics {
   Gauge* log_lag = nullptr;
@@ -189,11 +173,6 @@ class LikesService::Impl {
   uint32_t OwnerOf(std::string_view ns, std::string_view entity) const {
     const size_t h = std::hash<std::string_view>{}(ns) * 31 + std::hash<std::string_view>{}(entity);
     return static_cast<uint32_t>(h % runtime_.size());
-  }
-
-  ShardState& Here() {
-    net::Shard* s = net::Runtime::Current();
-    return *shards_[s ? s->index() : 0];
   }
 
   const Business* FindBusiness(std::string_view id) const {
@@ -706,7 +685,7 @@ class LikesService::Impl {
     for (auto& group : by_owner) {
       const uint32_t owner = group.first;
       auto& part = group.second;
-      auto compute = [this, owner, origin](const std::vector<Miss>& part, bool* degraded) {
+      auto compute = [this, owner](const std::vector<Miss>& part, bool* degraded) {
         ShardState& os = *shards_[owner];
         std::vector<Counts> values;
         values.reserve(part.size());

@@ -145,21 +145,9 @@ class LikesServer {
   FlakyStore& flaky() { return *flaky_; }
   const std::string& path() const { return path_; }
 
-  std::string UserToken(const std::string& user) const {
-    net::TokenClaims c;
-    c.kind = net::TokenClaims::Kind::kUser;
-    c.subject = user;
-    c.issued_at = SystemClock::Instance().WallMillis() / 1000;
-    c.expires_at = c.issued_at + 3600;
-    return signer_->Sign(c);
-  }
+  std::string UserToken(const std::string& user) const { return net::testclient::SignUserToken(*signer_, user); }
   std::string ServiceToken(std::vector<std::string> scopes = {"likes.write"}) const {
-    net::TokenClaims c;
-    c.kind = net::TokenClaims::Kind::kService;
-    c.subject = "biz";
-    c.scopes = std::move(scopes);
-    c.issued_at = SystemClock::Instance().WallMillis() / 1000;
-    return signer_->Sign(c);
+    return net::testclient::SignServiceToken(*signer_, std::move(scopes));
   }
 
   Reply Call(std::string_view method, const std::string& target, const std::string& body, const std::string& token) {

@@ -183,6 +183,23 @@ Result<LogEntry> DecodeLogEntry(std::string_view bytes) {
   return e;
 }
 
+std::string RecordKey(std::string_view ns, std::string_view user, std::string_view entity) {
+  std::string k;
+  k.reserve(ns.size() + user.size() + entity.size() + 2);
+  k.append(ns).push_back('\0');
+  k.append(user).push_back('\0');
+  k.append(entity);
+  return k;
+}
+
+std::string TotalKey(std::string_view ns, std::string_view id) {
+  std::string k;
+  k.reserve(ns.size() + id.size() + 1);
+  k.append(ns).push_back('\0');
+  k.append(id);
+  return k;
+}
+
 std::string EncodeRecord(const Record& rec) {
   std::string out;
   out.reserve(2 + 8 + 1 + rec.owner.size());

@@ -84,6 +84,13 @@ std::string EncodeLogEntry(const LogEntry& e);
 // InvalidArgument on malformed bytes (a corrupt log is reported, never trusted).
 Result<LogEntry> DecodeLogEntry(std::string_view bytes);
 
+// Keys shared by the store and the service's overlay. Ids never contain a zero byte, so the
+// parts cannot run into each other.
+// ns \0 user \0 entity: one user's record on one entity.
+std::string RecordKey(std::string_view ns, std::string_view user, std::string_view entity);
+// ns \0 id: an entity's counts, an owner's received total.
+std::string TotalKey(std::string_view ns, std::string_view id);
+
 // A stored record: a user's current state on an entity.
 struct Record {
   LikeState state = LikeState::kNone;

@@ -41,10 +41,6 @@ std::string Prefix(std::string_view ns, std::string_view id) {
   return k;
 }
 
-std::string RecordKey(std::string_view ns, std::string_view user, std::string_view entity) {
-  return Prefix(ns, user).append(entity);
-}
-
 // Newest first: the time is stored inverted.
 std::string ListSuffix(int64_t time_ms, std::string_view id) {
   std::string s;
@@ -55,13 +51,6 @@ std::string ListSuffix(int64_t time_ms, std::string_view id) {
 
 std::string ListKey(std::string_view ns, std::string_view owner_id, int64_t time_ms, std::string_view id) {
   return Prefix(ns, owner_id).append(ListSuffix(time_ms, id));
-}
-
-std::string TotalKey(std::string_view ns, std::string_view id) {
-  std::string k(ns);
-  k.push_back('\0');
-  k.append(id);
-  return k;
 }
 
 std::string SeqKey(uint64_t seq) {

@@ -87,20 +87,10 @@ class LiveServer {
   LiveService& live() { return *live_; }
 
   std::string UserToken(const std::string& user, int64_t ttl_s = 3600) const {
-    net::TokenClaims c;
-    c.kind = net::TokenClaims::Kind::kUser;
-    c.subject = user;
-    c.issued_at = SystemClock::Instance().WallMillis() / 1000;
-    c.expires_at = c.issued_at + ttl_s;
-    return signer_->Sign(c);
+    return net::testclient::SignUserToken(*signer_, user, ttl_s);
   }
   std::string ServiceToken(std::vector<std::string> scopes = {"live.publish"}) const {
-    net::TokenClaims c;
-    c.kind = net::TokenClaims::Kind::kService;
-    c.subject = "biz";
-    c.scopes = std::move(scopes);
-    c.issued_at = SystemClock::Instance().WallMillis() / 1000;
-    return signer_->Sign(c);
+    return net::testclient::SignServiceToken(*signer_, std::move(scopes));
   }
 
   HttpReply Publish(const std::string& path, const json& body) {

@@ -34,6 +34,7 @@
 
 #include "base/clock.h"
 #include "net/http_server.h"
+#include "net/token.h"
 #include "net/router.h"
 #include "net/runtime.h"
 
@@ -308,5 +309,24 @@ class WsClient {
   websocket::stream<tcp::socket> ws_;
   websocket::response_type response_;
 };
+
+// Tokens signed by `signer` for tests: a user token valid for `ttl_s`, a service token "biz"
+// with `scopes` and no expiry.
+inline std::string SignUserToken(const TokenSigner& signer, const std::string& user, int64_t ttl_s = 3600) {
+  TokenClaims c;
+  c.kind = TokenClaims::Kind::kUser;
+  c.subject = user;
+  c.issued_at = SystemClock::Instance().WallMillis() / 1000;
+  c.expires_at = c.issued_at + ttl_s;
+  return signer.Sign(c);
+}
+inline std::string SignServiceToken(const TokenSigner& signer, std::vector<std::string> scopes) {
+  TokenClaims c;
+  c.kind = TokenClaims::Kind::kService;
+  c.subject = "biz";
+  c.scopes = std::move(scopes);
+  c.issued_at = SystemClock::Instance().WallMillis() / 1000;
+  return signer.Sign(c);
+}
 
 }  // namespace chorus::net::testclient
