@@ -35,6 +35,23 @@ struct VerifyRequest {
 // 0 consistent (or repaired), 1 differences found or an engine error, 2 bad usage.
 int RunLikesVerify(const VerifyRequest& request);
 
+// `chorus compute apply|delete|status`: talk to a resource server (or `chorus up`) over gRPC.
+struct ComputeRequest {
+  std::string server = "127.0.0.1:9090";
+  std::string token;                // empty: signed with the secret in data_dir (scope compute.admin)
+  std::string data_dir = "./data";
+  std::string file;                 // apply: the YAML spec ("-" = stdin)
+  std::string app;                  // delete: the app name; status: only this app
+  bool json = false;                // status: the view as JSON
+};
+// Exit codes: 0 done, 1 the server failed or could not be reached, 2 bad input (spec, flags),
+// 3 not found (delete/status of an unknown app).
+int RunComputeApply(const ComputeRequest& request);
+int RunComputeDelete(const ComputeRequest& request);
+int RunComputeStatus(const ComputeRequest& request);
+// `chorus compute worker`: the synthetic engine's worker process (stdin/stdout frames).
+int RunComputeWorker(double cpu_ms, double latency_ms, int max_concurrency);
+
 struct TokenRequest {
   std::string data_dir;
   std::string user;               // exactly one of user / service

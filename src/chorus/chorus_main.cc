@@ -65,6 +65,43 @@ int main(int argc, char** argv) {
   verify->add_option("--data-dir", vreq.data_dir, "Data directory holding likes/ (default ./data)");
   verify->add_flag("--repair", vreq.repair, "Rewrite every difference (needs the store to itself: stop chorus first)");
 
+  // chorus compute <role> | apply | delete | status | worker
+  auto* compute = app.add_subcommand(
+      "compute", "AI compute control plane: run a role (resource, node, scheduler) or manage apps.");
+  compute->require_subcommand(1);
+  auto* c_resource = compute->add_subcommand(
+      "resource", "Run a resource server: ingests node heartbeats, shares the view with peers, serves watches.");
+  server_flags(c_resource);
+  auto* c_node = compute->add_subcommand(
+      "node", "Run a node agent: reports capacity and load, accepts claims, runs workers; drains on SIGTERM.");
+  server_flags(c_node);
+  auto* c_scheduler = compute->add_subcommand(
+      "scheduler", "Run a scheduler: places the replicas of apps by claiming nodes optimistically.");
+  server_flags(c_scheduler);
+  chorus::app::ComputeRequest creq;
+  auto client_flags = [&](CLI::App* cmd) {
+    cmd->add_option("--server", creq.server, "gRPC address of a resource server or `chorus up` (default 127.0.0.1:9090)");
+    cmd->add_option("--token", creq.token, "Bearer token with scope compute.admin (default: signed with the secret in --data-dir)");
+    cmd->add_option("--data-dir", creq.data_dir, "Data directory holding the secret (default ./data)");
+  };
+  auto* c_apply = compute->add_subcommand("apply", "Create or update an app from a YAML spec (docs/compute.md). Exit 2 on a bad spec.");
+  client_flags(c_apply);
+  c_apply->add_option("file", creq.file, "The app spec (- for stdin)")->required();
+  auto* c_delete = compute->add_subcommand("delete", "Delete an app; its replicas are released. Exit 3 if unknown.");
+  client_flags(c_delete);
+  c_delete->add_option("app", creq.app, "App name")->required();
+  auto* c_status = compute->add_subcommand("status", "Apps, nodes and replicas as a resource server sees them.");
+  client_flags(c_status);
+  c_status->add_option("--app", creq.app, "Only this app (exit 3 if unknown)");
+  c_status->add_flag("--json", creq.json, "The whole view as JSON");
+  double w_cpu_ms = 0, w_latency_ms = 0;
+  int w_concurrency = 1;
+  auto* c_worker = compute->add_subcommand(
+      "worker", "The synthetic engine's worker: frames on stdin/stdout, burns CPU and waits per request.");
+  c_worker->add_option("--cpu-ms", w_cpu_ms, "CPU milliseconds per request")->check(CLI::NonNegativeNumber);
+  c_worker->add_option("--latency-ms", w_latency_ms, "Added latency per request")->check(CLI::NonNegativeNumber);
+  c_worker->add_option("--max-concurrency", w_concurrency, "Requests handled at once")->check(CLI::PositiveNumber);
+
   // chorus token
   auto* token = app.add_subcommand("token", "Print a signed user or service token.");
   chorus::app::TokenRequest treq;
@@ -105,6 +142,10 @@ int main(int argc, char** argv) {
   }
 
   if (verify->parsed()) return chorus::app::RunLikesVerify(vreq);
+  if (c_apply->parsed()) return chorus::app::RunComputeApply(creq);
+  if (c_delete->parsed()) return chorus::app::RunComputeDelete(creq);
+  if (c_status->parsed()) return chorus::app::RunComputeStatus(creq);
+  if (c_worker->parsed()) return chorus::app::RunComputeWorker(w_cpu_ms, w_latency_ms, w_concurrency);
 
   // up
   if (list_keys) {
@@ -141,5 +182,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> services;
   if (live->parsed()) services = {"live"};
   if (likes->parsed()) services = {"likes"};
+  if (c_resource->parsed()) services = {"compute.resource"};
+  if (c_node->parsed()) services = {"compute.node"};
+  if (c_scheduler->parsed()) services = {"compute.scheduler"};
   return chorus::app::RunUp(*config, services);
 }

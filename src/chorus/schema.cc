@@ -1,4 +1,5 @@
 #include "chorus/app.h"
+#include "compute/compute_config.h"
 #include "likes/likes_service.h"
 #include "live/live_service.h"
 
@@ -30,6 +31,7 @@ const ConfigSchema& Schema() {
         .String("log.file", "", "Log file (empty = stderr).");
     live::AddConfigKeys(*s);
     likes::AddConfigKeys(*s);
+    compute::AddConfigKeys(*s);
     return s;
   }();
   return *schema;

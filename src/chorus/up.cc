@@ -15,6 +15,7 @@
 #include "base/readiness.h"
 #include "chorus/app.h"
 #include "chorus/system_service.h"
+#include "compute/compute_config.h"
 #include "likes/likes_service.h"
 #include "likes/rocksdb_store.h"
 #include "live/live_service.h"
@@ -105,6 +106,11 @@ void BlockShutdownSignals() {
 int RunUp(const Config& config, const std::vector<std::string>& services) {
   auto wants = [&](std::string_view name) {
     return services.empty() || std::find(services.begin(), services.end(), name) != services.end();
+  };
+  // compute roles: "compute" is all three; "compute.resource" etc. one of them.
+  auto wants_compute = [&](std::string_view role) {
+    return wants("compute") || std::find(services.begin(), services.end(), "compute." + std::string(role)) !=
+                                   services.end();
   };
   auto log = GetLogger("chorus");
   log->info("chorus {} starting", Version());
@@ -228,7 +234,24 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   std::unique_ptr<grpc::Service> live_grpc;
   std::unique_ptr<grpc::Service> likes_grpc;
   std::unique_ptr<net::GrpcServer> grpc_server;
+  std::unique_ptr<compute::ResourceServer> resource_server;
+  std::unique_ptr<compute::NodeServer> node_server;
+  std::unique_ptr<compute::Scheduler> scheduler;
+  const bool any_compute = wants_compute("resource") || wants_compute("node") || wants_compute("scheduler");
   const std::string& grpc_listen = config.GetString("grpc.listen");
+  if (grpc_listen.empty() && any_compute) {
+    if (!services.empty() && !wants("live") && !wants("likes")) {
+      log->error("compute roles need grpc.listen");
+      (*runtime)->Stop();
+      return 2;
+    }
+    log->warn("grpc.listen is empty: compute is not started");
+  }
+  auto stop_compute = [&] {
+    if (scheduler) scheduler->Stop();
+    if (resource_server) resource_server->Stop();
+    if (node_server) node_server->Stop();
+  };
   if (!grpc_listen.empty()) {
     auto grpc_address = net::ParseHostPort(grpc_listen);
     if (!grpc_address.ok()) {
@@ -245,6 +268,37 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
       likes_grpc = likes_service->MakeGrpcService();
       grpc_services.push_back(likes_grpc.get());
     }
+    // compute: the services are registered now; their addresses are known once gRPC listens.
+    // The pre-listen address is a placeholder for roles that do not need the port.
+    const std::string planned = grpc_address->first + ":" + std::to_string(grpc_address->second);
+    if (wants_compute("resource")) {
+      auto o = compute::ResourceOptionsFromConfig(config, planned, *signer);
+      if (o.ok() && grpc_address->second == 0 && config.GetString("compute.resource.id").empty()) {
+        o->state.resource_id = "r-" + std::to_string(::getpid());  // the port is not known yet
+        o->apps_file = (std::filesystem::path(config.GetString("data_dir")) / "compute" / "apps.pb").string();
+      }
+      auto created = o.ok() ? compute::ResourceServer::Create(std::move(*o), *signer, SystemClock::Instance())
+                            : Result<std::unique_ptr<compute::ResourceServer>>(o.status());
+      if (!created.ok()) {
+        log->error("compute resource: {}", created.status().ToString());
+        (*runtime)->Stop();
+        return 2;
+      }
+      resource_server = std::move(*created);
+      grpc_services.push_back(resource_server->service());
+    }
+    if (wants_compute("node")) {
+      auto o = compute::NodeOptionsFromConfig(config, planned, *signer);
+      auto created = o.ok() ? compute::NodeServer::Create(std::move(*o), *signer, SystemClock::Instance())
+                            : Result<std::unique_ptr<compute::NodeServer>>(o.status());
+      if (!created.ok()) {
+        log->error("compute node: {}", created.status().ToString());
+        (*runtime)->Stop();
+        return 2;
+      }
+      node_server = std::move(*created);
+      grpc_services.push_back(node_server->service());
+    }
     auto started = net::GrpcServer::Start(grpc_listen, grpc_services);
     if (!started.ok()) {
       log->error("{}", started.status().ToString());
@@ -253,17 +307,58 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
     }
     grpc_server = std::move(*started);
     log->info("grpc listening on {}:{}", grpc_address->first, grpc_server->port());
+    const std::string actual = grpc_address->first + ":" + std::to_string(grpc_server->port());
+    if (resource_server) {
+      resource_server->Start();
+      log->info("compute resource server {} in cluster {}", resource_server->state().options().resource_id,
+                resource_server->state().options().cluster);
+    }
+    if (node_server) {
+      node_server->SetAddress(actual);
+      // With no resource servers configured the node reports to this process (the embedded shape).
+      if (config.GetStringList("compute.node.resources").empty()) node_server->SetResources({actual});
+      node_server->Start();
+      log->info("compute node {} ({} slots)", node_server->agent().options().node_id,
+                node_server->agent().options().slots);
+    }
+    if (wants_compute("scheduler")) {
+      auto o = compute::SchedulerOptionsFromConfig(config, actual, *signer);
+      auto created = o.ok() ? compute::Scheduler::Create(std::move(*o), SystemClock::Instance())
+                            : Result<std::unique_ptr<compute::Scheduler>>(o.status());
+      if (!created.ok()) {
+        log->error("compute scheduler: {}", created.status().ToString());
+        stop_compute();
+        grpc_server->Shutdown(Duration::zero());
+        (*runtime)->Stop();
+        return 2;
+      }
+      scheduler = std::move(*created);
+      scheduler->Start();
+      log->info("compute scheduler started");
+    }
   }
 
   readiness.Set("core", true);
   if (live_service) readiness.Set("live", true, "store=" + config.GetString("live.store"));
   if (likes_service) readiness.Set("likes", true, "store=rocksdb");
+  if (resource_server || node_server || scheduler) {
+    std::string roles;
+    if (resource_server) roles += "resource ";
+    if (node_server) roles += "node ";
+    if (scheduler) roles += "scheduler";
+    readiness.Set("compute", true, roles);
+  }
   log->info("ready");  // after readiness flips: tests and scripts may wait for this line
   const int sig = WaitForShutdownSignal();
   log->info("received {}, shutting down", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 
   readiness.SetShuttingDown();
   const Duration drain = config.GetDuration("shutdown.drain_timeout");
+  // compute first, while everything still serves: the node announces draining, finishes its
+  // requests and says goodbye (the seed's PreStop path); then the scheduler and resource server.
+  if (node_server) node_server->Drain(drain);
+  if (scheduler) scheduler->Stop();
+  if (resource_server) resource_server->BeginShutdown();
   (*http)->BeginShutdown();
   // gRPC's Shutdown blocks while it drains: run it beside the HTTP drain, not before it, so the
   // whole stop takes at most one drain_timeout.
@@ -278,6 +373,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   }
   if (live_service) live_service->Stop();
   if (likes_service) likes_service->Stop();
+  stop_compute();
   (*runtime)->Stop();
   http->reset();
   log->info("stopped");

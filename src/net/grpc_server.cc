@@ -53,7 +53,7 @@ grpc::Status ToGrpcStatus(const Status& s) {
   return grpc::Status(code, s.message());
 }
 
-Result<std::string_view> GrpcBearerToken(const grpc::ServerContext& ctx) {
+Result<std::string_view> GrpcBearerToken(const grpc::ServerContextBase& ctx) {
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
   if (it == md.end()) return Unauthenticated("missing authorization metadata");

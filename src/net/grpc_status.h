@@ -16,6 +16,6 @@ grpc::Status ToGrpcStatus(const Status& status);
 
 // The token of the call's `authorization: Bearer <token>` metadata; Unauthenticated if absent or
 // malformed. The view points into the call's metadata.
-Result<std::string_view> GrpcBearerToken(const grpc::ServerContext& ctx);
+Result<std::string_view> GrpcBearerToken(const grpc::ServerContextBase& ctx);
 
 }  // namespace chorus::net

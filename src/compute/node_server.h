@@ -1,0 +1,66 @@
+// The node role (docs/compute.md, "Node agent"): chorus.compute.v1.Node over gRPC around a
+// NodeAgent, the heartbeat stream to the resource servers, the load sampler, real worker
+// processes (exec and synthetic engines), and the SIGTERM drain.
+//
+// Threads: a heartbeat thread (writes; a reader thread per stream notices a broken stream at
+// once) and gRPC's sync threads for Claim/Release/Invoke. Create, SetAddress, Start, Drain and
+// Stop are for the owner's thread.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/status.h"
+#include "compute/node_agent.h"
+
+namespace grpc {
+class Service;
+}
+namespace chorus::net {
+class TokenSigner;
+}
+
+namespace chorus::compute {
+
+struct NodeServerOptions {
+  NodeOptions node;                     // address may be set later with SetAddress
+  std::vector<std::string> resources;   // resource servers, tried in order
+  Duration heartbeat_interval = std::chrono::seconds(1);
+  Duration drain_grace = std::chrono::seconds(2);  // keep serving after announcing draining
+  std::string token;                    // bearer token for heartbeats (scope compute.node)
+  std::string worker_binary;            // the chorus binary, for the synthetic engine
+};
+
+class NodeServer {
+ public:
+  static Result<std::unique_ptr<NodeServer>> Create(NodeServerOptions options, const net::TokenSigner& signer,
+                                                    Clock& clock);
+  ~NodeServer();
+
+  grpc::Service* service();
+  // The address resource servers and schedulers reach this node at (known once gRPC listens).
+  void SetAddress(std::string address);
+  // Replaces the resource servers to report to; before Start().
+  void SetResources(std::vector<std::string> resources);
+  void Start();
+  // The PreStop path: draining now (pushed at once), keep serving for drain_grace, wait up to
+  // `max_wait` for in-flight requests, stop the workers, say goodbye.
+  void Drain(Duration max_wait);
+  void Stop();
+
+  NodeAgent& agent();
+
+  class Impl;
+
+ private:
+  explicit NodeServer(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+// The real ReplicaRuntime: one worker process per replica (worker_process.h). `worker_binary`
+// runs `compute worker` for the synthetic engine.
+RuntimeFactory WorkerProcessFactory(std::string worker_binary);
+
+}  // namespace chorus::compute
