@@ -390,6 +390,67 @@ TEST_F(ComputeClusterTest, PlacesDrainsFailsOverAndSurvivesResourceRestart) {
     EXPECT_EQ(Running(*v, "alpha"), alpha_before);
     EXPECT_EQ(Running(*v, "beta"), beta_before);
   }
+
+  // kill -9 both schedulers and start a new one: it rebuilds from what the nodes report and
+  // leaves the placement alone (no duplicates, nothing released).
+  for (auto& s : schedulers) ASSERT_TRUE(s.process->Signal(SIGKILL).ok());
+  auto fresh = Start("scheduler", 0, {"compute.scheduler.clusters=" + a2 + "|" + a1});
+  ASSERT_TRUE(fresh.ok()) << fresh.status().ToString();
+  ASSERT_TRUE(fresh->process->WaitForLine("watching", 30s).ok());
+  std::this_thread::sleep_for(3s);  // several reconcile rounds; nothing may change
+  {
+    auto v = GetView(a1);
+    ASSERT_TRUE(v.ok());
+    EXPECT_EQ(Running(*v, "alpha"), alpha_before);
+    EXPECT_EQ(Running(*v, "beta"), beta_before);
+    EXPECT_EQ(Replicas(*v, "alpha"), 4u);
+    EXPECT_EQ(Replicas(*v, "beta"), 2u);
+  }
+}
+
+// One app across two resource clusters (federation): a scheduler watching both spreads it over
+// both clusters' nodes; an app restricted to one cluster stays there.
+TEST_F(ComputeClusterTest, AppSpansFederatedClusters) {
+  auto west = Start("resource", 0, {"compute.resource.id=west1", "compute.cluster=west"});
+  ASSERT_TRUE(west.ok()) << west.status().ToString();
+  auto east = Start("resource", 0, {"compute.resource.id=east1", "compute.cluster=east"});
+  ASSERT_TRUE(east.ok()) << east.status().ToString();
+  auto wn = Start("node", 0, {"compute.node.id=w1", "compute.cluster=west", "compute.node.resources=" + west->address(),
+                              "compute.node.cpu_millis=2000", "compute.node.memory_mb=1024", "compute.node.pool=cpu"});
+  ASSERT_TRUE(wn.ok()) << wn.status().ToString();
+  auto en = Start("node", 0, {"compute.node.id=e1", "compute.cluster=east", "compute.node.resources=" + east->address(),
+                              "compute.node.cpu_millis=2000", "compute.node.memory_mb=1024",
+                              "compute.node.gpus=T4:1:1.0", "compute.node.pool=gpu-t4"});
+  ASSERT_TRUE(en.ok()) << en.status().ToString();
+  auto s = Start("scheduler", 0, {"compute.scheduler.clusters=" + west->address() + "," + east->address()});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+
+  ASSERT_EQ(Apply(west->address(), WriteSpec("spread", "name: spread\nresources: {cpu: 200m, memory: 64Mi}\n"
+                                                       "replicas: 2\nengine: {type: synthetic}\n")),
+            0);
+  ASSERT_EQ(Apply(east->address(), WriteSpec("gpu", "name: gpu\nresources: {cpu: 200m, memory: 64Mi, gpu: 1, "
+                                                    "card_types: [T4]}\nreplicas: 1\nclusters: [east]\n"
+                                                    "engine: {type: synthetic}\n")),
+            0);
+  auto placed = [&](const pb::View& v, const std::string& app) {
+    std::set<std::string> nodes;
+    for (const auto& [replica, node] : Running(v, app)) nodes.insert(node);
+    return nodes;
+  };
+  ASSERT_TRUE(Eventually([&] {
+    auto w = GetView(west->address()), e = GetView(east->address());
+    return w.ok() && e.ok() && placed(*w, "spread") == std::set<std::string>{"w1"} &&
+           placed(*e, "spread") == std::set<std::string>{"e1"} && placed(*e, "gpu") == std::set<std::string>{"e1"};
+  }, 60s)) << GetView(west->address())->DebugString() << GetView(east->address())->DebugString();
+  auto e = GetView(east->address());
+  ASSERT_TRUE(e.ok());
+  for (const auto& n : e->nodes()) {
+    for (const auto& r : n.replicas()) {
+      if (r.app() == "gpu") {
+        EXPECT_EQ(r.card_type(), "T4");
+      }
+    }
+  }
 }
 
 TEST_F(ComputeClusterTest, BadInputGetsClearErrors) {
