@@ -227,16 +227,29 @@ class Traffic {
         std::this_thread::sleep_for(10ms);
         continue;
       }
-      auto& stub = stubs[target];
-      if (!stub) stub = pb::Node::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
-      grpc::ClientContext ctx;
-      ctx.AddMetadata("authorization", "Bearer " + token_);
-      ctx.set_deadline(std::chrono::system_clock::now() + 10s);
-      pb::InvokeRequest req;
-      req.set_app("alpha");
-      req.set_payload("hello");
+      // A refusal before any worker saw the request (UNAVAILABLE: the view was a moment old, the
+      // replica was just released) is retried on the next node, as a gateway does; anything else
+      // is a lost request.
+      grpc::Status st;
       pb::InvokeResponse resp;
-      grpc::Status st = stub->Invoke(&ctx, req, &resp);
+      for (int attempt = 0; attempt < 5; ++attempt) {
+        if (attempt > 0) {
+          MutexLock lock(mu_);
+          if (!targets_.empty()) target = targets_[n++ % targets_.size()];
+          refused_ += 1;
+        }
+        auto& stub = stubs[target];
+        if (!stub) stub = pb::Node::NewStub(grpc::CreateChannel(target, grpc::InsecureChannelCredentials()));
+        grpc::ClientContext ctx;
+        ctx.AddMetadata("authorization", "Bearer " + token_);
+        ctx.set_deadline(std::chrono::system_clock::now() + 10s);
+        pb::InvokeRequest req;
+        req.set_app("alpha");
+        req.set_payload("hello");
+        st = stub->Invoke(&ctx, req, &resp);
+        if (st.error_code() != grpc::StatusCode::UNAVAILABLE) break;
+        std::this_thread::sleep_for(20ms);
+      }
       if (st.ok()) {
         ok_.fetch_add(1);
         MutexLock lock(mu_);
@@ -257,6 +270,7 @@ class Traffic {
   std::vector<std::string> targets_ GUARDED_BY(mu_);
   std::set<std::string> nodes_used_ GUARDED_BY(mu_);
   std::string last_error_ GUARDED_BY(mu_);
+  int refused_ GUARDED_BY(mu_) = 0;
   std::thread refresher_;
   std::vector<std::thread> senders_;
 };

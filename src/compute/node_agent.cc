@@ -283,6 +283,11 @@ void NodeAgent::Invoke(const std::string& app, const std::string& replica_id, st
   }
   runtime->Invoke(std::move(payload), [this, chosen, done = std::move(done)](Result<std::string> result) {
     Done(chosen);
+    // Unavailable is kept for refusals before a worker saw the request (safe to retry elsewhere);
+    // a failure after the hand-off may have run part of the work, so it is Internal.
+    if (!result.ok() && result.status().code() == StatusCode::kUnavailable) {
+      result = Internal("worker of " + chosen + ": " + std::string(result.status().message()));
+    }
     done(std::move(result), chosen);
   });
 }

@@ -84,8 +84,9 @@ class NodeAgent {
   Result<pb::NodeStatus> Release(const pb::ReleaseRequest& release);
 
   // Hands `payload` to a running replica of `app` (`replica_id` if not empty) with the fewest
-  // requests in flight. Unavailable if none runs here (or the node is stopping), ResourceExhausted
-  // if all are at max_concurrency.
+  // requests in flight. Refusals before any worker saw the request: Unavailable if none runs here
+  // (or the node is stopping), ResourceExhausted if all are at max_concurrency; both are safe to
+  // retry on another node. Once handed to a worker, a failure is Internal (it may have run).
   void Invoke(const std::string& app, const std::string& replica_id, std::string payload,
               std::function<void(Result<std::string>, const std::string& replica_id)> done);
 
