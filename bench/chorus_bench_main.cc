@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "compute_cluster.h"
 #include "http_load.h"
 #include "likes_load.h"
 #include "likes_redis_peer.h"
@@ -438,6 +439,78 @@ CommandMain SetupLikes(CLI::App& cmd) {
   };
 }
 
+// chorus-bench compute-cluster [--chorus-bin PATH] [--nodes 2000 --slots 8 --replicas 10000]
+//     [--drains 20 --crashes 10 --schedulers 2]
+CommandMain SetupComputeCluster(CLI::App& cmd) {
+  struct Flags {
+    ComputeClusterOptions cluster;
+    DurationFlag placement_timeout{"120s"};
+    ReportFlags report;
+  };
+  auto flags = std::make_shared<Flags>();
+  ComputeClusterOptions& c = flags->cluster;
+  cmd.add_option("--chorus-bin", c.chorus_bin,
+                 "the chorus binary (default: src/chorus/chorus of the build tree chorus-bench is in)");
+  cmd.add_option("--nodes", c.nodes, "simulated node identities")->capture_default_str();
+  cmd.add_option("--slots", c.slots, "slots per simulated node")->capture_default_str();
+  cmd.add_option("--node-cpu", c.node_cpu_millis, "CPU per simulated node, millicores")
+      ->capture_default_str();
+  cmd.add_option("--node-memory", c.node_memory_mb, "memory per simulated node, MiB")->capture_default_str();
+  cmd.add_option("--replicas", c.replicas, "replicas of the app (cpu 10m, memory 1Mi each)")
+      ->capture_default_str();
+  cmd.add_option("--drains", c.drains, "nodes drained one after another")->capture_default_str();
+  cmd.add_option("--crashes", c.crashes, "nodes killed one after another")->capture_default_str();
+  cmd.add_option("--schedulers", c.schedulers, "1, or 2 (then a second placement round with two racing)")
+      ->capture_default_str();
+  cmd.add_option("--ramp", c.open_per_second,
+                 "simulated nodes connecting per second at start (0: all at once)")
+      ->capture_default_str();
+  cmd.add_option("--nodes-per-connection", c.nodes_per_connection,
+                 "simulated nodes whose heartbeat streams share one TCP connection")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd.add_option("--placement-timeout", flags->placement_timeout.text,
+                 "give up on a placement round after this")
+      ->capture_default_str();
+  cmd.add_option("--seed", c.seed, "which nodes are drained and killed")->capture_default_str();
+  cmd.add_option("--work-dir", c.work_dir,
+                 "data dir and logs here (default: a fresh /tmp/chorus-compute-cluster.*)");
+  cmd.add_flag("--keep-work-dir", c.keep_work_dir, "keep the work dir (logs) after a clean run");
+  flags->report.Add(cmd, "compute-cluster", "chorus");
+
+  return [flags]() -> int {
+    if (!flags->placement_timeout.Resolve("--placement-timeout")) return 2;
+    ComputeClusterOptions& c = flags->cluster;
+    c.placement_timeout = flags->placement_timeout.value;
+    if (c.chorus_bin.empty()) {
+      char exe[4096];
+      const ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+      if (len > 0) {
+        std::string self(exe, static_cast<size_t>(len));
+        c.chorus_bin = self.substr(0, self.rfind('/')) + "/../src/chorus/chorus";
+      }
+    }
+    if (Status st = c.Validate(); !st.ok()) {
+      std::fprintf(stderr, "chorus-bench compute-cluster: %s\n", st.message().c_str());
+      return 2;
+    }
+    auto result = RunComputeCluster(c);
+    if (!result.ok()) {
+      std::fprintf(stderr, "chorus-bench compute-cluster: %s\n", result.status().ToString().c_str());
+      return 2;
+    }
+    std::printf("%s", result->table.c_str());
+    Report report;
+    report.name = flags->report.name;
+    report.params = result->params;
+    report.subject = std::move(result->subject);
+    report.subject.system = flags->report.system;
+    report.summary_figures = result->summary_figures;
+    const int rc = flags->report.Emit(report);
+    return report.subject.ErrorCount() > 0 && rc == 0 ? 1 : rc;
+  };
+}
+
 struct Command {
   const char* name;
   const char* help;
@@ -450,6 +523,9 @@ constexpr Command kCommands[] = {
      SetupLiveFanout},
     {"live-clients", "internal: one subscriber process of live-fanout", SetupLiveClients},
     {"likes", "likes workload (Zipf, 20:1 reads, spike) against chorus or the Redis peer", SetupLikes},
+    {"compute-cluster",
+     "compute control plane: real resource servers and schedulers against thousands of simulated nodes",
+     SetupComputeCluster},
 };
 
 }  // namespace

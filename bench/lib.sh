@@ -102,6 +102,22 @@ resolve_chorus_bin() {
   CHORUS_BIN=$(cd "$(dirname "$CHORUS_BIN")" && pwd)/$(basename "$CHORUS_BIN")
 }
 
+# resolve_bench_bin SUBCOMMAND: sets BENCH_BIN to a chorus-bench that has SUBCOMMAND: BENCH_BIN as
+# given, else the one beside CHORUS_BIN's build tree, else builds the release preset's.
+resolve_bench_bin() {
+  if [[ -z ${BENCH_BIN:-} ]]; then
+    [[ -n ${CHORUS_BIN:-} ]] && BENCH_BIN=$(dirname "$(dirname "$(dirname "$CHORUS_BIN")")")/bench/chorus-bench
+    if [[ ! -x ${BENCH_BIN:-} ]]; then
+      log "building chorus-bench (release preset; set BENCH_BIN to skip)"
+      cmake --preset release >/dev/null
+      cmake --build --preset release --target chorus_bench
+      BENCH_BIN=$ROOT/build/release/bench/chorus-bench
+    fi
+  fi
+  [[ -x $BENCH_BIN ]] || die "chorus-bench binary $BENCH_BIN not found"
+  "$BENCH_BIN" "$1" --help >/dev/null 2>&1 || die "$BENCH_BIN has no $1 subcommand (rebuild it)"
+}
+
 # ensure_bun: sets BUN to the Bun binary of the npm package @oven/bun-linux-x64, installing it into
 # bench/.peers (git-ignored) on first use; BUN_BIN overrides. Returns 1 (with a message) when Bun
 # cannot be had, so callers can skip the peer.

@@ -102,17 +102,7 @@ done
 if [[ $REDIS_ONLY != 1 ]]; then
   resolve_chorus_bin
 fi
-if [[ -z ${BENCH_BIN:-} ]]; then
-  [[ -n ${CHORUS_BIN:-} ]] && BENCH_BIN=$(dirname "$(dirname "$(dirname "$CHORUS_BIN")")")/bench/chorus-bench
-  if [[ ! -x ${BENCH_BIN:-} ]]; then
-    log "building chorus-bench (release preset; set BENCH_BIN to skip)"
-    cmake --preset release >/dev/null
-    cmake --build --preset release --target chorus_bench
-    BENCH_BIN=$ROOT/build/release/bench/chorus-bench
-  fi
-fi
-[[ -x $BENCH_BIN ]] || die "chorus-bench binary $BENCH_BIN not found"
-"$BENCH_BIN" likes --help >/dev/null 2>&1 || die "$BENCH_BIN has no likes subcommand (rebuild it)"
+resolve_bench_bin likes
 
 bench_tmp likes
 read -r P_CHORUS P_AOF P_MEM < <(free_ports 3)

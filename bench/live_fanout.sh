@@ -60,17 +60,7 @@ if ((SUBSCRIBERS + 64 > $(ulimit -n))); then
 fi
 
 resolve_chorus_bin
-if [[ -z ${BENCH_BIN:-} ]]; then
-  BENCH_BIN=$(dirname "$(dirname "$(dirname "$CHORUS_BIN")")")/bench/chorus-bench
-  if [[ ! -x $BENCH_BIN ]]; then
-    log "building chorus-bench (release preset; set BENCH_BIN to skip)"
-    cmake --preset release >/dev/null
-    cmake --build --preset release --target chorus_bench
-    BENCH_BIN=$ROOT/build/release/bench/chorus-bench
-  fi
-fi
-[[ -x $BENCH_BIN ]] || die "chorus-bench binary $BENCH_BIN not found"
-"$BENCH_BIN" live-fanout --help >/dev/null 2>&1 || die "$BENCH_BIN has no live-fanout subcommand (rebuild it)"
+resolve_bench_bin live-fanout
 
 interval_ms=$(python3 -c "
 import sys; t = sys.argv[1]

@@ -63,7 +63,10 @@ void AddConfigKeys(ConfigSchema& s) {
       .StringList("compute.scheduler.clusters", {},
                   "Resource clusters to watch: one entry per cluster, its servers separated by '|' "
                   "(empty: this process's gRPC address).")
-      .Int("compute.scheduler.candidates", 4, "Placement picks one of the best this-many nodes at random.", 1, 1000);
+      .Int("compute.scheduler.candidates", 4,
+           "Placement draws this many nodes at random among those with the fewest replicas of the app "
+           "and takes the one with the most free CPU (1: always the most free CPU).",
+           1, 1000);
 }
 
 std::string SignComputeToken(const net::TokenSigner& signer, const std::string& subject,

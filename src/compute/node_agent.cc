@@ -162,6 +162,7 @@ NodeAgent::ClaimOutcome NodeAgent::Claim(const pb::ClaimRequest& claim) {
   launch.max_concurrency = claim.max_concurrency();
   launch.on_state_change = [this, id = claim.replica_id()] { OnRuntimeChange(id); };
   auto runtime = factory_(launch);
+  std::unique_ptr<ReplicaRuntime> orphan;  // started for a replica released meanwhile
   {
     MutexLock lock(mu_);
     auto it = replicas_.find(claim.replica_id());
@@ -175,12 +176,27 @@ NodeAgent::ClaimOutcome NodeAgent::Claim(const pb::ClaimRequest& claim) {
       out.node = StatusLocked();
     } else if (it != replicas_.end()) {
       it->second.runtime = std::shared_ptr<ReplicaRuntime>(std::move(*runtime));
-      it->second.status.set_state(ToProto(it->second.runtime->state()));
+      const pb::ReplicaState state = ToProto(it->second.runtime->state());
+      if (state != it->second.status.state()) {
+        // The worker came up before it was stored, so OnRuntimeChange ignored it: the change is new.
+        it->second.status.set_state(state);
+        BumpLocked();
+      }
+      out.node = StatusLocked();
+    } else {
+      // A Release (a racing scheduler's surplus decision) took the reserved slot while the worker
+      // started: the replica does not exist, so the claim is not accepted.
+      orphan = std::move(*runtime);
+      out.status = FailedPrecondition("replica " + claim.replica_id() + " was released on node " + options_.node_id +
+                                      " while its worker was starting");
       out.node = StatusLocked();
     }
   }
-  GetLogger("compute")->info("node {}: claimed {} of {} for {}", options_.node_id, claim.replica_id(), claim.app(),
-                             claim.scheduler_id());
+  if (orphan) orphan->Stop(options_.release_grace);
+  if (out.status.ok()) {
+    GetLogger("compute")->info("node {}: claimed {} of {} for {}", options_.node_id, claim.replica_id(), claim.app(),
+                               claim.scheduler_id());
+  }
   Notify();
   return out;
 }

@@ -209,6 +209,9 @@ class ResourceServer::Impl final : public pb::Resource::WithCallbackMethod_Heart
     CondVar cv;
     std::deque<std::shared_ptr<const pb::PeerBatch>> queue GUARDED_BY(mu);
     bool need_full GUARDED_BY(mu) = true;
+    // Bumped each time the broadcaster drops the queue on overflow. PeerLoop compares it across an
+    // RPC so that an overflow during the call is never forgotten when the ack comes back.
+    uint64_t overflows GUARDED_BY(mu) = 0;
   };
 
   void Start() {
@@ -259,6 +262,7 @@ class ResourceServer::Impl final : public pb::Resource::WithCallbackMethod_Heart
         if (link->queue.size() >= 64) {
           link->queue.clear();
           link->need_full = true;
+          ++link->overflows;
         }
         link->queue.push_back(out.peer);
         link->cv.NotifyAll();
@@ -271,10 +275,12 @@ class ResourceServer::Impl final : public pb::Resource::WithCallbackMethod_Heart
     while (!stopping()) {
       std::shared_ptr<const pb::PeerBatch> batch;
       bool full = false;
+      uint64_t overflows_before = 0;
       {
         MutexLock lock(link.mu);
         link.cv.Wait(link.mu, [&]() REQUIRES(link.mu) { return !link.queue.empty() || stopping(); });
         if (stopping()) return;
+        overflows_before = link.overflows;
         full = link.need_full;
         if (full) {
           link.queue.clear();
@@ -306,8 +312,13 @@ class ResourceServer::Impl final : public pb::Resource::WithCallbackMethod_Heart
       }
       if (warned) log_->info("resource {}: peer {} reachable again", options_.state.resource_id, link.address);
       warned = false;
-      link.need_full = ack.need_full();
-      if (full) link.need_full = false;
+      if (ack.need_full() || link.overflows != overflows_before) {
+        // The peer asked for a snapshot, or deltas were dropped while this call was in flight.
+        link.need_full = true;
+      } else if (full) {
+        // The snapshot was taken after the queue was cleared, so it covers every dropped delta.
+        link.need_full = false;
+      }
     }
   }
 

@@ -63,6 +63,7 @@ void ResourceState::SetOffline(NodeEntry& e, const std::string& why) {
   e.offline_since = clock_.Now();
   e.disconnected_at.reset();
   e.orphan_since.reset();
+  e.orphaned_by_silence = false;
   GetLogger("compute")->info("resource {}: node {} offline ({})", options_.resource_id, e.status.node_id(), why);
   MarkDirty(e.status.node_id(), /*urgent=*/true);
 }
@@ -100,6 +101,7 @@ Status ResourceState::OnHeartbeat(uint64_t stream_id, pb::NodeStatus status) {
   e.last_heard = now;
   e.disconnected_at.reset();
   e.orphan_since.reset();
+  e.orphaned_by_silence = false;
   if (newer || !was_online || moved || load_changed) {
     e.broadcast_cpu = e.status.cpu_utilization();
     e.broadcast_in_flight = e.status.in_flight();
@@ -128,9 +130,21 @@ pb::PeerAck ResourceState::OnPeerBatch(const pb::PeerBatch& batch) {
   const SteadyTime now = clock_.Now();
   MutexLock lock(mu_);
   auto [pit, new_peer] = peers_.try_emplace(from);
+  const bool was_silent = pit->second.silent;
   pit->second.last_push = now;
   pit->second.silent = false;
   if (new_peer && !batch.full()) ack.set_need_full(true);
+  if (was_silent) {
+    // The peer vouches again: the nodes orphaned only by its silence are its own once more. Ask for
+    // a snapshot as well, so nodes it dropped meanwhile become orphans by the usual full-batch rule.
+    for (auto& [id, e] : nodes_) {
+      if (e.home == from && e.orphaned_by_silence) {
+        e.orphan_since.reset();
+        e.orphaned_by_silence = false;
+      }
+    }
+    if (!batch.full()) ack.set_need_full(true);
+  }
 
   std::set<std::string> listed;
   for (const pb::NodeStatus& incoming : batch.nodes()) {
@@ -163,7 +177,9 @@ pb::PeerAck ResourceState::OnPeerBatch(const pb::PeerBatch& batch) {
     e.stream_id = 0;
     e.disconnected_at.reset();
     e.orphan_since.reset();
-    if (!incoming.online() && was_online) e.offline_since = now;
+    e.orphaned_by_silence = false;
+    // A node first learned already offline is retained from now on, like one that just went offline.
+    if (!incoming.online() && (was_online || inserted)) e.offline_since = now;
     MarkDirty(incoming.node_id(), urgent);
   }
   if (batch.full()) {
@@ -251,7 +267,10 @@ void ResourceState::ExpireLocked(SteadyTime now) {
       GetLogger("compute")->warn("resource {}: peer {} silent; its nodes wait for re-homing", options_.resource_id,
                                  name);
       for (auto& [id, e] : nodes_) {
-        if (e.home == name && e.status.online() && !e.orphan_since) e.orphan_since = now;
+        if (e.home == name && e.status.online() && !e.orphan_since) {
+          e.orphan_since = now;
+          e.orphaned_by_silence = true;
+        }
       }
     }
   }
@@ -378,6 +397,8 @@ ResourceState::Subscription ResourceState::Subscribe() {
   snapshot->set_cluster(view.cluster());
   snapshot->mutable_nodes()->Swap(view.mutable_nodes());
   snapshot->mutable_apps()->Swap(view.mutable_apps());
+  // Deletions too: a scheduler that starts after an app was deleted must still release its leftovers.
+  for (const auto& [name, generation] : tombstones_) snapshot->add_deleted_apps(DeletionKey(name, generation));
   const uint64_t id = next_watcher_++;
   watchers_.try_emplace(id);
   return {id, std::move(snapshot)};

@@ -117,6 +117,7 @@ class ResourceState {
     SteadyTime last_heard{};                   // home == self: last heartbeat
     std::optional<SteadyTime> disconnected_at;  // home == self: stream closed
     std::optional<SteadyTime> orphan_since;     // home is a peer that stopped vouching for it
+    bool orphaned_by_silence = false;           // ...because the peer went quiet, not because it dropped it
     SteadyTime offline_since{};
     double broadcast_cpu = 0;
     int broadcast_in_flight = 0;

@@ -260,6 +260,16 @@ class Scheduler::Impl {
       SchedulerCore::Plan plan = core_.Reconcile();
       for (auto& c : plan.claims) SendClaim(std::move(c));
       for (auto& r : plan.releases) SendRelease(std::move(r));
+      // Stats walk every replica: publish them when the loop catches up, and at most every 100 ms
+      // while events keep coming (a busy placement burst), not on every iteration.
+      const SteadyTime now = clock_.Now();
+      bool idle = false;
+      {
+        MutexLock lock(mu_);
+        idle = events_.empty();
+      }
+      if (!idle && now - last_stats_ < std::chrono::milliseconds(100)) continue;
+      last_stats_ = now;
       Stats s;
       s.apps = core_.Counts();
       s.online_nodes = core_.online_nodes();
@@ -277,6 +287,7 @@ class Scheduler::Impl {
   SchedulerCore core_;  // loop thread only
   std::shared_ptr<spdlog::logger> log_;
   std::map<std::string, std::unique_ptr<pb::Node::Stub>> stubs_;  // loop thread only
+  SteadyTime last_stats_{};                                        // loop thread only
   std::vector<std::thread> watchers_;
   std::thread loop_;
 

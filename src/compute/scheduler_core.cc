@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string_view>
 
 #include "base/logging.h"
 
@@ -112,7 +113,9 @@ void SchedulerCore::ApplyUpdate(const std::string& source, const pb::ViewUpdate&
       continue;
     }
     auto it = apps_.find(name);
-    if (it != apps_.end() && it->second.app.generation() <= generation) {
+    if (it == apps_.end()) {
+      deleted_apps_.insert(name);  // e.g. deleted before this scheduler started: leftovers still go
+    } else if (it->second.app.generation() <= generation) {
       apps_.erase(it);
       deleted_apps_.insert(name);
     }
@@ -168,18 +171,27 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
   Plan plan;
   const SteadyTime now = clock_.Now();
 
-  // Tally what runs, per app, and what must go whatever the counts.
+  // Tally what runs, per app, and what must go whatever the counts. This walks every replica on
+  // every Reconcile, so it does one hash lookup per replica (the app's tally) and keys by views
+  // into the records, which stay put until Reconcile returns.
   struct Placed {
     const pb::ReplicaStatus* replica;
     const pb::NodeStatus* node;
   };
-  std::map<std::string, std::vector<Placed>> current;      // counting replicas of the current generation
-  std::map<std::string, std::vector<Placed>> old_gen;      // counting replicas of older generations
-  std::map<std::string, double> in_flight;
-  std::map<std::string, std::map<std::string, int>> per_node;  // app -> node -> replicas (any state)
+  struct Tally {
+    const pb::App* app = nullptr;  // null: not a known app
+    std::vector<Placed> current;   // counting replicas of the current generation
+    std::vector<Placed> old_gen;   // counting replicas of older generations
+    double in_flight = 0;
+    std::unordered_map<std::string_view, int> per_node;  // node id -> replicas of the app (any state)
+    int claims = 0;                                       // claims in flight
+  };
+  std::unordered_map<std::string_view, Tally> tallies;
+  for (const auto& [name, rec] : apps_) {
+    if (Handles(name)) tallies[name].app = &rec.app;
+  }
   auto release = [&](const pb::NodeStatus& node, const pb::ReplicaStatus& r) {
-    if (releasing_.count(r.replica_id())) return;
-    releasing_.insert(r.replica_id());
+    if (releasing_.size() >= options_.max_releases_in_flight || !releasing_.insert(r.replica_id()).second) return;
     Release rel;
     rel.address = node.address();
     rel.request.set_node_id(node.node_id());
@@ -191,54 +203,63 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
     const pb::NodeStatus& n = rec.status;
     if (!n.online()) continue;
     for (const auto& r : n.replicas()) {
-      if (!Handles(r.app())) continue;
-      per_node[r.app()][id] += 1;
-      auto app = apps_.find(r.app());
-      if (app == apps_.end()) {
-        if (deleted_apps_.count(r.app()) && r.state() != pb::REPLICA_DRAINING) release(n, r);
+      auto t = tallies.find(r.app());
+      if (t == tallies.end()) {
+        if (Handles(r.app()) && deleted_apps_.count(r.app()) && r.state() != pb::REPLICA_DRAINING) release(n, r);
         continue;
       }
+      Tally& tally = t->second;
+      tally.per_node[id] += 1;
       if (r.state() == pb::REPLICA_FAILED) {
         release(n, r);
         continue;
       }
-      if (n.draining() || !Serving(r) || releasing_.count(r.replica_id())) continue;
-      if (r.app_generation() == app->second.app.generation()) {
-        current[r.app()].push_back({&r, &n});
-        in_flight[r.app()] += r.in_flight();
+      if (n.draining() || !Serving(r) || (!releasing_.empty() && releasing_.count(r.replica_id()))) continue;
+      if (r.app_generation() == tally.app->generation()) {
+        tally.current.push_back({&r, &n});
+        tally.in_flight += r.in_flight();
       } else {
-        old_gen[r.app()].push_back({&r, &n});
+        tally.old_gen.push_back({&r, &n});
       }
     }
   }
-  std::map<std::string, int> claims_per_app;
-  for (const auto& [node, c] : claims_) claims_per_app[c.app] += 1;
+  for (const auto& [node, c] : claims_) {
+    auto t = tallies.find(c.app);
+    if (t != tallies.end()) t->second.claims += 1;
+  }
 
-  // Nodes that may take a claim now, with what they have free.
+  // Nodes that may take a claim now, with what they have free: built on first need.
   struct Candidate {
     const pb::NodeStatus* node;
     Free free;
   };
   std::vector<Candidate> candidates;
-  candidates.reserve(nodes_.size());
-  for (const auto& [id, rec] : nodes_) {
-    const pb::NodeStatus& n = rec.status;
-    if (!n.online() || n.draining() || claims_.count(id)) continue;
-    auto cd = cooldown_.find(id);
-    if (cd != cooldown_.end() && now < cd->second.first) continue;
-    Free f = FreeOf(n);
-    if (f.slots <= 0) continue;
-    candidates.push_back({&n, std::move(f)});
-  }
-  std::vector<bool> used(candidates.size(), false);
+  std::vector<bool> used;
+  bool have_candidates = false;
+  auto build_candidates = [&] {
+    have_candidates = true;
+    candidates.reserve(nodes_.size());
+    for (const auto& [id, rec] : nodes_) {
+      const pb::NodeStatus& n = rec.status;
+      if (!n.online() || n.draining() || claims_.count(id)) continue;
+      auto cd = cooldown_.find(id);
+      if (cd != cooldown_.end() && now < cd->second.first) continue;
+      Free f = FreeOf(n);
+      if (f.slots <= 0) continue;
+      candidates.push_back({&n, std::move(f)});
+    }
+    used.assign(candidates.size(), false);
+  };
 
-  for (const auto& [name, rec] : apps_) {
-    if (!Handles(name)) continue;
+  for (const auto& [name, rec] : apps_) {  // in name order, so placement is reproducible
+    auto t = tallies.find(name);
+    if (t == tallies.end()) continue;
+    Tally& tally = t->second;
     const pb::App& app = rec.app;
-    auto& placed = current[name];
+    auto& placed = tally.current;
     const int counted = static_cast<int>(placed.size());
-    const int inflight_claims = claims_per_app[name];
-    const int desired = Desired(app, counted + inflight_claims, in_flight[name], name);
+    const int inflight_claims = tally.claims;
+    const int desired = Desired(app, counted + inflight_claims, tally.in_flight, name);
     int missing = desired - counted - inflight_claims;
 
     if (missing < 0 && inflight_claims == 0) {
@@ -248,38 +269,50 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
       for (int i = 0; i < -missing && i < static_cast<int>(placed.size()); ++i) release(*placed[i].node, *placed[i].replica);
     }
     if (missing <= 0 && counted >= desired) {
-      for (const auto& p : old_gen[name]) release(*p.node, *p.replica);  // the new generation is complete
+      for (const auto& p : tally.old_gen) release(*p.node, *p.replica);  // the new generation is complete
     }
     if (missing <= 0) continue;
 
-    // Placement: spread first (fewest replicas of this app), then most free CPU; one of the best
-    // `candidates` at random so schedulers racing for the same nodes rarely collide.
-    std::vector<size_t> fit;
+    if (claims_.size() >= options_.max_claims_in_flight) continue;
+    if (!have_candidates) build_candidates();
+
+    // Placement (docs/compute.md, "Scheduler"): spread first — only nodes with the fewest replicas
+    // of this app are considered until they run out — then, within that tier, free CPU: with
+    // `candidates` = 1 the most free CPU wins; with d > 1, the best of d nodes drawn at random from
+    // the tier (power of d choices). Drawing at random is what keeps schedulers racing for the same
+    // nodes apart: two of them pick the same node with probability about 1/tier, not 1/d.
+    const auto& spread = tally.per_node;
+    std::vector<std::pair<int, size_t>> fit;  // (replicas of the app on the node, candidate index)
     for (size_t i = 0; i < candidates.size(); ++i) {
       if (used[i]) continue;
       const pb::NodeStatus& n = *candidates[i].node;
       if (!Contains(app.clusters(), n.cluster()) || !Contains(app.pools(), n.pool())) continue;
-      if (Fits(candidates[i].free, app.resources())) fit.push_back(i);
+      if (!Fits(candidates[i].free, app.resources())) continue;
+      auto sp = spread.find(n.node_id());
+      fit.emplace_back(sp == spread.end() ? 0 : sp->second, i);
     }
-    const auto& spread = per_node[name];
-    auto score_less = [&](size_t a, size_t b) {
-      auto ca = spread.find(candidates[a].node->node_id());
-      auto cb = spread.find(candidates[b].node->node_id());
-      const int ra = ca == spread.end() ? 0 : ca->second;
-      const int rb = cb == spread.end() ? 0 : cb->second;
-      if (ra != rb) return ra < rb;
-      return candidates[a].free.cpu > candidates[b].free.cpu;
-    };
     const size_t take = std::min<size_t>(fit.size(), static_cast<size_t>(missing));
-    const size_t window = std::min(fit.size(), take + static_cast<size_t>(std::max(0, options_.candidates - 1)));
-    std::partial_sort(fit.begin(), fit.begin() + static_cast<std::ptrdiff_t>(window), fit.end(), score_less);
-    fit.resize(window);
+    std::sort(fit.begin(), fit.end(), [&](const auto& x, const auto& y) {
+      if (x.first != y.first) return x.first < y.first;
+      return candidates[x.second].free.cpu > candidates[y.second].free.cpu;
+    });
+    const size_t draws = static_cast<size_t>(std::max(1, options_.candidates));
+    size_t tier_end = 0;
     for (size_t k = 0; k < take && claims_.size() < options_.max_claims_in_flight; ++k) {
-      // Pick one of the best few that remain.
-      const size_t span = std::min(fit.size() - k, static_cast<size_t>(std::max(1, options_.candidates)));
-      const size_t pick = k + static_cast<size_t>(random_.Uniform(span));
+      if (tier_end <= k) {
+        tier_end = k;
+        while (tier_end < fit.size() && fit[tier_end].first == fit[k].first) ++tier_end;
+      }
+      size_t pick = k;  // with one draw: fit[k..tier_end) is sorted by free CPU, so k is the best
+      if (draws > 1) {
+        pick = k + static_cast<size_t>(random_.Uniform(tier_end - k));
+        for (size_t d = 1; d < draws; ++d) {
+          const size_t other = k + static_cast<size_t>(random_.Uniform(tier_end - k));
+          if (candidates[fit[other].second].free.cpu > candidates[fit[pick].second].free.cpu) pick = other;
+        }
+      }
       std::swap(fit[k], fit[pick]);
-      const size_t i = fit[k];
+      const size_t i = fit[k].second;
       used[i] = true;
       const pb::NodeStatus& n = *candidates[i].node;
       Claim c;
@@ -323,9 +356,22 @@ void SchedulerCore::OnClaimDone(const Claim& claim, const Status& status, bool c
 
 void SchedulerCore::OnReleaseDone(const Release& release, const Status& status, const pb::NodeStatus* node) {
   releasing_.erase(release.request.replica_id());
-  // A failed release is retried by the next Reconcile if the replica is still there.
   if (node) ObserveNode(*node);
-  (void)status;
+  if (status.code() == StatusCode::kNotFound) {
+    // The node no longer runs it (stopped meanwhile, or the node restarted): the view is stale, so
+    // forget the replica rather than release it again on every Reconcile.
+    auto it = nodes_.find(release.request.node_id());
+    if (it != nodes_.end()) {
+      auto* replicas = it->second.status.mutable_replicas();
+      for (int i = 0; i < replicas->size(); ++i) {
+        if (replicas->Get(i).replica_id() == release.request.replica_id()) {
+          replicas->DeleteSubrange(i, 1);
+          break;
+        }
+      }
+    }
+  }
+  // Any other failure is retried by the next Reconcile if the replica is still there.
 }
 
 std::map<std::string, SchedulerCore::AppCounts> SchedulerCore::Counts() const {

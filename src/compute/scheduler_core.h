@@ -41,6 +41,7 @@ struct SchedulerOptions {
   Duration cooldown_max = std::chrono::seconds(1);
   Duration scale_down_interval = std::chrono::seconds(30);  // autoscaling: at most one step down per interval
   size_t max_claims_in_flight = 1024;
+  size_t max_releases_in_flight = 1024;
 };
 
 class SchedulerCore {
