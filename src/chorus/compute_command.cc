@@ -3,6 +3,8 @@
 #include <iostream>
 #include <iterator>
 #include <sstream>
+#include <string>
+#include <vector>
 
 #include <google/protobuf/util/json_util.h>
 #include <grpcpp/grpcpp.h>
@@ -10,6 +12,7 @@
 #include "chorus/app.h"
 #include "chorus/compute/v1/compute.grpc.pb.h"
 #include "compute/compute_config.h"
+#include "compute/engine.h"
 #include "compute/synthetic_worker.h"
 #include "net/token.h"
 
@@ -188,6 +191,41 @@ int RunComputeWorker(double cpu_ms, double latency_ms, int max_concurrency) {
   o.latency_ms = latency_ms;
   o.max_concurrency = max_concurrency;
   return compute::RunSyntheticWorker(o);
+}
+
+// `chorus compute worker --engine NAME [--model M] [--option k=v ...] --max-concurrency N`:
+// builds the engine (compute/engine.h), then serves it on stdin/stdout until EOF. An empty
+// `engine` is the synthetic engine, so the synthetic flags keep working; --cpu-ms/--latency-ms
+// are its cpu_ms/latency_ms options and are refused for any other engine. Exit codes: 0 after
+// EOF, 1 on a protocol or I/O error, 2 when the engine cannot be built (unknown name, bad
+// option, missing model) — the message on stderr says which.
+int RunComputeEngineWorker(const std::string& engine, const std::string& model,
+                           const std::vector<std::string>& option_args, double cpu_ms, double latency_ms,
+                           int max_concurrency) {
+  const std::string name = engine.empty() ? "synthetic" : engine;
+  compute::EngineOptions options;
+  options.model = model;
+  Status parsed = compute::ParseEngineOptionArgs(option_args, options);
+  if (parsed.ok() && (cpu_ms > 0 || latency_ms > 0)) {
+    if (name != "synthetic") {
+      parsed = InvalidArgument("--cpu-ms and --latency-ms apply to the synthetic engine only");
+    } else {
+      std::vector<std::string> synthetic;
+      if (cpu_ms > 0) synthetic.push_back("cpu_ms=" + std::to_string(cpu_ms));
+      if (latency_ms > 0) synthetic.push_back("latency_ms=" + std::to_string(latency_ms));
+      parsed = compute::ParseEngineOptionArgs(synthetic, options);
+    }
+  }
+  if (!parsed.ok()) {
+    std::cerr << "chorus compute worker: " << parsed.message() << "\n";
+    return 2;
+  }
+  auto built = compute::MakeEngine(name, options);
+  if (!built.ok()) {
+    std::cerr << "chorus compute worker: " << built.status().ToString() << "\n";
+    return 2;
+  }
+  return compute::RunEngineWorker(**built, {.max_concurrency = max_concurrency, .in_fd = 0, .out_fd = 1});
 }
 
 }  // namespace chorus::app

@@ -3,21 +3,13 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <deque>
 #include <string>
-#include <thread>
-#include <utility>
-#include <vector>
-
-#include "base/mutex.h"
-#include "compute/worker_protocol.h"
+#include <string_view>
 
 namespace chorus::compute {
 namespace {
@@ -65,150 +57,62 @@ std::string JsonEscape(std::string_view s) {
   return out;
 }
 
-void Complain(const std::string& message) {
-  const std::string line = "chorus synthetic worker: " + message + "\n";
-  ssize_t ignored = write(STDERR_FILENO, line.data(), line.size());
-  (void)ignored;
-}
-
-class SyntheticWorker {
+// The engine behind both RunSyntheticWorker and `--engine synthetic`.
+class SyntheticEngine final : public Engine {
  public:
-  explicit SyntheticWorker(const SyntheticOptions& options)
-      : options_(options),
-        threads_(std::max(1, options.max_concurrency)),
-        pid_(getpid()) {
-    const char* model = std::getenv("CHORUS_MODEL");
-    model_json_ = JsonEscape(model != nullptr ? model : "");
+  SyntheticEngine(double cpu_ms, double latency_ms, std::string_view model)
+      : cpu_ms_(cpu_ms), latency_ms_(latency_ms), pid_(getpid()), model_json_(JsonEscape(model)) {}
+
+  std::string_view name() const override { return "synthetic"; }
+
+  Result<std::string> Handle(std::string_view payload) override {
+    if (payload == "crash") _exit(3);
+    // Counted from here until the answer is made, so `concurrent` includes this request.
+    active_.fetch_add(1);
+    struct Leave {
+      std::atomic<int>& active;
+      ~Leave() { active.fetch_sub(1); }
+    } leave{active_};
+    BurnCpu(cpu_ms_);
+    SleepMs(latency_ms_);
+    if (payload == "fail") return Internal("synthetic failure");
+    const int concurrent = active_.load();
+    return "{\"worker_pid\":" + std::to_string(pid_) + ",\"echo_bytes\":" + std::to_string(payload.size()) +
+           ",\"model\":\"" + model_json_ + "\",\"concurrent\":" + std::to_string(concurrent) + "}";
   }
 
-  int Run() {
-    std::vector<std::thread> pool;
-    pool.reserve(static_cast<std::size_t>(threads_));
-    for (int i = 0; i < threads_; ++i) pool.emplace_back([this] { PoolLoop(); });
-
-    const bool input_ok = ReadRequests();
-    {
-      MutexLock lock(mu_);
-      input_done_ = true;
-    }
-    cv_.NotifyAll();
-    for (std::thread& t : pool) t.join();
-    return input_ok && !write_failed_.load() ? 0 : 1;
-  }
+  // The documented answer to "fail" is exactly "synthetic failure", without the kind: existing
+  // callers (worker_process_test, benchmarks) compare it verbatim.
+  std::string DescribeError(const Status& error) const override { return error.message(); }
 
  private:
-  // Reads and queues requests until EOF (true) or a protocol / read error (false).
-  bool ReadRequests() {
-    FrameDecoder decoder;
-    std::vector<char> buf(64 * 1024);
-    for (;;) {
-      const ssize_t n = read(options_.in_fd, buf.data(), buf.size());
-      if (n < 0 && errno == EINTR) continue;
-      if (n < 0) {
-        Complain(std::string("read: ") + std::strerror(errno));
-        return false;
-      }
-      if (n == 0) {
-        if (decoder.buffered() != 0) {
-          Complain("input ended inside a frame (" + std::to_string(decoder.buffered()) + " bytes)");
-          return false;
-        }
-        return true;
-      }
-      decoder.Append(buf.data(), static_cast<std::size_t>(n));
-      for (;;) {
-        auto next = decoder.Next();
-        if (!next.ok()) {
-          Complain(next.status().ToString());
-          return false;
-        }
-        if (!next->has_value()) break;
-        auto request = DecodeRequest(**next);
-        if (!request.ok()) {
-          Complain(request.status().ToString());
-          return false;
-        }
-        {
-          MutexLock lock(mu_);
-          queue_.push_back(std::move(*request));
-        }
-        cv_.NotifyOne();
-      }
-    }
-  }
-
-  void PoolLoop() {
-    for (;;) {
-      Request request;
-      {
-        MutexLock lock(mu_);
-        cv_.Wait(mu_, [this]() REQUIRES(mu_) { return !queue_.empty() || input_done_; });
-        if (queue_.empty()) return;  // input done and nothing left
-        request = std::move(queue_.front());
-        queue_.pop_front();
-        ++active_;
-      }
-      const std::string frame = Handle(request);
-      // Still counted as active while the answer goes out, so `concurrent` includes this one.
-      WriteFrame(frame);
-      MutexLock lock(mu_);
-      --active_;
-    }
-  }
-
-  std::string Handle(const Request& request) {
-    if (request.payload == "crash") _exit(3);
-    BurnCpu(options_.cpu_ms);
-    SleepMs(options_.latency_ms);
-    if (request.payload == "fail") return EncodeResponse(request.id, false, "synthetic failure");
-    int concurrent;
-    {
-      MutexLock lock(mu_);
-      concurrent = active_;
-    }
-    const std::string answer = "{\"worker_pid\":" + std::to_string(pid_) +
-                               ",\"echo_bytes\":" + std::to_string(request.payload.size()) +
-                               ",\"model\":\"" + model_json_ + "\",\"concurrent\":" +
-                               std::to_string(concurrent) + "}";
-    return EncodeResponse(request.id, true, answer);
-  }
-
-  void WriteFrame(const std::string& frame) {
-    MutexLock lock(write_mu_);
-    if (write_failed_.load()) return;
-    std::size_t done = 0;
-    while (done < frame.size()) {
-      const ssize_t n = write(options_.out_fd, frame.data() + done, frame.size() - done);
-      if (n < 0 && errno == EINTR) continue;
-      if (n <= 0) {
-        Complain(std::string("write: ") + std::strerror(errno));
-        write_failed_.store(true);
-        return;
-      }
-      done += static_cast<std::size_t>(n);
-    }
-  }
-
-  const SyntheticOptions options_;
-  const int threads_;
+  const double cpu_ms_;
+  const double latency_ms_;
   const pid_t pid_;
-  std::string model_json_;
-
-  Mutex mu_;
-  CondVar cv_;
-  std::deque<Request> queue_ GUARDED_BY(mu_);
-  bool input_done_ GUARDED_BY(mu_) = false;
-  int active_ GUARDED_BY(mu_) = 0;  // requests taken by pool threads and not yet answered
-
-  Mutex write_mu_;  // one frame at a time on out_fd
-  std::atomic<bool> write_failed_{false};
+  const std::string model_json_;
+  std::atomic<int> active_{0};  // requests inside Handle()
 };
+
+std::string ModelFromEnvironment() {
+  const char* model = std::getenv("CHORUS_MODEL");
+  return model != nullptr ? model : "";
+}
 
 }  // namespace
 
 int RunSyntheticWorker(const SyntheticOptions& options) {
-  SyntheticWorker worker(options);
-  return worker.Run();
+  SyntheticEngine engine(options.cpu_ms, options.latency_ms, ModelFromEnvironment());
+  return RunEngineWorker(
+      engine, {.max_concurrency = options.max_concurrency, .in_fd = options.in_fd, .out_fd = options.out_fd});
+}
+
+Result<std::unique_ptr<Engine>> MakeSyntheticEngine(const EngineOptions& options) {
+  OptionReader reader("synthetic", options);
+  CHORUS_ASSIGN_OR_RETURN(const double cpu_ms, reader.Double("cpu_ms", 0, 0, 3.6e6));
+  CHORUS_ASSIGN_OR_RETURN(const double latency_ms, reader.Double("latency_ms", 0, 0, 3.6e6));
+  CHORUS_RETURN_IF_ERROR(reader.CheckNoneUnknown());
+  const std::string model = options.model.empty() ? ModelFromEnvironment() : options.model;
+  return std::unique_ptr<Engine>(new SyntheticEngine(cpu_ms, latency_ms, model));
 }
 
 }  // namespace chorus::compute
