@@ -51,6 +51,11 @@ int RunComputeDelete(const ComputeRequest& request);
 int RunComputeStatus(const ComputeRequest& request);
 // `chorus compute worker`: the synthetic engine's worker process (stdin/stdout frames).
 int RunComputeWorker(double cpu_ms, double latency_ms, int max_concurrency);
+// `chorus compute worker --engine NAME [--model M] [--option k=v ...]`: any registered engine
+// (compute/engine.h); an empty engine is synthetic. Exit 2 when the engine cannot be built.
+int RunComputeEngineWorker(const std::string& engine, const std::string& model,
+                           const std::vector<std::string>& option_args, double cpu_ms, double latency_ms,
+                           int max_concurrency);
 
 struct TokenRequest {
   std::string data_dir;

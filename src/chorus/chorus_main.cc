@@ -96,11 +96,21 @@ int main(int argc, char** argv) {
   c_status->add_flag("--json", creq.json, "The whole view as JSON");
   double w_cpu_ms = 0, w_latency_ms = 0;
   int w_concurrency = 1;
+  std::string w_engine, w_model;
+  std::vector<std::string> w_options;
   auto* c_worker = compute->add_subcommand(
-      "worker", "The synthetic engine's worker: frames on stdin/stdout, burns CPU and waits per request.");
-  c_worker->add_option("--cpu-ms", w_cpu_ms, "CPU milliseconds per request")->check(CLI::NonNegativeNumber);
-  c_worker->add_option("--latency-ms", w_latency_ms, "Added latency per request")->check(CLI::NonNegativeNumber);
+      "worker", "Run an inference engine as a worker process: request frames on stdin, answers on stdout.");
+  c_worker->add_option("--engine", w_engine, "synthetic (default), ocr-detect, ocr-recognize or moderation");
+  c_worker->add_option("--model", w_model,
+                       "The engine's model: tessdata language(s) for ocr-* (default eng), word-list file for moderation");
+  c_worker->add_option("--option", w_options, "Engine option KEY=VALUE (repeatable), e.g. --option lookalikes=true");
+  c_worker->add_option("--cpu-ms", w_cpu_ms, "synthetic: CPU milliseconds per request")->check(CLI::NonNegativeNumber);
+  c_worker->add_option("--latency-ms", w_latency_ms, "synthetic: added latency per request")->check(CLI::NonNegativeNumber);
   c_worker->add_option("--max-concurrency", w_concurrency, "Requests handled at once")->check(CLI::PositiveNumber);
+  c_worker->footer(
+      "Options: ocr-detect/ocr-recognize: tessdata=DIR, max_pixels=N (40000000), max_bytes=N (32 MiB); ocr-detect: "
+      "confidence=none|recognize. moderation: lookalikes=true|false (false), max_bytes=N (1 MiB). Payloads and answers: "
+      "docs/compute.md. Exit 2 when the engine cannot be built (unknown engine or option, missing model).");
 
   // chorus token
   auto* token = app.add_subcommand("token", "Print a signed user or service token.");
@@ -145,7 +155,9 @@ int main(int argc, char** argv) {
   if (c_apply->parsed()) return chorus::app::RunComputeApply(creq);
   if (c_delete->parsed()) return chorus::app::RunComputeDelete(creq);
   if (c_status->parsed()) return chorus::app::RunComputeStatus(creq);
-  if (c_worker->parsed()) return chorus::app::RunComputeWorker(w_cpu_ms, w_latency_ms, w_concurrency);
+  if (c_worker->parsed()) {
+    return chorus::app::RunComputeEngineWorker(w_engine, w_model, w_options, w_cpu_ms, w_latency_ms, w_concurrency);
+  }
 
   // up
   if (list_keys) {

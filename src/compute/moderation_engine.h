@@ -8,7 +8,7 @@
 //     free money<TAB>spam
 // A term may contain spaces ("free money"); it is normalised like the text, so it matches
 // "FREE  money", "free-money" and "f r e e m o n e y" alike. If two terms normalise to the same
-// letters, the first one wins. The shipped default list is data/moderation/words.txt.
+// letters, the first one wins. The shipped default list is models/moderation/words.txt.
 //
 // Normalisation, per code point of the text (and of every term):
 //   - full-width ASCII U+FF01–U+FF5E becomes ASCII, the ideographic space U+3000 a space;

@@ -218,8 +218,8 @@ TEST_F(ModerationEngineTest, BadModelsFailAtLoad) {
 }
 
 TEST_F(ModerationEngineTest, TheShippedWordListLoadsAndFlags) {
-  // data/moderation/words.txt, found from this file's path (absolute in CMake builds).
-  const auto path = std::filesystem::path(__FILE__).parent_path() / "../../data/moderation/words.txt";
+  // models/moderation/words.txt, found from this file's path (absolute in CMake builds).
+  const auto path = std::filesystem::path(__FILE__).parent_path() / "../../models/moderation/words.txt";
   ASSERT_TRUE(std::filesystem::exists(path)) << path;
   EngineOptions options;
   options.model = path.string();
