@@ -67,7 +67,7 @@ int main(int argc, char** argv) {
 
   // chorus compute <role> | apply | delete | status | worker
   auto* compute = app.add_subcommand(
-      "compute", "AI compute control plane: run a role (resource, node, scheduler) or manage apps.");
+      "compute", "AI compute: run a role (resource, node, scheduler, gateway) or manage apps.");
   compute->require_subcommand(1);
   auto* c_resource = compute->add_subcommand(
       "resource", "Run a resource server: ingests node heartbeats, shares the view with peers, serves watches.");
@@ -78,6 +78,10 @@ int main(int argc, char** argv) {
   auto* c_scheduler = compute->add_subcommand(
       "scheduler", "Run a scheduler: places the replicas of apps by claiming nodes optimistically.");
   server_flags(c_scheduler);
+  auto* c_gateway = compute->add_subcommand(
+      "gateway",
+      "Run a gateway: POST /v1/apps/{app}/invoke routed to the app's replicas by dynamic-weight SWRR.");
+  server_flags(c_gateway);
   chorus::app::ComputeRequest creq;
   auto client_flags = [&](CLI::App* cmd) {
     cmd->add_option("--server", creq.server, "gRPC address of a resource server or `chorus up` (default 127.0.0.1:9090)");
@@ -197,5 +201,6 @@ int main(int argc, char** argv) {
   if (c_resource->parsed()) services = {"compute.resource"};
   if (c_node->parsed()) services = {"compute.node"};
   if (c_scheduler->parsed()) services = {"compute.scheduler"};
+  if (c_gateway->parsed()) services = {"compute.gateway"};
   return chorus::app::RunUp(*config, services);
 }

@@ -16,6 +16,7 @@
 #include "chorus/app.h"
 #include "chorus/system_service.h"
 #include "compute/compute_config.h"
+#include "compute/gateway.h"
 #include "likes/likes_service.h"
 #include "likes/rocksdb_store.h"
 #include "live/live_service.h"
@@ -107,7 +108,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   auto wants = [&](std::string_view name) {
     return services.empty() || std::find(services.begin(), services.end(), name) != services.end();
   };
-  // compute roles: "compute" is all three; "compute.resource" etc. one of them.
+  // compute roles: "compute" is all four; "compute.resource" etc. one of them.
   auto wants_compute = [&](std::string_view role) {
     return wants("compute") || std::find(services.begin(), services.end(), "compute." + std::string(role)) !=
                                    services.end();
@@ -199,6 +200,16 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
     }
   }
 
+  // compute gateway: routes now (503 until its router is attached, once gRPC listens).
+  std::unique_ptr<compute::Gateway> gateway;
+  if (wants_compute("gateway")) {
+    gateway = std::make_unique<compute::Gateway>(*signer);
+    if (Status st = gateway->AddRoutes(router); !st.ok()) {
+      log->error("compute gateway routes: {}", st.ToString());
+      return 1;
+    }
+  }
+
   auto http_address = net::ParseHostPort(config.GetString("http.listen"));
   if (!http_address.ok()) {
     log->error("http.listen: {}", http_address.status().message());
@@ -237,7 +248,8 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   std::unique_ptr<compute::ResourceServer> resource_server;
   std::unique_ptr<compute::NodeServer> node_server;
   std::unique_ptr<compute::Scheduler> scheduler;
-  const bool any_compute = wants_compute("resource") || wants_compute("node") || wants_compute("scheduler");
+  const bool any_compute = wants_compute("resource") || wants_compute("node") || wants_compute("scheduler") ||
+                           wants_compute("gateway");
   const std::string& grpc_listen = config.GetString("grpc.listen");
   if (grpc_listen.empty() && any_compute) {
     if (!services.empty() && !wants("live") && !wants("likes")) {
@@ -248,6 +260,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
     log->warn("grpc.listen is empty: compute is not started");
   }
   auto stop_compute = [&] {
+    if (gateway) gateway->Stop();
     if (scheduler) scheduler->Stop();
     if (resource_server) resource_server->Stop();
     if (node_server) node_server->Stop();
@@ -336,16 +349,32 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
       scheduler->Start();
       log->info("compute scheduler started");
     }
+    if (gateway) {
+      auto o = compute::GatewayOptionsFromConfig(config, actual, *signer);
+      auto created = o.ok() ? compute::RouterClient::Create(std::move(*o), SystemClock::Instance())
+                            : Result<std::unique_ptr<compute::RouterClient>>(o.status());
+      if (!created.ok()) {
+        log->error("compute gateway: {}", created.status().ToString());
+        stop_compute();
+        grpc_server->Shutdown(Duration::zero());
+        (*runtime)->Stop();
+        return 2;
+      }
+      (*created)->Start();
+      gateway->Attach(std::move(*created));
+      log->info("compute gateway routing with policy {}", config.GetString("compute.gateway.policy"));
+    }
   }
 
   readiness.Set("core", true);
   if (live_service) readiness.Set("live", true, "store=" + config.GetString("live.store"));
   if (likes_service) readiness.Set("likes", true, "store=rocksdb");
-  if (resource_server || node_server || scheduler) {
+  if (resource_server || node_server || scheduler || (gateway && gateway->client())) {
     std::string roles;
     if (resource_server) roles += "resource ";
     if (node_server) roles += "node ";
-    if (scheduler) roles += "scheduler";
+    if (scheduler) roles += "scheduler ";
+    if (gateway && gateway->client()) roles += "gateway";
     readiness.Set("compute", true, roles);
   }
   log->info("ready");  // after readiness flips: tests and scripts may wait for this line

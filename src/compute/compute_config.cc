@@ -32,6 +32,27 @@ std::string PortOf(const std::string& address) {
   return colon == std::string::npos ? address : address.substr(colon + 1);
 }
 
+// `key`: one entry per cluster, its servers separated by '|'; empty: this process alone.
+Result<std::vector<std::vector<std::string>>> Clusters(const Config& c, const std::string& key,
+                                                      const std::string& grpc_address) {
+  std::vector<std::vector<std::string>> clusters;
+  for (const std::string& entry : c.GetStringList(key)) {
+    std::vector<std::string> servers;
+    size_t start = 0;
+    while (start <= entry.size()) {
+      const size_t bar = entry.find('|', start);
+      std::string server = entry.substr(start, bar == std::string::npos ? std::string::npos : bar - start);
+      if (!server.empty()) servers.push_back(server);
+      if (bar == std::string::npos) break;
+      start = bar + 1;
+    }
+    if (servers.empty()) return InvalidArgument(key + ": an empty cluster entry");
+    clusters.push_back(std::move(servers));
+  }
+  if (clusters.empty()) clusters = {{grpc_address}};
+  return clusters;
+}
+
 }  // namespace
 
 void AddConfigKeys(ConfigSchema& s) {
@@ -66,7 +87,16 @@ void AddConfigKeys(ConfigSchema& s) {
       .Int("compute.scheduler.candidates", 4,
            "Placement draws this many nodes at random among those with the fewest replicas of the app "
            "and takes the one with the most free CPU (1: always the most free CPU).",
-           1, 1000);
+           1, 1000)
+      .StringList("compute.gateway.clusters", {},
+                  "Resource clusters the gateway's router watches, as compute.scheduler.clusters "
+                  "(empty: this process's gRPC address).")
+      .String("compute.gateway.policy", "dynamic",
+              "Routing policy: dynamic (SWRR on the seed's load-based weights), static (SWRR on capacity) "
+              "or p2c (least requests in flight of two random nodes).")
+      .Duration("compute.gateway.weight_interval", "3s", "How often routing weights are recomputed from node reports.")
+      .Duration("compute.gateway.timeout", "30s", "Per-attempt limit on a request to a node.")
+      .Int("compute.gateway.retries", 1, "Retries of a failed request, each on another node.", 0, 5);
 }
 
 std::string SignComputeToken(const net::TokenSigner& signer, const std::string& subject,
@@ -140,23 +170,38 @@ Result<SchedulerServiceOptions> SchedulerOptionsFromConfig(const Config& c, cons
     if (!IsValidName(a)) return InvalidArgument("compute.scheduler.apps: \"" + a + "\" is not a valid app name");
   }
   o.core.candidates = static_cast<int>(c.GetInt("compute.scheduler.candidates"));
-  for (const std::string& entry : c.GetStringList("compute.scheduler.clusters")) {
-    std::vector<std::string> servers;
-    size_t start = 0;
-    while (start <= entry.size()) {
-      const size_t bar = entry.find('|', start);
-      std::string server = entry.substr(start, bar == std::string::npos ? std::string::npos : bar - start);
-      if (!server.empty()) servers.push_back(server);
-      if (bar == std::string::npos) break;
-      start = bar + 1;
-    }
-    if (servers.empty()) return InvalidArgument("compute.scheduler.clusters: an empty cluster entry");
-    o.clusters.push_back(std::move(servers));
-  }
-  if (o.clusters.empty()) o.clusters = {{grpc_address}};
+  CHORUS_ASSIGN_OR_RETURN(o.clusters, Clusters(c, "compute.scheduler.clusters", grpc_address));
   o.token = c.GetString("compute.token");
   if (o.token.empty()) o.token = SignComputeToken(signer, "scheduler:" + o.core.scheduler_id, {"compute.schedule"});
   o.seed = static_cast<uint64_t>(c.GetInt("runtime.seed"));
+  return o;
+}
+
+Result<RouterClientOptions> GatewayOptionsFromConfig(const Config& c, const std::string& grpc_address,
+                                                     const net::TokenSigner& signer) {
+  RouterClientOptions o;
+  CHORUS_ASSIGN_OR_RETURN(o.clusters, Clusters(c, "compute.gateway.clusters", grpc_address));
+  const std::string& policy = c.GetString("compute.gateway.policy");
+  if (policy == "dynamic") {
+    o.router.policy = PickerKind::kFastSwrr;
+  } else if (policy == "static") {
+    o.router.policy = PickerKind::kStaticSwrr;
+    o.router.dynamic_weights = false;
+  } else if (policy == "p2c") {
+    o.router.policy = PickerKind::kP2cLeastRequest;
+    o.router.dynamic_weights = false;
+  } else {
+    return InvalidArgument("compute.gateway.policy: \"" + policy + "\" is not one of dynamic, static, p2c");
+  }
+  o.weight_interval = c.GetDuration("compute.gateway.weight_interval");
+  if (o.weight_interval <= Duration::zero()) return InvalidArgument("compute.gateway.weight_interval: must be positive");
+  o.router.suspend_for = o.weight_interval;
+  o.timeout = c.GetDuration("compute.gateway.timeout");
+  if (o.timeout <= Duration::zero()) return InvalidArgument("compute.gateway.timeout: must be positive");
+  o.router.retries = static_cast<int>(c.GetInt("compute.gateway.retries"));
+  o.router.seed = static_cast<uint64_t>(c.GetInt("runtime.seed")) + 1;
+  o.token = c.GetString("compute.token");
+  if (o.token.empty()) o.token = SignComputeToken(signer, "gateway", {"compute.invoke"});
   return o;
 }
 

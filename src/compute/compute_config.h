@@ -9,6 +9,7 @@
 #include "base/status.h"
 #include "compute/node_server.h"
 #include "compute/resource_server.h"
+#include "compute/router_client.h"
 #include "compute/scheduler.h"
 
 namespace chorus::net {
@@ -27,6 +28,10 @@ Result<NodeServerOptions> NodeOptionsFromConfig(const Config& config, const std:
                                                 const net::TokenSigner& signer);
 Result<SchedulerServiceOptions> SchedulerOptionsFromConfig(const Config& config, const std::string& grpc_address,
                                                            const net::TokenSigner& signer);
+
+// The gateway's router (compute.gateway.* keys); the token defaults to one with compute.invoke.
+Result<RouterClientOptions> GatewayOptionsFromConfig(const Config& config, const std::string& grpc_address,
+                                                     const net::TokenSigner& signer);
 
 // A service token for compute calls: subject `subject`, the given scopes, no expiry.
 std::string SignComputeToken(const net::TokenSigner& signer, const std::string& subject,

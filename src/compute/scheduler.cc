@@ -13,36 +13,10 @@
 #include "base/mutex.h"
 #include "base/random.h"
 #include "chorus/compute/v1/compute.grpc.pb.h"
+#include "compute/view_watcher.h"
+#include "net/grpc_status.h"
 
 namespace chorus::compute {
-namespace {
-
-Status FromGrpc(const grpc::Status& st) {
-  if (st.ok()) return Status::Ok();
-  switch (st.error_code()) {
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return InvalidArgument(st.error_message());
-    case grpc::StatusCode::NOT_FOUND:
-      return NotFound(st.error_message());
-    case grpc::StatusCode::ALREADY_EXISTS:
-      return AlreadyExists(st.error_message());
-    case grpc::StatusCode::PERMISSION_DENIED:
-      return PermissionDenied(st.error_message());
-    case grpc::StatusCode::UNAUTHENTICATED:
-      return Unauthenticated(st.error_message());
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-      return ResourceExhausted(st.error_message());
-    case grpc::StatusCode::FAILED_PRECONDITION:
-    case grpc::StatusCode::ABORTED:
-      return FailedPrecondition(st.error_message());
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return DeadlineExceeded(st.error_message());
-    default:
-      return Unavailable(st.error_message());
-  }
-}
-
-}  // namespace
 
 class Scheduler::Impl {
  public:
@@ -57,7 +31,13 @@ class Scheduler::Impl {
 
   void Start() {
     for (size_t i = 0; i < options_.clusters.size(); ++i) {
-      watchers_.emplace_back([this, i] { WatchLoop(i); });
+      auto watcher = std::make_unique<ViewWatcher>(
+          options_.clusters[i], options_.token, "scheduler " + options_.core.scheduler_id,
+          [this, source = "cluster" + std::to_string(i)](pb::ViewUpdate&& update) {
+            Push(ViewEvent{source, std::move(update)});
+          });
+      watcher->Start();
+      watchers_.push_back(std::move(watcher));
     }
     loop_ = std::thread([this] { Loop(); });
   }
@@ -67,10 +47,9 @@ class Scheduler::Impl {
       MutexLock lock(mu_);
       if (stopped_) return;
       stopped_ = true;
-      for (auto* ctx : watch_contexts_) ctx->TryCancel();
       cv_.NotifyAll();
     }
-    for (auto& t : watchers_) t.join();
+    for (auto& w : watchers_) w->Stop();
     if (loop_.joinable()) loop_.join();
     MutexLock lock(mu_);
     cv_.Wait(mu_, [&]() REQUIRES(mu_) { return calls_in_flight_ == 0; });
@@ -103,48 +82,6 @@ class Scheduler::Impl {
     MutexLock lock(mu_);
     events_.push_back(std::move(e));
     cv_.NotifyAll();
-  }
-
-  void WatchLoop(size_t cluster) {
-    const auto& servers = options_.clusters[cluster];
-    const std::string source = "cluster" + std::to_string(cluster);
-    size_t index = 0;
-    while (true) {
-      const std::string& address = servers[index % servers.size()];
-      ++index;
-      grpc::ChannelArguments args;
-      args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-      args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-      auto stub = pb::Resource::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
-      grpc::ClientContext ctx;
-      ctx.AddMetadata("authorization", "Bearer " + options_.token);
-      {
-        MutexLock lock(mu_);
-        if (stopped_) return;
-        watch_contexts_.insert(&ctx);
-      }
-      auto reader = stub->Watch(&ctx, pb::WatchRequest());
-      pb::ViewUpdate update;
-      bool got_any = false;
-      while (reader->Read(&update)) {
-        if (!got_any) log_->info("scheduler {}: watching {}", options_.core.scheduler_id, address);
-        got_any = true;
-        Push(ViewEvent{source, std::move(update)});
-        update.Clear();
-      }
-      grpc::Status st = reader->Finish();
-      bool stopped = false;
-      {
-        MutexLock lock(mu_);
-        watch_contexts_.erase(&ctx);
-        stopped = stopped_;
-      }
-      if (stopped) return;
-      if (got_any) log_->warn("scheduler {}: watch on {} ended: {}", options_.core.scheduler_id, address, st.error_message());
-      MutexLock lock(mu_);
-      (void)cv_.WaitFor(mu_, got_any ? std::chrono::milliseconds(0) : std::chrono::milliseconds(200),
-                        [&]() REQUIRES(mu_) { return stopped_; });
-    }
   }
 
   pb::Node::Stub& StubFor(const std::string& address) {
@@ -189,7 +126,7 @@ class Scheduler::Impl {
     StubFor(call->claim.address).async()->Claim(&call->ctx, &call->request, &call->response, [this, call](grpc::Status st) {
       ClaimEvent e;
       e.claim = std::move(call->claim);
-      e.status = FromGrpc(st);
+      e.status = net::FromGrpcStatus(st);
       e.conflict = st.error_code() == grpc::StatusCode::ABORTED;
       if (st.ok()) {
         e.node = call->response.status();
@@ -225,7 +162,7 @@ class Scheduler::Impl {
         ->Release(&call->ctx, &call->request, &call->response, [this, call](grpc::Status st) {
           ReleaseEvent e;
           e.release = std::move(call->release);
-          e.status = FromGrpc(st);
+          e.status = net::FromGrpcStatus(st);
           if (st.ok()) e.node = call->response.status();
           delete call;
           MutexLock lock(mu_);
@@ -288,14 +225,13 @@ class Scheduler::Impl {
   std::shared_ptr<spdlog::logger> log_;
   std::map<std::string, std::unique_ptr<pb::Node::Stub>> stubs_;  // loop thread only
   SteadyTime last_stats_{};                                        // loop thread only
-  std::vector<std::thread> watchers_;
+  std::vector<std::unique_ptr<ViewWatcher>> watchers_;
   std::thread loop_;
 
   mutable Mutex mu_;
   CondVar cv_;
   bool stopped_ GUARDED_BY(mu_) = false;
   std::deque<Event> events_ GUARDED_BY(mu_);
-  std::set<grpc::ClientContext*> watch_contexts_ GUARDED_BY(mu_);
   int calls_in_flight_ GUARDED_BY(mu_) = 0;
   Stats stats_ GUARDED_BY(mu_);
 };

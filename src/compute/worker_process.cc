@@ -583,10 +583,18 @@ void WorkerProcess::ReadResponses() {
       if (response->ok) {
         done(std::move(response->payload));
       } else {
-        done(Internal(std::move(response->payload)));
+        done(WorkerError(std::move(response->payload)));
       }
     }
   }
+}
+
+Status WorkerError(std::string message) {
+  // The worker judged the request itself bad (compute/engine.h answers "invalid_argument: ...");
+  // that is the caller's error, not the worker's, and no other node would answer differently.
+  static constexpr std::string_view kBadInput = "invalid_argument: ";
+  if (message.rfind(kBadInput, 0) == 0) return InvalidArgument(message.substr(kBadInput.size()));
+  return Internal(std::move(message));
 }
 
 void WorkerProcess::ProtocolError(const Status& error) {

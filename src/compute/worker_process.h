@@ -78,6 +78,10 @@ struct WorkerOptions {
   std::string log_prefix;  // starts every log line about this worker, e.g. "ocr-detect/r3: "
 };
 
+// The Status for a worker's error response: "invalid_argument: MESSAGE" (the request itself is
+// bad, compute/engine.h) is kInvalidArgument with MESSAGE; anything else is kInternal.
+Status WorkerError(std::string message);
+
 class WorkerProcess {
  public:
   enum class State {

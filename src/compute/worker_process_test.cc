@@ -156,6 +156,16 @@ TEST_F(WorkerProcessTest, ManyCallersOnManyThreads) {
   for (int i = 0; i < 200; ++i) ASSERT_EQ(sizes[static_cast<std::size_t>(i)], i);
 }
 
+TEST(WorkerErrorTest, BadInputKeepsItsKindEverythingElseIsInternal) {
+  Status bad = WorkerError("invalid_argument: not an image (expected PNG, JPEG, TIFF, BMP, PNM)");
+  EXPECT_EQ(bad.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(bad.message(), "not an image (expected PNG, JPEG, TIFF, BMP, PNM)");
+  EXPECT_EQ(WorkerError("synthetic failure").code(), StatusCode::kInternal);
+  EXPECT_EQ(WorkerError("unavailable: try elsewhere").code(), StatusCode::kInternal)
+      << "only a refusal before the hand-off may say unavailable";
+  EXPECT_EQ(WorkerError("xinvalid_argument: y").code(), StatusCode::kInternal);
+}
+
 TEST_F(WorkerProcessTest, FailAnswersInternalAndKeepsTheWorker) {
   auto worker = MustStart(Options());
   ASSERT_NE(worker, nullptr);

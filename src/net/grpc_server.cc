@@ -53,6 +53,29 @@ grpc::Status ToGrpcStatus(const Status& s) {
   return grpc::Status(code, s.message());
 }
 
+Status FromGrpcStatus(const grpc::Status& s) {
+  using C = grpc::StatusCode;
+  std::string message = s.error_message();
+  switch (s.error_code()) {
+    case C::OK: return Status::Ok();
+    case C::INVALID_ARGUMENT:
+    case C::OUT_OF_RANGE: return InvalidArgument(std::move(message));
+    case C::NOT_FOUND: return NotFound(std::move(message));
+    case C::ALREADY_EXISTS: return AlreadyExists(std::move(message));
+    case C::PERMISSION_DENIED: return PermissionDenied(std::move(message));
+    case C::UNAUTHENTICATED: return Unauthenticated(std::move(message));
+    case C::RESOURCE_EXHAUSTED: return ResourceExhausted(std::move(message));
+    case C::FAILED_PRECONDITION:
+    case C::ABORTED: return FailedPrecondition(std::move(message));
+    case C::DEADLINE_EXCEEDED: return DeadlineExceeded(std::move(message));
+    case C::INTERNAL:
+    case C::DATA_LOSS:
+    case C::UNKNOWN: return Internal(std::move(message));
+    case C::UNIMPLEMENTED: return Unimplemented(std::move(message));
+    default: return Unavailable(std::move(message));  // UNAVAILABLE, CANCELLED, ...
+  }
+}
+
 Result<std::string_view> GrpcBearerToken(const grpc::ServerContextBase& ctx) {
   const auto& md = ctx.client_metadata();
   auto it = md.find("authorization");
