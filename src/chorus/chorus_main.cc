@@ -104,7 +104,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> w_options;
   auto* c_worker = compute->add_subcommand(
       "worker", "Run an inference engine as a worker process: request frames on stdin, answers on stdout.");
-  c_worker->add_option("--engine", w_engine, "synthetic (default), ocr-detect, ocr-recognize or moderation");
+  c_worker->add_option("--engine", w_engine, "synthetic (default), ocr, ocr-detect, ocr-recognize or moderation");
   c_worker->add_option("--model", w_model,
                        "The engine's model: tessdata language(s) for ocr-* (default eng), word-list file for moderation");
   c_worker->add_option("--option", w_options, "Engine option KEY=VALUE (repeatable), e.g. --option lookalikes=true");

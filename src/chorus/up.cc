@@ -49,6 +49,30 @@ std::filesystem::path WebRoot(const Config& config) {
   return CHORUS_SOURCE_WEB_ROOT;
 }
 
+std::filesystem::path ModelsDir(const Config& config) {
+  const std::string& configured = config.GetString("compute.models_dir");
+  if (!configured.empty()) return configured;
+  std::error_code ec;
+  if (std::filesystem::is_directory("models", ec)) return std::filesystem::absolute("models", ec);
+  return CHORUS_SOURCE_MODELS_DIR;
+}
+
+// The apps `chorus up` runs on its own node: the seed's OCR pipeline and a text moderation app
+// (docs/compute.md, "Built-in apps"). Two replicas of each OCR stage, so a worker that dies is
+// covered by the other while it restarts; sized to fit together on a 2-core node.
+std::vector<std::string> BuiltinAppSpecs(const std::filesystem::path& models_dir) {
+  return {
+      "name: ocr-detect\nreplicas: 2\nresources: {cpu: 300m, memory: 256Mi}\nmax_concurrency: 2\n"
+      "engine: {type: ocr-detect}\nmodel: eng\n",
+      "name: ocr-recognize\nreplicas: 2\nresources: {cpu: 500m, memory: 512Mi}\nmax_concurrency: 2\n"
+      "engine: {type: ocr-recognize}\nmodel: eng\n",
+      "name: ocr\nreplicas: 1\nresources: {cpu: 100m, memory: 64Mi}\nmax_concurrency: 8\nengine: {type: ocr}\n",
+      "name: moderation\nreplicas: 1\nresources: {cpu: 100m, memory: 64Mi}\nmax_concurrency: 8\n"
+      "engine: {type: moderation, options: {lookalikes: \"true\"}}\nmodel: \"" +
+          (models_dir / "moderation" / "words.txt").string() + "\"\n",
+  };
+}
+
 Status AddCoreRoutes(net::Router& router, const Readiness& readiness, const net::TokenSigner& signer,
                      const std::filesystem::path& web_root) {
   CHORUS_RETURN_IF_ERROR(router.Add("GET", "/healthz", [](net::HttpRequest&, net::HttpResponder r) {
@@ -325,6 +349,13 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
       resource_server->Start();
       log->info("compute resource server {} in cluster {}", resource_server->state().options().resource_id,
                 resource_server->state().options().cluster);
+      if (services.empty() && config.GetBool("compute.builtin_apps")) {
+        for (const std::string& yaml : BuiltinAppSpecs(ModelsDir(config))) {
+          if (auto app = resource_server->ApplyIfAbsent(yaml); !app.ok()) {
+            log->error("compute built-in app: {}", app.status().ToString());
+          }
+        }
+      }
     }
     if (node_server) {
       node_server->SetAddress(actual);

@@ -16,7 +16,14 @@
 #include "base/text.h"
 
 namespace chorus::compute {
+
+bool IsBuiltinEngine(std::string_view engine) {
+  return std::find(std::begin(kBuiltinEngines), std::end(kBuiltinEngines), engine) != std::end(kBuiltinEngines);
+}
+
 namespace {
+
+constexpr const char* kEngineList = "use exec, synthetic, ocr, ocr-detect, ocr-recognize or moderation";
 
 std::string QuoteImpl(std::string_view s) {
   constexpr size_t kMaxShown = 64;
@@ -235,12 +242,33 @@ Status ParseResources(const YAML::Node& node, ResourceRequest& out) {
 }
 
 Status ParseEngine(const YAML::Node& node, EngineConfig& out) {
-  CHORUS_ASSIGN_OR_RETURN(Fields f,
-                          ReadFields(node, "engine", {"type", "command", "args", "cpu_ms", "latency_ms"}));
+  CHORUS_ASSIGN_OR_RETURN(
+      Fields f, ReadFields(node, "engine", {"type", "command", "args", "cpu_ms", "latency_ms", "options"}));
   const YAML::Node* type = Find(f, "type");
-  if (type == nullptr) return FieldError("engine.type", "required (exec or synthetic)");
+  if (type == nullptr) return FieldError("engine.type", std::string("required (") + kEngineList + ")");
   CHORUS_ASSIGN_OR_RETURN(out.engine, ReadString(*type, "engine.type", 64));
-  if (out.engine == "exec") {
+  if (const YAML::Node* options = Find(f, "options")) {
+    if (out.engine == "exec" || out.engine == "synthetic") {
+      return FieldError("engine.options", "not allowed with engine type " + out.engine);
+    }
+    if (!options->IsMap()) return FieldError("engine.options", "expected a mapping, got " + Describe(*options));
+    for (const auto& kv : *options) {
+      if (!kv.first.IsScalar()) return FieldError("engine.options", "keys must be plain strings");
+      const std::string key = kv.first.Scalar();
+      CHORUS_ASSIGN_OR_RETURN(std::string value,
+                              ReadString(kv.second, "engine.options." + key.substr(0, 64), kMaxEngineOptionBytes));
+      if (!out.options.emplace(key, std::move(value)).second) {
+        return FieldError("engine.options." + key.substr(0, 64), "given twice");
+      }
+    }
+  }
+  if (IsBuiltinEngine(out.engine)) {
+    for (std::string_view k : {"command", "args", "cpu_ms", "latency_ms"}) {
+      if (Find(f, k) != nullptr) {
+        return FieldError("engine." + std::string(k), "not allowed with engine type " + out.engine);
+      }
+    }
+  } else if (out.engine == "exec") {
     for (std::string_view k : {"cpu_ms", "latency_ms"}) {
       if (Find(f, k) != nullptr)
         return FieldError("engine." + std::string(k), "not allowed with engine type exec");
@@ -264,7 +292,7 @@ Status ParseEngine(const YAML::Node& node, EngineConfig& out) {
       CHORUS_ASSIGN_OR_RETURN(out.latency_ms, ReadDouble(*v, "engine.latency_ms"));
     }
   } else {
-    return FieldError("engine.type", QuoteForError(out.engine) + " is not an engine (use exec or synthetic)");
+    return FieldError("engine.type", QuoteForError(out.engine) + " is not an engine (" + kEngineList + ")");
   }
   return Status::Ok();
 }
@@ -481,7 +509,7 @@ Status ValidateAppSpec(const AppSpec& spec) {
   CHORUS_RETURN_IF_ERROR(CheckRange("max_concurrency", spec.max_concurrency, 1, kMaxConcurrency));
 
   const EngineConfig& e = spec.engine;
-  if (e.engine.empty()) return FieldError("engine.type", "required (exec or synthetic)");
+  if (e.engine.empty()) return FieldError("engine.type", std::string("required (") + kEngineList + ")");
   if (e.engine == "exec") {
     if (e.command.empty()) return FieldError("engine.command", "required with engine type exec");
     if (e.command.front() != '/')
@@ -510,8 +538,29 @@ Status ValidateAppSpec(const AppSpec& spec) {
         return FieldError(field, FormatNumber(v) + " is out of range 0..600000");
       }
     }
+  } else if (IsBuiltinEngine(e.engine)) {
+    if (!e.command.empty() || !e.args.empty() || e.cpu_ms != 0 || e.latency_ms != 0) {
+      return FieldError("engine", "command, args, cpu_ms and latency_ms are not allowed with engine type " + e.engine);
+    }
   } else {
-    return FieldError("engine.type", QuoteForError(e.engine) + " is not an engine (use exec or synthetic)");
+    return FieldError("engine.type", QuoteForError(e.engine) + " is not an engine (" + kEngineList + ")");
+  }
+  if (!e.options.empty() && !IsBuiltinEngine(e.engine)) {
+    return FieldError("engine.options", "not allowed with engine type " + e.engine);
+  }
+  if (e.options.size() > kMaxEngineOptions) {
+    return FieldError("engine.options", "more than " + std::to_string(kMaxEngineOptions) + " entries");
+  }
+  for (const auto& [key, value] : e.options) {
+    const bool key_ok = !key.empty() && key.size() <= 64 &&
+                        std::all_of(key.begin(), key.end(), [](char c) {
+                          return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_';
+                        });
+    if (!key_ok) return FieldError("engine.options", QuoteForError(key) + " is not an option name ([a-z0-9_]{1,64})");
+    if (value.size() > kMaxEngineOptionBytes || !IsPrintableUtf8(value)) {
+      return FieldError("engine.options." + key,
+                        "longer than " + std::to_string(kMaxEngineOptionBytes) + " bytes or not printable UTF-8");
+    }
   }
 
   if (spec.model.size() > kMaxModelBytes) {

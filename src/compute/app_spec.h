@@ -22,6 +22,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -52,12 +53,19 @@ struct ResourceRequest {
   std::vector<std::string> card_types;  // accepted GPU card types; empty = any (only with gpus > 0)
 };
 
+// The engines `chorus compute worker` runs itself (compute/engine.h), besides synthetic.
+inline constexpr std::string_view kBuiltinEngines[] = {"ocr", "ocr-detect", "ocr-recognize", "moderation"};
+bool IsBuiltinEngine(std::string_view engine);
+inline constexpr size_t kMaxEngineOptions = 64;
+inline constexpr size_t kMaxEngineOptionBytes = 4096;
+
 struct EngineConfig {
-  std::string engine;             // "exec" | "synthetic"
+  std::string engine;             // "exec" | "synthetic" | a built-in engine
   std::string command;            // exec: absolute path of the worker program
   std::vector<std::string> args;  // exec: its arguments
   double cpu_ms = 0;              // synthetic: CPU burnt per request
   double latency_ms = 0;          // synthetic: added latency per request
+  std::map<std::string, std::string> options;  // built-in engines: their options (key = [a-z0-9_]+)
 };
 
 struct AppSpec {

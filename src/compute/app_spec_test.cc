@@ -403,3 +403,48 @@ TEST(AppSpecTest, ValidateCatchesSpecsBuiltInCode) {
 
 }  // namespace
 }  // namespace chorus::compute
+
+namespace chorus::compute {
+namespace {
+
+constexpr const char* kModeration = R"(
+name: moderation
+replicas: 1
+resources: {cpu: 100m, memory: 64Mi}
+engine: {type: moderation, options: {lookalikes: "true", max_bytes: 4096}}
+model: /srv/models/words.txt
+)";
+
+TEST(AppSpecBuiltinEnginesTest, BuiltinEngineWithOptions) {
+  Result<AppSpec> spec = ParseAppSpec(kModeration);
+  ASSERT_TRUE(spec.ok()) << spec.status().ToString();
+  EXPECT_EQ(spec->engine.engine, "moderation");
+  EXPECT_EQ(spec->engine.options, (std::map<std::string, std::string>{{"lookalikes", "true"}, {"max_bytes", "4096"}}));
+  EXPECT_EQ(spec->model, "/srv/models/words.txt");
+  for (const char* engine : {"ocr", "ocr-detect", "ocr-recognize"}) {
+    EXPECT_TRUE(ParseAppSpec(std::string("name: a\nreplicas: 1\nresources: {cpu: 1, memory: 1Gi}\nengine: {type: ") +
+                             engine + "}\n")
+                    .ok())
+        << engine;
+  }
+}
+
+TEST(AppSpecBuiltinEnginesTest, OptionsAreCheckedAndOnlyForBuiltinEngines) {
+  auto error = [](const std::string& engine_line) {
+    return ParseAppSpec("name: a\nreplicas: 1\nresources: {cpu: 1, memory: 1Gi}\n" + engine_line + "\n").status();
+  };
+  Status st = error("engine: {type: synthetic, options: {a: b}}");
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find("engine.options"), std::string::npos) << st.message();
+  st = error("engine: {type: moderation, options: {Bad-Key: x}}");
+  EXPECT_NE(st.message().find("not an option name"), std::string::npos) << st.message();
+  st = error("engine: {type: moderation, options: [a, b]}");
+  EXPECT_NE(st.message().find("expected a mapping"), std::string::npos) << st.message();
+  st = error("engine: {type: ocr, command: /bin/x}");
+  EXPECT_NE(st.message().find("engine.command"), std::string::npos) << st.message();
+  st = error("engine: {type: tensorflow}");
+  EXPECT_NE(st.message().find("ocr-detect"), std::string::npos) << "names the engines: " << st.message();
+}
+
+}  // namespace
+}  // namespace chorus::compute

@@ -78,8 +78,12 @@ void AddConfigKeys(ConfigSchema& s) {
       .Int("compute.node.memory_mb", 0, "Memory offered, in MiB (0: all of it).", 0)
       .StringList("compute.node.gpus", {}, "GPUs offered as TYPE:COUNT[:PERF] (empty: nvidia-smi if present).")
       .StringList("compute.node.card_perf", {}, "Performance coefficients of card types, TYPE=PERF.")
+      .Int("compute.node.invoke_queue", 4,
+           "A replica takes up to max_concurrency times this many requests at once (the rest wait in its "
+           "worker's queue); beyond that the node answers busy.",
+           1, 1000)
       .Duration("compute.node.drain_grace", "2s", "After SIGTERM, keep serving this long once draining is announced.")
-      .String("compute.node.worker_binary", "", "Program run for the synthetic engine (empty: this chorus binary).")
+      .String("compute.node.worker_binary", "", "Program run for the synthetic and built-in engines (empty: this chorus binary).")
       .StringList("compute.scheduler.apps", {}, "Apps this scheduler places (empty: every app).")
       .StringList("compute.scheduler.clusters", {},
                   "Resource clusters to watch: one entry per cluster, its servers separated by '|' "
@@ -88,6 +92,11 @@ void AddConfigKeys(ConfigSchema& s) {
            "Placement draws this many nodes at random among those with the fewest replicas of the app "
            "and takes the one with the most free CPU (1: always the most free CPU).",
            1, 1000)
+      .Bool("compute.builtin_apps", true,
+            "chorus up (all services) applies the ocr pipeline (ocr, ocr-detect, ocr-recognize) and moderation "
+            "apps at start, unless apps of those names exist.")
+      .String("compute.models_dir", "",
+              "Where built-in apps find their model files (empty: ./models, else the source tree's models/).")
       .StringList("compute.gateway.clusters", {},
                   "Resource clusters the gateway's router watches, as compute.scheduler.clusters "
                   "(empty: this process's gRPC address).")
@@ -151,8 +160,13 @@ Result<NodeServerOptions> NodeOptionsFromConfig(const Config& c, const std::stri
   if (o.resources.empty()) o.resources = {grpc_address};
   o.heartbeat_interval = c.GetDuration("compute.heartbeat_interval");
   o.drain_grace = c.GetDuration("compute.node.drain_grace");
+  o.node.invoke_queue = static_cast<int>(c.GetInt("compute.node.invoke_queue"));
   o.token = c.GetString("compute.token");
   if (o.token.empty()) o.token = SignComputeToken(signer, "node:" + o.node.node_id, {"compute.node"});
+  o.invoke_token = c.GetString("compute.token");
+  if (o.invoke_token.empty()) {
+    o.invoke_token = SignComputeToken(signer, "node:" + o.node.node_id + ":workers", {"compute.invoke"});
+  }
   o.worker_binary = c.GetString("compute.node.worker_binary");
   if (o.worker_binary.empty()) {
     std::error_code ec;

@@ -18,6 +18,7 @@
 #include "base/mutex.h"
 #include "compute/moderation_engine.h"
 #include "compute/ocr_engine.h"
+#include "compute/ocr_pipeline_engine.h"
 #include "compute/synthetic_worker.h"
 #include "compute/worker_protocol.h"
 
@@ -35,6 +36,7 @@ struct Registered {
 // static library, and a linker drops object files nobody references, registrations included.
 constexpr Registered kEngines[] = {
     {"moderation", &MakeModerationEngine},
+    {"ocr", &MakeOcrPipelineEngine},
     {"ocr-detect", &MakeOcrDetectEngine},
     {"ocr-recognize", &MakeOcrRecognizeEngine},
     {"synthetic", &MakeSyntheticEngine},

@@ -142,7 +142,7 @@ TEST(EngineRegistryTest, UnknownEngineIsNotFoundAndNamesTheKnownOnes) {
   ASSERT_FALSE(engine.ok());
   EXPECT_EQ(engine.status().code(), StatusCode::kNotFound);
   EXPECT_NE(engine.status().message().find("unknown engine \"ocr-detekt\""), std::string::npos);
-  for (const char* name : {"moderation", "ocr-detect", "ocr-recognize", "synthetic"}) {
+  for (const char* name : {"moderation", "ocr", "ocr-detect", "ocr-recognize", "synthetic"}) {
     EXPECT_NE(engine.status().message().find(name), std::string::npos) << engine.status().message();
   }
 }
@@ -156,7 +156,7 @@ TEST(EngineRegistryTest, ExecIsExplainedNotUnknown) {
 
 TEST(EngineRegistryTest, ListsEveryEngineSorted) {
   EXPECT_EQ(EngineNames(),
-            (std::vector<std::string>{"moderation", "ocr-detect", "ocr-recognize", "synthetic"}));
+            (std::vector<std::string>{"moderation", "ocr", "ocr-detect", "ocr-recognize", "synthetic"}));
 }
 
 TEST(EngineRegistryTest, BuildsTheSyntheticEngineWithOptions) {

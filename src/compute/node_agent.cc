@@ -36,8 +36,8 @@ Status ValidateClaimShape(const pb::ClaimRequest& c) {
   const auto& e = c.engine();
   if (e.engine() == "exec") {
     if (e.command().empty() || e.command()[0] != '/') return InvalidArgument("engine.command: an absolute path");
-  } else if (e.engine() != "synthetic") {
-    return InvalidArgument("engine: \"" + e.engine().substr(0, 40) + "\" is not exec or synthetic");
+  } else if (e.engine() != "synthetic" && !IsBuiltinEngine(e.engine())) {
+    return InvalidArgument("engine: \"" + e.engine().substr(0, 40) + "\" is not exec, synthetic or a built-in engine");
   }
   return Status::Ok();
 }
@@ -281,7 +281,7 @@ void NodeAgent::Invoke(const std::string& app, const std::string& replica_id, st
     for (auto& [id, r] : replicas_) {
       if (r.status.app() != app || (!replica_id.empty() && id != replica_id)) continue;
       if (r.releasing || !r.runtime || r.status.state() != pb::REPLICA_RUNNING) continue;
-      if (r.status.in_flight() >= r.status.max_concurrency()) {
+      if (r.status.in_flight() >= r.status.max_concurrency() * std::max(1, options_.invoke_queue)) {
         saturated = true;
         continue;
       }

@@ -61,6 +61,10 @@ struct NodeOptions {
   MachineCapacity capacity;
   int slots = 8;
   Duration release_grace = std::chrono::seconds(10);  // a released replica's in-flight work may take this long
+  // A replica takes up to max_concurrency × invoke_queue requests at once: max_concurrency run in
+  // its worker, the rest wait in the worker's queue. Beyond that Invoke refuses (busy), so a router
+  // can try another node. 1 = no waiting.
+  int invoke_queue = 4;
 };
 
 class NodeAgent {

@@ -172,6 +172,7 @@ NodeOptions Options(int slots = 2) {
   o.capacity.gpus = {{"T4", 2, 1.0}, {"A10", 1, 1.6}};
   o.slots = slots;
   o.release_grace = seconds(7);
+  o.invoke_queue = 1;
   return o;
 }
 
@@ -558,6 +559,21 @@ TEST_F(NodeAgentTest, ReleaseOfUnknownReplicaOrOtherNode) {
   EXPECT_EQ(agent.Release(ReleaseOf("web-1", "n2")).status().code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(agent.version(), v);
   EXPECT_EQ(FindReplica(agent.CurrentStatus(), "web-1")->state(), pb::REPLICA_STARTING);
+}
+
+TEST_F(NodeAgentTest, InvokeQueuesUpToTheQueueFactorThenRefuses) {
+  Answers answers;
+  NodeOptions options = Options();
+  options.invoke_queue = 3;
+  NodeAgent agent(options, clock_, factory_.Get());
+  ASSERT_TRUE(agent.Claim(ClaimFor(agent, "web-1")).status.ok());  // max_concurrency 2
+  factory_.worker("web-1")->SetState(State::kRunning);
+  for (int i = 0; i < 6; ++i) agent.Invoke("web", "", "p", answers.Collector());
+  EXPECT_EQ(answers.size(), 0u) << "2 running and 4 waiting: none refused";
+  EXPECT_EQ(agent.in_flight(), 6);
+  agent.Invoke("web", "", "p", answers.Collector());
+  ASSERT_EQ(answers.size(), 1u);
+  EXPECT_EQ(answers.Last().code, StatusCode::kResourceExhausted);
 }
 
 TEST_F(NodeAgentTest, InvokePicksLeastLoadedRunningReplica) {

@@ -51,23 +51,44 @@ class WorkerRuntime final : public ReplicaRuntime {
 
 }  // namespace
 
-RuntimeFactory WorkerProcessFactory(std::string worker_binary) {
-  return [worker_binary](const ReplicaLaunch& launch) -> Result<std::unique_ptr<ReplicaRuntime>> {
+RuntimeFactory WorkerProcessFactory(WorkerEnvironment environment) {
+  return [environment](const ReplicaLaunch& launch) -> Result<std::unique_ptr<ReplicaRuntime>> {
     WorkerOptions w;
     const pb::EngineSpec& e = launch.engine;
-    if (e.engine() == "synthetic") {
-      if (worker_binary.empty()) return FailedPrecondition("no worker binary for the synthetic engine");
-      w.command = worker_binary;
-      w.args = {"compute", "worker", "--cpu-ms", std::to_string(e.cpu_ms()), "--latency-ms",
-                std::to_string(e.latency_ms()), "--max-concurrency", std::to_string(launch.max_concurrency)};
+    const std::string concurrency = std::to_string(launch.max_concurrency);
+    if (e.engine() == "synthetic" || IsBuiltinEngine(e.engine())) {
+      if (environment.worker_binary.empty()) return FailedPrecondition("no worker binary for engine " + e.engine());
+      w.command = environment.worker_binary;
+      w.args = {"compute", "worker"};
+      if (e.engine() == "synthetic") {
+        w.args.insert(w.args.end(), {"--cpu-ms", std::to_string(e.cpu_ms()), "--latency-ms",
+                                     std::to_string(e.latency_ms())});
+      } else {
+        w.args.insert(w.args.end(), {"--engine", e.engine()});
+        if (!e.model().empty()) w.args.insert(w.args.end(), {"--model", e.model()});
+        std::map<std::string, std::string> options(e.options().begin(), e.options().end());  // stable order
+        for (const auto& [k, v] : options) w.args.insert(w.args.end(), {"--option", k + "=" + v});
+      }
+      w.args.insert(w.args.end(), {"--max-concurrency", concurrency});
     } else {
       w.command = e.command();
       w.args.assign(e.args().begin(), e.args().end());
     }
     w.env = {{"CHORUS_MODEL", e.model()},
-             {"CHORUS_MAX_CONCURRENCY", std::to_string(launch.max_concurrency)},
+             {"CHORUS_MAX_CONCURRENCY", concurrency},
              {"CHORUS_APP", launch.app},
-             {"CHORUS_REPLICA", launch.replica_id}};
+             {"CHORUS_REPLICA", launch.replica_id},
+             // Tesseract (via OpenMP) would otherwise use every core for each request: the
+             // worker's own concurrency is the unit of parallelism.
+             {"OMP_THREAD_LIMIT", "1"}};
+    if (IsBuiltinEngine(e.engine())) {
+      std::string resources;
+      for (const auto& r : environment.resources ? environment.resources() : std::vector<std::string>{}) {
+        resources += (resources.empty() ? "" : ",") + r;
+      }
+      w.env.emplace_back("CHORUS_COMPUTE_RESOURCES", resources);
+      w.env.emplace_back("CHORUS_COMPUTE_INVOKE_TOKEN", environment.invoke_token);
+    }
     w.log_prefix = launch.app + "/" + launch.replica_id + ": ";
     CHORUS_ASSIGN_OR_RETURN(auto worker, WorkerProcess::Start(std::move(w)));
     auto on_change = launch.on_state_change;
@@ -85,7 +106,8 @@ class NodeServer::Impl final : public pb::Node::Service {
         resources_(options_.resources),
         signer_(signer),
         clock_(clock),
-        agent_(options_.node, clock, WorkerProcessFactory(options_.worker_binary)),
+        agent_(options_.node, clock,
+               WorkerProcessFactory({options_.worker_binary, [this] { return resources_; }, options_.invoke_token})),
         log_(GetLogger("compute")) {
     agent_.SetChangeListener([this] { Wake(); });
   }

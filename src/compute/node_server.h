@@ -7,6 +7,7 @@
 // Stop are for the owner's thread.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -30,7 +31,8 @@ struct NodeServerOptions {
   Duration heartbeat_interval = std::chrono::seconds(1);
   Duration drain_grace = std::chrono::seconds(2);  // keep serving after announcing draining
   std::string token;                    // bearer token for heartbeats (scope compute.node)
-  std::string worker_binary;            // the chorus binary, for the synthetic engine
+  std::string worker_binary;            // the chorus binary, for synthetic and built-in engines
+  std::string invoke_token;             // given to workers that call other apps (scope compute.invoke)
 };
 
 class NodeServer {
@@ -59,8 +61,16 @@ class NodeServer {
   std::unique_ptr<Impl> impl_;
 };
 
-// The real ReplicaRuntime: one worker process per replica (worker_process.h). `worker_binary`
-// runs `compute worker` for the synthetic engine.
-RuntimeFactory WorkerProcessFactory(std::string worker_binary);
+// What a node's workers are given besides their app's engine spec.
+struct WorkerEnvironment {
+  std::string worker_binary;  // the chorus binary: synthetic and built-in engines run in it
+  // For engines that call other apps through the router (the `ocr` pipeline): the resource
+  // servers to watch and a token with scope compute.invoke. `resources` is read at each start.
+  std::function<std::vector<std::string>()> resources;
+  std::string invoke_token;
+};
+// The real ReplicaRuntime: one worker process per replica (worker_process.h): the app's own
+// command for `exec`, else `chorus compute worker` with the engine, model and options.
+RuntimeFactory WorkerProcessFactory(WorkerEnvironment environment);
 
 }  // namespace chorus::compute

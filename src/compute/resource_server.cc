@@ -39,6 +39,7 @@ pb::App ToProto(const AppSpec& spec, std::string yaml) {
   e->set_cpu_ms(spec.engine.cpu_ms);
   e->set_latency_ms(spec.engine.latency_ms);
   e->set_model(spec.model);
+  for (const auto& [k, v] : spec.engine.options) (*e->mutable_options())[k] = v;
   for (const auto& p : spec.pools) app.add_pools(p);
   for (const auto& c : spec.clusters) app.add_clusters(c);
   app.set_spec_yaml(std::move(yaml));
@@ -184,13 +185,23 @@ class ResourceServer::Impl final : public pb::Resource::WithCallbackMethod_Heart
     if (req->spec_yaml().size() > kMaxAppSpecBytes) {
       return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "app spec larger than 1 MiB");
     }
-    auto spec = ParseAppSpec(req->spec_yaml());
-    if (!spec.ok()) return net::ToGrpcStatus(spec.status());
-    *resp->mutable_app() = state_.ApplyApp(ToProto(*spec, req->spec_yaml()));
-    log_->info("resource {}: app {} applied (generation {})", options_.state.resource_id, spec->name,
-               resp->app().generation());
-    Kick();
+    auto app = Apply(req->spec_yaml(), /*only_if_absent=*/false);
+    if (!app.ok()) return net::ToGrpcStatus(app.status());
+    *resp->mutable_app() = std::move(*app);
     return grpc::Status::OK;
+  }
+
+  Result<pb::App> Apply(const std::string& yaml, bool only_if_absent) {
+    CHORUS_ASSIGN_OR_RETURN(AppSpec spec, ParseAppSpec(yaml));
+    if (only_if_absent) {
+      for (pb::App& existing : state_.Apps()) {
+        if (existing.name() == spec.name) return existing;
+      }
+    }
+    pb::App app = state_.ApplyApp(ToProto(spec, yaml));
+    log_->info("resource {}: app {} applied (generation {})", options_.state.resource_id, spec.name, app.generation());
+    Kick();
+    return app;
   }
 
   grpc::Status DeleteApp(grpc::ServerContext* ctx, const pb::DeleteAppRequest* req, pb::DeleteAppResponse*) override {
@@ -387,6 +398,7 @@ grpc::Service* ResourceServer::service() { return impl_.get(); }
 void ResourceServer::Start() { impl_->Start(); }
 void ResourceServer::BeginShutdown() { impl_->BeginShutdown(); }
 void ResourceServer::Stop() { impl_->Stop(); }
+Result<pb::App> ResourceServer::ApplyIfAbsent(const std::string& spec_yaml) { return impl_->Apply(spec_yaml, true); }
 ResourceState& ResourceServer::state() { return impl_->state(); }
 
 }  // namespace chorus::compute

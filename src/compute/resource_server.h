@@ -46,6 +46,9 @@ class ResourceServer {
   void Stop();
 
   ResourceState& state();
+  // Applies an app spec (YAML, as `chorus compute apply`) unless an app of that name exists (its
+  // current version is returned then); a bad spec is kInvalidArgument naming the field.
+  Result<pb::App> ApplyIfAbsent(const std::string& spec_yaml);
 
   class Impl;
 

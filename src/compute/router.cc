@@ -261,7 +261,10 @@ void Router::Attempt(std::shared_ptr<Call> call) {
       MutexLock lock(mu_);
       auto t = tables_.find(target.app);
       if (t != tables_.end()) t->second.picker->OnRequestFinish(picked);
-      if (!result.ok() && result.status().code() == StatusCode::kUnavailable) {
+      // Suspend a node that refused, unless it is the app's last one: a lone node that refused once
+      // (a worker restarting) is still the best bet, and an empty table fails everything.
+      const bool others = t != tables_.end() && t->second.picker->size() > 1;
+      if (!result.ok() && result.status().code() == StatusCode::kUnavailable && others) {
         auto node = nodes_.find(target.node_id);
         if (node != nodes_.end()) {
           node->second.suspended_until = clock_.Now() + options_.suspend_for;

@@ -20,8 +20,8 @@
 // Failures: a request that fails with kUnavailable (refused before any worker saw it, or the node
 // is unreachable), kResourceExhausted (every replica busy), kFailedPrecondition (node draining) or
 // kInternal (the worker failed after taking it: inference engines are idempotent) is retried once
-// (`retries`) on another node. kUnavailable also suspends the node for `suspend_for`: it leaves
-// every table until then. kInvalidArgument (the request itself is bad) and kDeadlineExceeded are
+// (`retries`) on another node. kUnavailable also suspends the node for `suspend_for` (unless it
+// is the app's only node): it leaves every table until then. kInvalidArgument (the request itself is bad) and kDeadlineExceeded are
 // never retried.
 //
 // Thread-safe: one mutex guards the view and the tables; a pick holds it for well under a

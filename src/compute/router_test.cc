@@ -149,6 +149,16 @@ TEST_F(RouterTest, AFailedRequestIsRetriedOnceOnAnotherNodeAndTheRefusingNodeIsS
   EXPECT_EQ(RouteIds(router, "ocr").size(), 3u);
 }
 
+TEST_F(RouterTest, TheAppsOnlyNodeIsNeverSuspended) {
+  Router router({}, clock_, transport_);
+  router.ApplyUpdate("c0", View({{.id = "a"}}));
+  transport_.fail["a"] = Unavailable("worker restarting");
+  EXPECT_EQ(Call(router, "ocr").status().code(), StatusCode::kUnavailable);
+  EXPECT_EQ(transport_.calls.size(), 2u) << "tried, then retried on the only node";
+  transport_.fail.clear();
+  EXPECT_TRUE(Call(router, "ocr").ok()) << "still routable: an empty table would fail everything";
+}
+
 TEST_F(RouterTest, WorkerFailureAfterHandOffIsRetriedElsewhereWithoutSuspendingTheNode) {
   Router router({}, clock_, transport_);
   router.ApplyUpdate("c0", View({{.id = "a"}, {.id = "b"}}));
