@@ -56,7 +56,28 @@ bool Fits(const Free& f, const pb::Resources& want) {
   return false;
 }
 
+constexpr int kForeignPenalty = 2;
+
+uint64_t Mix(uint64_t x) {  // splitmix64's finaliser
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+uint64_t Affinity(std::string_view scheduler, std::string_view node) {
+  return Mix(std::hash<std::string_view>{}(scheduler) ^ Mix(std::hash<std::string_view>{}(node)));
+}
+
 }  // namespace
+
+bool SchedulerCore::MineAmong(const std::set<std::string_view>& others, std::string_view node) const {
+  const uint64_t mine = Affinity(options_.scheduler_id, node);
+  for (std::string_view s : others) {
+    if (s != options_.scheduler_id && Affinity(s, node) > mine) return false;
+  }
+  return true;
+}
 
 SchedulerCore::SchedulerCore(SchedulerOptions options, Clock& clock, Random& random)
     : options_(std::move(options)), clock_(clock), random_(random) {}
@@ -185,6 +206,7 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
     double in_flight = 0;
     std::unordered_map<std::string_view, int> per_node;  // node id -> replicas of the app (any state)
     int claims = 0;                                       // claims in flight
+    std::set<std::string_view> schedulers;                // who claimed its replicas (the view says)
   };
   std::unordered_map<std::string_view, Tally> tallies;
   for (const auto& [name, rec] : apps_) {
@@ -210,6 +232,7 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
       }
       Tally& tally = t->second;
       tally.per_node[id] += 1;
+      if (!r.scheduler_id().empty()) tally.schedulers.insert(r.scheduler_id());
       if (r.state() == pb::REPLICA_FAILED) {
         release(n, r);
         continue;
@@ -282,14 +305,22 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
     // the tier (power of d choices). Drawing at random is what keeps schedulers racing for the same
     // nodes apart: two of them pick the same node with probability about 1/tier, not 1/d.
     const auto& spread = tally.per_node;
-    std::vector<std::pair<int, size_t>> fit;  // (replicas of the app on the node, candidate index)
+    // Schedulers racing on one app split the nodes: among the schedulers the view shows placing
+    // it, each node "belongs" to the one with the highest hash of (scheduler, node) (rendezvous
+    // hashing). Another scheduler's node ranks as if it ran kForeignPenalty more replicas of the
+    // app, so a scheduler fills its own nodes a little deeper before it crosses into another's
+    // (where its view lags and claims conflict): spread stays within kForeignPenalty replicas per
+    // node, and two schedulers collide only when one runs out of room, not on half their claims.
+    std::vector<std::pair<int, size_t>> fit;  // (2 × replicas of the app + not mine, candidate index)
     for (size_t i = 0; i < candidates.size(); ++i) {
       if (used[i]) continue;
       const pb::NodeStatus& n = *candidates[i].node;
       if (!Contains(app.clusters(), n.cluster()) || !Contains(app.pools(), n.pool())) continue;
       if (!Fits(candidates[i].free, app.resources())) continue;
       auto sp = spread.find(n.node_id());
-      fit.emplace_back(sp == spread.end() ? 0 : sp->second, i);
+      const int replicas = sp == spread.end() ? 0 : sp->second;
+      const int not_mine = MineAmong(tally.schedulers, n.node_id()) ? 0 : 1;
+      fit.emplace_back(2 * (replicas + kForeignPenalty * not_mine) + not_mine, i);
     }
     const size_t take = std::min<size_t>(fit.size(), static_cast<size_t>(missing));
     std::sort(fit.begin(), fit.end(), [&](const auto& x, const auto& y) {

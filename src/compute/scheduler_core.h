@@ -21,6 +21,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -101,6 +102,8 @@ class SchedulerCore {
   };
 
   bool Handles(const std::string& app) const;
+  // Whether `node` prefers this scheduler over every one in `others` (rendezvous hashing).
+  bool MineAmong(const std::set<std::string_view>& others, std::string_view node) const;
   void Upsert(const std::string& source, const pb::NodeStatus& node);
   int Desired(const pb::App& app, int counted, double in_flight, const std::string& name);
   std::string NewReplicaId(const std::string& app);
