@@ -18,6 +18,7 @@
 
 #include "base/clock.h"
 #include "compute_cluster.h"
+#include "compute_lb.h"
 #include "http_load.h"
 #include "likes_load.h"
 #include "likes_redis_peer.h"
@@ -511,6 +512,142 @@ CommandMain SetupComputeCluster(CLI::App& cmd) {
   };
 }
 
+// chorus-bench compute-lb [--nodes 24 --speeds 1,2,4 --cores 4] [--load 0.7 --work-ms 10]
+//     [--slowdown-rate 1 --slowdown-factor 3-10 --slowdown-duration 2s-6s] [--duration 120s]
+//     [--policies dynamic,static,p2c] [--time-scale 0]
+CommandMain SetupComputeLb(CLI::App& cmd) {
+  struct Flags {
+    ComputeLbOptions lb;
+    std::string speeds = "1,2,4";
+    std::string cores = "4";
+    std::string policies = "dynamic,static,p2c";
+    std::string discipline = "ps";
+    std::string slowdown_factor = "3-10";
+    std::string slowdown_duration = "2s-6s";
+    std::string in_flight_report = "instant";
+    std::string weight_options;
+    DurationFlag warmup{"15s"};
+    DurationFlag duration{"120s"};
+    DurationFlag drain{"30s"};
+    DurationFlag heartbeat{"1s"};
+    DurationFlag weight_interval{"3s"};
+    DurationFlag util_window{"1s"};
+    ReportFlags report;
+  };
+  auto flags = std::make_shared<Flags>();
+  ComputeLbOptions& o = flags->lb;
+  cmd.add_option("--nodes", o.nodes, "simulated nodes")->capture_default_str();
+  cmd.add_option("--speeds", flags->speeds, "core speeds, node i gets the (i mod n)-th, e.g. 1,2,4")
+      ->capture_default_str();
+  cmd.add_option("--cores", flags->cores, "cores per node (advertised capacity), node i gets the (i mod n)-th")
+      ->capture_default_str();
+  cmd.add_option("--discipline", flags->discipline,
+                 "ps: requests share the cores (processor sharing); fcfs: one request per core, the rest wait")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"ps", "fcfs"}));
+  cmd.add_option("--max-in-flight", o.max_in_flight,
+                 "a node refuses more requests than this (RESOURCE_EXHAUSTED, retried elsewhere); 0: no limit")
+      ->capture_default_str();
+  cmd.add_option("--load", o.load, "offered load, fraction of the fleet's nominal capacity")->capture_default_str();
+  cmd.add_option("--work-ms", o.work_ms, "mean work per request, ms of one core at 1x")->capture_default_str();
+  cmd.add_option("--work-cv", o.work_cv, "coefficient of variation of the work (gamma; 0 constant, 1 exponential)")
+      ->capture_default_str();
+  cmd.add_option("--slowdown-rate", o.slowdown_rate, "slowdown episodes per node per minute (0: none)")
+      ->capture_default_str();
+  cmd.add_option("--slowdown-factor", flags->slowdown_factor, "speed divided by a factor uniform in A-B (or N)")
+      ->capture_default_str();
+  cmd.add_option("--slowdown-duration", flags->slowdown_duration, "episode length uniform in A-B, e.g. 2s-6s")
+      ->capture_default_str();
+  cmd.add_option("--warmup", flags->warmup.text, "model time before the measured window")->capture_default_str();
+  cmd.add_option("-d,--duration", flags->duration.text, "measured window (model time) per policy")
+      ->capture_default_str();
+  cmd.add_option("--drain", flags->drain.text, "after the window, wait this long for measured requests")
+      ->capture_default_str();
+  cmd.add_option("--heartbeat", flags->heartbeat.text, "node report interval")->capture_default_str();
+  cmd.add_option("--weight-interval", flags->weight_interval.text, "Router::RecomputeWeights() interval")
+      ->capture_default_str();
+  cmd.add_option("--util-window", flags->util_window.text, "window of the utilization-spread samples")
+      ->capture_default_str();
+  cmd.add_option("--in-flight-report", flags->in_flight_report,
+                 "in_flight in node reports: instant (at the heartbeat, as the agent does) or average (over the interval)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"instant", "average"}));
+  cmd.add_option("--weight-options", flags->weight_options,
+                 "compute::WeightOptions overrides for the dynamic weights, e.g. min_headroom=0.1,max_share=0.5");
+  cmd.add_option("--time-scale", o.time_scale,
+                 "0: virtual time (fast, reproducible); S > 0: wall clock, S model seconds per second")
+      ->capture_default_str();
+  cmd.add_option("--seed", o.seed, "nodes' slowdowns, arrivals and work")->capture_default_str();
+  cmd.add_option("--policies", flags->policies,
+                 "run in this order: dynamic, static, p2c (also p2c-dynamic, static-dynamic)")
+      ->capture_default_str();
+  cmd.add_flag("-v,--verbose", o.verbose,
+               "weights and reports by node class at every recomputation (stderr); twice: every node too");
+  flags->report.Add(cmd, "compute-lb", "dynamic");
+
+  return [flags]() -> int {
+    Flags& f = *flags;
+    ComputeLbOptions& o = f.lb;
+    if (!f.warmup.Resolve("--warmup") || !f.duration.Resolve("--duration") || !f.drain.Resolve("--drain") ||
+        !f.heartbeat.Resolve("--heartbeat") || !f.weight_interval.Resolve("--weight-interval") ||
+        !f.util_window.Resolve("--util-window")) {
+      return 2;
+    }
+    o.warmup = f.warmup.value;
+    o.duration = f.duration.value;
+    o.drain = f.drain.value;
+    o.heartbeat = f.heartbeat.value;
+    o.weight_interval = f.weight_interval.value;
+    o.util_window = f.util_window.value;
+    o.discipline = f.discipline == "fcfs" ? LbNodeModel::Discipline::kFcfs : LbNodeModel::Discipline::kProcessorSharing;
+    o.report_average_in_flight = f.in_flight_report == "average";
+    auto fail = [](const std::string& message) {
+      std::fprintf(stderr, "chorus-bench compute-lb: %s\n", message.c_str());
+      return 2;
+    };
+    o.speeds.clear();
+    for (const std::string& s : CLI::detail::split(f.speeds, ',')) {
+      auto v = ParseNumberRange(s);
+      if (!v.ok() || v->first != v->second) return fail("--speeds: \"" + f.speeds + "\": positive numbers");
+      o.speeds.push_back(v->first);
+    }
+    o.cores.clear();
+    for (const std::string& s : CLI::detail::split(f.cores, ',')) {
+      auto v = ParseNumberRange(s);
+      if (!v.ok() || v->first != v->second || v->first != static_cast<int>(v->first)) {
+        return fail("--cores: \"" + f.cores + "\": positive integers");
+      }
+      o.cores.push_back(static_cast<int>(v->first));
+    }
+    o.policies = CLI::detail::split(f.policies, ',');
+    auto factor = ParseNumberRange(f.slowdown_factor);
+    if (!factor.ok()) return fail("--slowdown-factor: " + factor.status().message());
+    o.slowdown_factor_min = factor->first;
+    o.slowdown_factor_max = factor->second;
+    const size_t dash = f.slowdown_duration.find('-');
+    DurationFlag lo{f.slowdown_duration.substr(0, dash)};
+    DurationFlag hi{dash == std::string::npos ? lo.text : f.slowdown_duration.substr(dash + 1)};
+    if (!lo.Resolve("--slowdown-duration") || !hi.Resolve("--slowdown-duration")) return 2;
+    o.slowdown_min = lo.value;
+    o.slowdown_max = hi.value;
+    if (Status st = ParseWeightOptions(f.weight_options, &o.weights); !st.ok()) {
+      return fail("--weight-options: " + st.message());
+    }
+    if (Status st = o.Validate(); !st.ok()) return fail(st.message());
+
+    auto result = RunComputeLb(o);
+    if (!result.ok()) return fail(result.status().ToString());
+    std::printf("%s", result->table.c_str());
+    Report report;
+    report.name = f.report.name;
+    report.params = result->params;
+    report.subject = std::move(result->subject);
+    report.peers = std::move(result->peers);
+    report.summary_figures = result->summary_figures;
+    return f.report.Emit(report);
+  };
+}
+
 struct Command {
   const char* name;
   const char* help;
@@ -526,6 +663,9 @@ constexpr Command kCommands[] = {
     {"compute-cluster",
      "compute control plane: real resource servers and schedulers against thousands of simulated nodes",
      SetupComputeCluster},
+    {"compute-lb",
+     "compute router policies (dynamic SWRR, static SWRR, P2C) on simulated heterogeneous, slowing nodes",
+     SetupComputeLb},
 };
 
 }  // namespace

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # run-all.sh — every benchmark in bench/ (what `make bench` runs).
 #
-#   bench/run-all.sh [all|http|live|likes|compute|micro]
+#   bench/run-all.sh [all|http|live|likes|compute|lb|micro]
 #
 # Builds the release preset (chorus, chorus-bench and every *_benchmark target), then runs the
 # peer comparisons — http_vs_nginx.sh (http), live_fanout.sh against the Bun peer and
 # live_poll.sh against nginx (live), likes.sh against Redis (likes), compute_cluster.sh (compute:
-# real resource servers and schedulers against 2,000 simulated nodes) — and each Google Benchmark
-# binary (micro), writing JSON into bench/results/. Keeps going after a failing benchmark and exits
+# real resource servers and schedulers against 2,000 simulated nodes), compute_lb.sh (lb: the
+# compute router's policies on simulated heterogeneous nodes) — and each Google Benchmark binary
+# (micro), writing JSON into bench/results/. Keeps going after a failing benchmark and exits
 # 1 if any failed.
 # Environment: BENCHMARK_ARGS (extra flags for the Google Benchmark binaries, e.g.
 # --benchmark_min_time=0.1s), SUBSCRIBERS for live_fanout.sh (here 10000, the issue's scale) and
@@ -17,7 +18,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
 WHAT=${1:-all}
-case $WHAT in all | http | live | likes | compute | micro) ;; *) echo "usage: $0 [all|http|live|likes|compute|micro]" >&2; exit 2 ;; esac
+case $WHAT in all | http | live | likes | compute | lb | micro) ;; *) echo "usage: $0 [all|http|live|likes|compute|lb|micro]" >&2; exit 2 ;; esac
 BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$ROOT/bench/results}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 STATUS=0
@@ -55,6 +56,12 @@ if [[ $WHAT == all || $WHAT == compute ]]; then
   echo "== compute_cluster" >&2
   CHORUS_BIN=$ROOT/build/release/src/chorus/chorus BENCH_BIN=$ROOT/build/release/bench/chorus-bench \
     BENCH_RESULTS_DIR=$BENCH_RESULTS_DIR "$ROOT/bench/compute_cluster.sh" || STATUS=1
+fi
+
+if [[ $WHAT == all || $WHAT == lb ]]; then
+  echo "== compute_lb" >&2
+  BENCH_BIN=$ROOT/build/release/bench/chorus-bench BENCH_RESULTS_DIR=$BENCH_RESULTS_DIR \
+    "$ROOT/bench/compute_lb.sh" || STATUS=1
 fi
 
 if [[ $WHAT == all || $WHAT == micro ]]; then
