@@ -1,6 +1,7 @@
 #include "compute/router.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "chorus/compute/v1/compute.pb.h"
 
@@ -79,7 +80,11 @@ void Router::SyncMembershipLocked(const std::string& node_id, NodeInfo& info) {
       auto id = t->second.ids.find(node_id);
       if (id != t->second.ids.end()) {
         t->second.picker->Remove(id->second);
-        t->second.weights.erase(id->second);
+        auto w = t->second.weights.find(id->second);
+        if (w != t->second.weights.end()) {
+          t->second.total_weight -= w->second;
+          t->second.weights.erase(w);
+        }
       }
     }
     it = info.member_of.erase(it);
@@ -92,6 +97,7 @@ void Router::SyncMembershipLocked(const std::string& node_id, NodeInfo& info) {
     const double weight = WeightLocked(info, app);
     if (t.picker->Add(id->second, weight).ok()) {
       t.weights[id->second] = weight;
+      t.total_weight += weight;
       info.member_of.insert(app);
     }
   }
@@ -192,14 +198,31 @@ void Router::RecomputeWeights() {
     }
     if (options_.dynamic_weights) {
       std::vector<double> weights = compute::RecomputeWeights(loads, options_.weights);
-      for (size_t i = 0; i < table.size(); ++i) table[i].weight = weights[i];
+      for (size_t i = 0; i < table.size(); ++i) {
+        // Damping: the formula's inputs are instantaneous samples (in-flight counts of a few), so
+        // a raw weight can swing by orders of magnitude between two ticks and starve or flood a
+        // node for a whole interval. Move geometrically towards the new value, at most by
+        // max_weight_step per tick.
+        const double old = t.weights[table[i].id];
+        double w = weights[i];
+        if (old > 0 && std::isfinite(old)) {
+          const double step = std::max(1.0, options_.max_weight_step);
+          w = std::clamp(w, old / step, old * step);
+          w = std::exp(options_.weight_smoothing * std::log(w) + (1 - options_.weight_smoothing) * std::log(old));
+        }
+        table[i].weight = std::clamp(w, options_.weights.min_weight, options_.weights.max_weight);
+      }
     } else {
       for (size_t i = 0; i < table.size(); ++i) {
         table[i].weight = std::clamp(loads[i].capacity, options_.weights.min_weight, options_.weights.max_weight);
       }
     }
     if (t.picker->Update(table).ok()) {
-      for (const auto& n : table) t.weights[n.id] = n.weight;
+      t.total_weight = 0;
+      for (const auto& n : table) {
+        t.weights[n.id] = n.weight;
+        t.total_weight += n.weight;
+      }
     }
   }
   ++stats_.recomputations;
@@ -237,11 +260,32 @@ void Router::Attempt(std::shared_ptr<Call> call) {
         id = table.picker->Pick();
         if (!id || table.picker->size() == 1 || table.names[*id] != call->failed_node) break;
       }
+      if (id && options_.inflight_guard > 0 && options_.dynamic_weights &&
+          options_.policy != PickerKind::kP2cLeastRequest) {
+        // Pass over a node that holds far more of our requests than its weight share (it slowed
+        // down since the last weights): the best of up to 3 picks by in-flight / allowance.
+        auto load = [&](NodeId n) {
+          const double share = table.total_weight > 0 ? table.weights[n] / table.total_weight : 0;
+          const double allowance = 2 + options_.inflight_guard * static_cast<double>(table.total_in_flight) * share;
+          return static_cast<double>(table.in_flight[n]) / allowance;
+        };
+        double best = load(*id);
+        for (int i = 0; i < 2 && best >= 1; ++i) {
+          std::optional<NodeId> other = table.picker->Pick();
+          if (!other || table.names[*other] == call->failed_node) continue;
+          if (const double l = load(*other); l < best) {
+            best = l;
+            id = other;
+          }
+        }
+      }
       if (!id) {
         refused = Unavailable("no running replica of app " + call->app + " on any reachable node");
       } else {
         picked = *id;
         table.picker->OnRequestStart(picked);
+        ++table.in_flight[picked];
+        ++table.total_in_flight;
         target.app = call->app;
         target.node_id = table.names[picked];
         target.address = nodes_.at(target.node_id).address;
@@ -260,7 +304,14 @@ void Router::Attempt(std::shared_ptr<Call> call) {
     {
       MutexLock lock(mu_);
       auto t = tables_.find(target.app);
-      if (t != tables_.end()) t->second.picker->OnRequestFinish(picked);
+      if (t != tables_.end()) {
+        t->second.picker->OnRequestFinish(picked);
+        auto n = t->second.in_flight.find(picked);
+        if (n != t->second.in_flight.end() && n->second > 0) {
+          --n->second;
+          --t->second.total_in_flight;
+        }
+      }
       // Suspend a node that refused, unless it is the app's last one: a lone node that refused once
       // (a worker restarting) is still the best bet, and an empty table fails everything.
       const bool others = t != tables_.end() && t->second.picker->size() > 1;

@@ -71,6 +71,15 @@ struct RouterOptions {
   WeightOptions weights;
   int retries = 1;
   Duration suspend_for = std::chrono::seconds(3);
+  // Damping of dynamic weights per recomputation: a weight moves at most by this factor, and to
+  // old^(1-s) × new^s of the (clamped) new value. 1 and 1.0: no damping (the raw formula).
+  double max_weight_step = 2.0;
+  double weight_smoothing = 0.5;
+  // Dynamic SWRR: a pick whose node already holds more of this router's requests in flight than
+  // 2 + inflight_guard × (its weight share of all of them) is passed over for the next pick (up to
+  // 3 draws; the least loaded relative to its share wins). Weights follow reports every few
+  // seconds; this reacts per request, like least-request balancing. 0: off.
+  double inflight_guard = 0.7;
   uint64_t seed = 1;
 };
 
@@ -130,6 +139,9 @@ class Router {
     std::unordered_map<std::string, NodeId> ids;  // node id -> picker id (never reused)
     std::vector<std::string> names;               // picker id -> node id
     std::unordered_map<NodeId, double> weights;   // current members
+    double total_weight = 0;                       // Σ weights
+    std::unordered_map<NodeId, int64_t> in_flight;  // this router's requests in flight, per node
+    int64_t total_in_flight = 0;
   };
   struct Call;
 

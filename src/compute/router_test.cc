@@ -210,6 +210,57 @@ TEST_F(RouterTest, DynamicWeightsFollowCapacityAndLoad) {
   for (const auto& [id, weight] : w) EXPECT_NEAR(picks(id), 900 * weight / total, 2.0) << id;
 }
 
+TEST_F(RouterTest, DynamicWeightsAreDampedBetweenRecomputations) {
+  Router router({}, clock_, transport_);
+  router.ApplyUpdate("c0", View({{.id = "a", .utilization = 0.5, .in_flight = 4},
+                                 {.id = "b", .utilization = 0.5, .in_flight = 4}}));
+  router.RecomputeWeights();
+  const double before = router.Routes("ocr")[0].weight;
+  // a's report now says a quarter of the per-request cost: the raw weight jumps 4x.
+  router.ApplyUpdate("c0", View({{.id = "a", .utilization = 0.5, .in_flight = 16}}, {}, false));
+  router.RecomputeWeights();
+  const double after = router.Routes("ocr")[0].weight;
+  EXPECT_LT(after, before) << "moves towards the new value";
+  EXPECT_GE(after, before / 2 * 0.999) << "by at most max_weight_step (2) per recomputation";
+  for (int i = 0; i < 10; ++i) router.RecomputeWeights();
+  EXPECT_NEAR(router.Routes("ocr")[0].weight / router.Routes("ocr")[1].weight, 0.25, 0.01) << "converges";
+}
+
+// Holds every request until told to answer.
+class HoldingTransport final : public InvokeTransport {
+ public:
+  void Invoke(const RouteTarget& target, std::shared_ptr<const std::string>, Done done) override {
+    held.emplace_back(target.node_id, std::move(done));
+  }
+  int HeldOn(const std::string& node) const {
+    return static_cast<int>(std::count_if(held.begin(), held.end(), [&](const auto& h) { return h.first == node; }));
+  }
+  std::vector<std::pair<std::string, Done>> held;
+};
+
+TEST_F(RouterTest, DynamicPolicyPassesOverANodeHoldingFarMoreThanItsShare) {
+  HoldingTransport holding;
+  Router router({}, clock_, holding);
+  router.ApplyUpdate("c0", View({{.id = "a"}, {.id = "b"}, {.id = "c"}, {.id = "d"}}));
+  router.RecomputeWeights();
+  for (int i = 0; i < 40; ++i) router.Invoke("ocr", "x", [](Result<Router::Reply>) {});
+  for (const char* n : {"a", "b", "c", "d"}) EXPECT_EQ(holding.HeldOn(n), 10) << n << ": equal weights, equal picks";
+  // Everything but a's requests finishes: a "slowed down" and still holds 10.
+  std::vector<std::pair<std::string, InvokeTransport::Done>> still;
+  for (auto& [node, done] : holding.held) {
+    if (node == "a") {
+      still.emplace_back(node, std::move(done));
+    } else {
+      done(std::string("ok"));
+    }
+  }
+  holding.held = std::move(still);
+  for (int i = 0; i < 30; ++i) router.Invoke("ocr", "x", [](Result<Router::Reply>) {});
+  EXPECT_LE(holding.HeldOn("a"), 12) << "a got new requests although it holds far more than its share";
+  EXPECT_GE(holding.HeldOn("b") + holding.HeldOn("c") + holding.HeldOn("d"), 28);
+  for (auto& [node, done] : holding.held) done(std::string("ok"));
+}
+
 TEST_F(RouterTest, StaticWeightsIgnoreLoad) {
   RouterOptions options;
   options.dynamic_weights = false;
