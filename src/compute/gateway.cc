@@ -84,11 +84,9 @@ void Gateway::Attach(std::unique_ptr<RouterClient> client) {
 }
 
 void Gateway::Stop() {
-  std::shared_ptr<RouterClient> client;
-  {
-    MutexLock lock(state_->mu);
-    client = std::move(state_->client);
-  }
+  // The client stays owned here until the gateway is destroyed: a stopped client answers new
+  // requests "unavailable" and has no call in flight, so nothing calls back into it afterwards.
+  std::shared_ptr<RouterClient> client = state_->Client();
   if (client) client->Stop();
 }
 

@@ -34,13 +34,29 @@ class GrpcInvokeTransport final : public InvokeTransport {
     call->request.set_app(target.app);
     call->request.set_payload(*payload);
     call->done = std::move(done);
-    StubFor(target.address).async()->Invoke(&call->ctx, &call->request, &call->response, [call](grpc::Status st) {
-      Result<std::string> result = st.ok() ? Result<std::string>(std::move(*call->response.mutable_payload()))
-                                           : Result<std::string>(net::FromGrpcStatus(st));
-      Done done = std::move(call->done);
-      delete call;
-      done(std::move(result));
-    });
+    {
+      MutexLock lock(mu_);
+      ++in_flight_;
+    }
+    StubFor(target.address)
+        .async()
+        ->Invoke(&call->ctx, &call->request, &call->response, [this, call](grpc::Status st) {
+          Result<std::string> result = st.ok() ? Result<std::string>(std::move(*call->response.mutable_payload()))
+                                               : Result<std::string>(net::FromGrpcStatus(st));
+          Done done = std::move(call->done);
+          delete call;
+          done(std::move(result));  // may start a retry: counted before this one ends
+          MutexLock lock(mu_);
+          --in_flight_;
+          idle_.NotifyAll();
+        });
+  }
+
+  // Waits until no call is in flight (each ends by its deadline), so the router they call back
+  // into can be destroyed.
+  void WaitIdle() {
+    MutexLock lock(mu_);
+    idle_.Wait(mu_, [&]() REQUIRES(mu_) { return in_flight_ == 0; });
   }
 
  private:
@@ -61,7 +77,9 @@ class GrpcInvokeTransport final : public InvokeTransport {
   const std::string token_;
   const Duration timeout_;
   Mutex mu_;
+  CondVar idle_;
   std::map<std::string, std::unique_ptr<pb::Node::Stub>> stubs_ GUARDED_BY(mu_);
+  int64_t in_flight_ GUARDED_BY(mu_) = 0;
 };
 
 }  // namespace
@@ -112,6 +130,26 @@ class RouterClient::Impl {
     }
     for (auto& w : watchers_) w->Stop();
     if (timer_.joinable()) timer_.join();
+    {
+      MutexLock lock(mu_);
+      cv_.Wait(mu_, [&]() REQUIRES(mu_) { return entering_ == 0; });
+    }
+    transport_.WaitIdle();
+  }
+
+  void Invoke(const std::string& app, std::string payload, Router::Done done) {
+    {
+      MutexLock lock(mu_);
+      if (stopped_) {
+        lock.Unlock();
+        return done(Unavailable("the router is stopping"));
+      }
+      ++entering_;
+    }
+    router_.Invoke(app, std::move(payload), std::move(done));  // its call is counted in flight now
+    MutexLock lock(mu_);
+    --entering_;
+    cv_.NotifyAll();
   }
 
   bool WaitForViews(Duration wait) {
@@ -131,6 +169,7 @@ class RouterClient::Impl {
   Mutex mu_;
   CondVar cv_;
   bool stopped_ GUARDED_BY(mu_) = false;
+  int entering_ GUARDED_BY(mu_) = 0;  // Invoke calls between the stopped_ check and the transport
   std::set<size_t> seen_ GUARDED_BY(mu_);
 };
 
@@ -152,7 +191,7 @@ bool RouterClient::WaitForViews(Duration wait) { return impl_->WaitForViews(wait
 Router& RouterClient::router() { return impl_->router(); }
 
 void RouterClient::Invoke(const std::string& app, std::string payload, Router::Done done) {
-  impl_->router().Invoke(app, std::move(payload), std::move(done));
+  impl_->Invoke(app, std::move(payload), std::move(done));
 }
 
 Result<Router::Reply> RouterClient::InvokeSync(const std::string& app, std::string payload, Duration wait) {

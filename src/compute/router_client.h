@@ -7,7 +7,9 @@
 //   auto reply = (*client)->InvokeSync("ocr", image_bytes, std::chrono::seconds(30));
 //
 // Threads: one watch thread per cluster, one weight-timer thread; gRPC's completion threads run
-// the Router's callbacks. Start/Stop from one thread; Invoke from any.
+// the Router's callbacks. Start/Stop from one thread; Invoke from any. Stop waits for the calls
+// in flight to end (each within `timeout`), so `done` callbacks never outlive the client; Invoke
+// after Stop is not allowed.
 #pragma once
 
 #include <memory>
