@@ -80,12 +80,14 @@ class ComputeDataPlaneTest : public ::testing::Test {
     const std::string data = dir_->path() + "/data";
 
     auto convert = FindExecutable("convert");
-    ASSERT_TRUE(convert.ok()) << "ImageMagick's convert is needed to render the test image (Debian: imagemagick)";
+    ASSERT_TRUE(convert.ok())
+        << "ImageMagick's convert is needed to render the test image (Debian: imagemagick)";
     ASSERT_TRUE(std::filesystem::exists(kFont)) << kFont << " is missing (Debian: fonts-dejavu-core)";
     image_path_ = new std::string(dir_->path() + "/two_lines.png");
-    auto [rc, rout] = RunProgram({*convert, "-size", "900x220", "xc:white", "-font", kFont, "-pointsize", "48",
-                                  "-fill", "black", "-annotate", "+40+80", "CHORUS LIVE 2026", "-annotate",
-                                  "+40+170", "Quick brown fox", "-depth", "8", "png:" + *image_path_});
+    auto [rc, rout] =
+        RunProgram({*convert, "-size", "900x220", "xc:white", "-font", kFont, "-pointsize", "48", "-fill",
+                    "black", "-annotate", "+40+80", "CHORUS LIVE 2026", "-annotate", "+40+170",
+                    "Quick brown fox", "-depth", "8", "png:" + *image_path_});
     ASSERT_EQ(rc, 0) << rout;
 
     auto [tc, tout] = RunProgram({CHORUS_BIN, "token", "--data-dir", data, "--service", "tester", "--scope",
@@ -93,9 +95,9 @@ class ComputeDataPlaneTest : public ::testing::Test {
     ASSERT_EQ(tc, 0) << tout;
     token_ = new std::string(tout.substr(0, tout.find_last_not_of("\r\n") + 1));
 
-    auto p = Subprocess::Start({CHORUS_BIN, "up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0", "--data-dir",
-                                data, "--set", "runtime.pin_threads=false", "--set", "runtime.shards=1",
-                                "--set", "compute.gateway.weight_interval=500ms"},
+    auto p = Subprocess::Start({CHORUS_BIN, "up", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+                                "--data-dir", data, "--set", "runtime.pin_threads=false", "--set",
+                                "runtime.shards=1", "--set", "compute.gateway.weight_interval=500ms"},
                                {});
     ASSERT_TRUE(p.ok()) << p.status().ToString();
     chorus_ = p->release();
@@ -136,9 +138,9 @@ class ComputeDataPlaneTest : public ::testing::Test {
 
   static Result<HttpReply> Invoke(const std::string& app, const std::string& body) {
     CHORUS_ASSIGN_OR_RETURN(HttpClient client, HttpClient::Connect(http_port_, 60s));
-    CHORUS_RETURN_IF_ERROR(client.SendRaw("POST /v1/apps/" + app + "/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                                          *token_ + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
-                                          body));
+    CHORUS_RETURN_IF_ERROR(
+        client.SendRaw("POST /v1/apps/" + app + "/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                       *token_ + "\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body));
     return client.ReadReply(60s);
   }
 
@@ -195,8 +197,9 @@ TEST_F(ComputeDataPlaneTest, BadInputGetsAClearError) {
     // answer with it.)
     auto client = HttpClient::Connect(http_port_);
     ASSERT_TRUE(client.ok());
-    ASSERT_TRUE(client->SendRaw("POST /v1/apps/ocr/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + *token_ +
-                                "\r\nContent-Length: " + std::to_string(2 << 20) + "\r\n\r\n")
+    ASSERT_TRUE(client
+                    ->SendRaw("POST /v1/apps/ocr/invoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                              *token_ + "\r\nContent-Length: " + std::to_string(2 << 20) + "\r\n\r\n")
                     .ok());
     auto oversized = client->ReadReply(10s);
     ASSERT_TRUE(oversized.ok()) << oversized.status().ToString();
@@ -239,7 +242,8 @@ TEST_F(ComputeDataPlaneTest, KillingAWorkerMidLoadCostsNoFailedRequest) {
           failed.fetch_add(1);
           std::lock_guard<std::mutex> lock(failure_mu);
           if (first_failure.empty()) {
-            first_failure = reply.ok() ? std::to_string(reply->status) + " " + reply->body : reply.status().ToString();
+            first_failure =
+                reply.ok() ? std::to_string(reply->status) + " " + reply->body : reply.status().ToString();
           }
         }
       }

@@ -83,7 +83,8 @@ void AddConfigKeys(ConfigSchema& s) {
            "worker's queue); beyond that the node answers busy.",
            1, 1000)
       .Duration("compute.node.drain_grace", "2s", "After SIGTERM, keep serving this long once draining is announced.")
-      .String("compute.node.worker_binary", "", "Program run for the synthetic and built-in engines (empty: this chorus binary).")
+      .String("compute.node.worker_binary", "",
+              "Program run for the synthetic and built-in engines (empty: this chorus binary).")
       .StringList("compute.scheduler.apps", {}, "Apps this scheduler places (empty: every app).")
       .StringList("compute.scheduler.clusters", {},
                   "Resource clusters to watch: one entry per cluster, its servers separated by '|' "
@@ -208,7 +209,9 @@ Result<RouterClientOptions> GatewayOptionsFromConfig(const Config& c, const std:
     return InvalidArgument("compute.gateway.policy: \"" + policy + "\" is not one of dynamic, static, p2c");
   }
   o.weight_interval = c.GetDuration("compute.gateway.weight_interval");
-  if (o.weight_interval <= Duration::zero()) return InvalidArgument("compute.gateway.weight_interval: must be positive");
+  if (o.weight_interval <= Duration::zero()) {
+    return InvalidArgument("compute.gateway.weight_interval: must be positive");
+  }
   o.router.suspend_for = o.weight_interval;
   o.timeout = c.GetDuration("compute.gateway.timeout");
   if (o.timeout <= Duration::zero()) return InvalidArgument("compute.gateway.timeout: must be positive");

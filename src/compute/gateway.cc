@@ -43,38 +43,40 @@ Gateway::~Gateway() { Stop(); }
 
 Status Gateway::AddRoutes(net::Router& router) {
   std::shared_ptr<State> state = state_;
-  CHORUS_RETURN_IF_ERROR(router.Add("POST", "/v1/apps/{app}/invoke", [state](net::HttpRequest& req,
-                                                                                net::HttpResponder r) {
-    if (Status st = state->Authorize(req); !st.ok()) return r.SendStatus(st);
-    const std::string app(req.Param("app"));
-    if (req.body.empty()) return r.SendStatus(InvalidArgument("empty body: the request payload goes in the body"));
-    std::shared_ptr<RouterClient> client = state->Client();
-    if (!client) return r.SendStatus(Unavailable("the compute router is not ready yet"));
-    auto responder = std::make_shared<net::HttpResponder>(std::move(r));
-    client->Invoke(app, std::move(req.body), [responder](Result<Router::Reply> reply) {
-      if (!reply.ok()) return responder->SendStatus(reply.status());
-      net::HttpResponse response;
-      response.status = 200;
-      response.content_type = LooksLikeJson(reply->payload) ? "application/json" : "application/octet-stream";
-      response.body = std::move(reply->payload);
-      response.headers.emplace_back("X-Chorus-Node", reply->node_id);
-      response.headers.emplace_back("X-Chorus-Attempts", std::to_string(reply->attempts));
-      responder->Send(std::move(response));
-    });
-  }));
-  CHORUS_RETURN_IF_ERROR(router.Add("GET", "/v1/apps/{app}/routes", [state](net::HttpRequest& req,
-                                                                             net::HttpResponder r) {
-    if (Status st = state->Authorize(req); !st.ok()) return r.SendStatus(st);
-    std::shared_ptr<RouterClient> client = state->Client();
-    if (!client) return r.SendStatus(Unavailable("the compute router is not ready yet"));
-    const std::string app(req.Param("app"));
-    if (!client->router().KnowsApp(app)) return r.SendStatus(NotFound("unknown app \"" + app + "\""));
-    nlohmann::json out = nlohmann::json::array();
-    for (const auto& route : client->router().Routes(app)) {
-      out.push_back({{"node", route.node_id}, {"address", route.address}, {"weight", route.weight}});
-    }
-    r.Send(net::HttpResponse::Json(200, out.dump()));
-  }));
+  CHORUS_RETURN_IF_ERROR(
+      router.Add("POST", "/v1/apps/{app}/invoke", [state](net::HttpRequest& req, net::HttpResponder r) {
+        if (Status st = state->Authorize(req); !st.ok()) return r.SendStatus(st);
+        const std::string app(req.Param("app"));
+        if (req.body.empty())
+          return r.SendStatus(InvalidArgument("empty body: the request payload goes in the body"));
+        std::shared_ptr<RouterClient> client = state->Client();
+        if (!client) return r.SendStatus(Unavailable("the compute router is not ready yet"));
+        auto responder = std::make_shared<net::HttpResponder>(std::move(r));
+        client->Invoke(app, std::move(req.body), [responder](Result<Router::Reply> reply) {
+          if (!reply.ok()) return responder->SendStatus(reply.status());
+          net::HttpResponse response;
+          response.status = 200;
+          response.content_type =
+              LooksLikeJson(reply->payload) ? "application/json" : "application/octet-stream";
+          response.body = std::move(reply->payload);
+          response.headers.emplace_back("X-Chorus-Node", reply->node_id);
+          response.headers.emplace_back("X-Chorus-Attempts", std::to_string(reply->attempts));
+          responder->Send(std::move(response));
+        });
+      }));
+  CHORUS_RETURN_IF_ERROR(
+      router.Add("GET", "/v1/apps/{app}/routes", [state](net::HttpRequest& req, net::HttpResponder r) {
+        if (Status st = state->Authorize(req); !st.ok()) return r.SendStatus(st);
+        std::shared_ptr<RouterClient> client = state->Client();
+        if (!client) return r.SendStatus(Unavailable("the compute router is not ready yet"));
+        const std::string app(req.Param("app"));
+        if (!client->router().KnowsApp(app)) return r.SendStatus(NotFound("unknown app \"" + app + "\""));
+        nlohmann::json out = nlohmann::json::array();
+        for (const auto& route : client->router().Routes(app)) {
+          out.push_back({{"node", route.node_id}, {"address", route.address}, {"weight", route.weight}});
+        }
+        r.Send(net::HttpResponse::Json(200, out.dump()));
+      }));
   return Status::Ok();
 }
 

@@ -1,7 +1,6 @@
 #include "compute/ocr_pipeline_engine.h"
 
 #include <cstdlib>
-
 #include <nlohmann/json.hpp>
 
 #include "base/clock.h"
@@ -46,7 +45,9 @@ class OcrPipelineEngine final : public Engine {
     if (!lines.is_object() || !lines["lines"].is_array()) {
       return Internal("app " + detect_app_ + " answered something that is not an ocr-detect answer");
     }
-    nlohmann::json out = {{"width", lines["width"]}, {"height", lines["height"]}, {"text", ""},
+    nlohmann::json out = {{"width", lines["width"]},
+                          {"height", lines["height"]},
+                          {"text", ""},
                           {"lines", nlohmann::json::array()}};
     std::vector<OcrBox> boxes;
     for (const auto& l : lines["lines"]) {
@@ -54,11 +55,13 @@ class OcrPipelineEngine final : public Engine {
           !l["h"].is_number_integer()) {
         return Internal("app " + detect_app_ + " answered a line without integer x, y, w, h");
       }
-      boxes.push_back({l["x"].get<int64_t>(), l["y"].get<int64_t>(), l["w"].get<int64_t>(), l["h"].get<int64_t>()});
+      boxes.push_back(
+          {l["x"].get<int64_t>(), l["y"].get<int64_t>(), l["w"].get<int64_t>(), l["h"].get<int64_t>()});
     }
     if (boxes.empty()) return out.dump();  // no text found: nothing to recognise
-    CHORUS_ASSIGN_OR_RETURN(Router::Reply recognized,
-                            client_->InvokeSync(recognize_app_, EncodeRecognizeRequest(boxes, payload), timeout_));
+    CHORUS_ASSIGN_OR_RETURN(
+        Router::Reply recognized,
+        client_->InvokeSync(recognize_app_, EncodeRecognizeRequest(boxes, payload), timeout_));
     auto read = nlohmann::json::parse(recognized.payload, nullptr, false);
     if (!read.is_object() || !read["lines"].is_array()) {
       return Internal("app " + recognize_app_ + " answered something that is not an ocr-recognize answer");
@@ -92,13 +95,15 @@ Result<std::unique_ptr<Engine>> MakeOcrPipelineEngine(const EngineOptions& optio
   const std::string detect_app = reader.String("detect_app", "ocr-detect");
   const std::string recognize_app = reader.String("recognize_app", "ocr-recognize");
   CHORUS_ASSIGN_OR_RETURN(int64_t timeout_ms, reader.Int("timeout_ms", 30'000, 1, 3'600'000));
-  CHORUS_ASSIGN_OR_RETURN(int64_t max_bytes, reader.Int("max_bytes", kDefaultOcrMaxBytes, 1, int64_t{1} << 30));
+  CHORUS_ASSIGN_OR_RETURN(int64_t max_bytes,
+                          reader.Int("max_bytes", kDefaultOcrMaxBytes, 1, int64_t{1} << 30));
   CHORUS_RETURN_IF_ERROR(reader.CheckNoneUnknown());
   RouterClientOptions o;
   o.clusters = {SplitCommas(resources)};
   if (o.clusters[0].empty()) {
     return InvalidArgument(
-        "engine ocr: no resource servers (a node sets CHORUS_COMPUTE_RESOURCES; or --option resources=HOST:PORT)");
+        "engine ocr: no resource servers (a node sets CHORUS_COMPUTE_RESOURCES; or --option "
+        "resources=HOST:PORT)");
   }
   o.token = env_token ? env_token : "";
   o.timeout = std::chrono::milliseconds(timeout_ms);

@@ -58,7 +58,8 @@ Router::Table& Router::TableLocked(const std::string& app) {
 double Router::WeightLocked(const NodeInfo& info, const std::string& app) const {
   auto it = info.running.find(app);
   const double capacity = it == info.running.end() ? 0 : it->second;
-  if (!options_.dynamic_weights) return std::clamp(capacity, options_.weights.min_weight, options_.weights.max_weight);
+  if (!options_.dynamic_weights)
+    return std::clamp(capacity, options_.weights.min_weight, options_.weights.max_weight);
   return DynamicWeight({capacity, info.utilization, info.concurrency}, options_.weights);
 }
 
@@ -208,13 +209,15 @@ void Router::RecomputeWeights() {
         if (old > 0 && std::isfinite(old)) {
           const double step = std::max(1.0, options_.max_weight_step);
           w = std::clamp(w, old / step, old * step);
-          w = std::exp(options_.weight_smoothing * std::log(w) + (1 - options_.weight_smoothing) * std::log(old));
+          w = std::exp(options_.weight_smoothing * std::log(w) +
+                       (1 - options_.weight_smoothing) * std::log(old));
         }
         table[i].weight = std::clamp(w, options_.weights.min_weight, options_.weights.max_weight);
       }
     } else {
       for (size_t i = 0; i < table.size(); ++i) {
-        table[i].weight = std::clamp(loads[i].capacity, options_.weights.min_weight, options_.weights.max_weight);
+        table[i].weight =
+            std::clamp(loads[i].capacity, options_.weights.min_weight, options_.weights.max_weight);
       }
     }
     if (t.picker->Update(table).ok()) {
@@ -266,7 +269,8 @@ void Router::Attempt(std::shared_ptr<Call> call) {
         // down since the last weights): the best of up to 3 picks by in-flight / allowance.
         auto load = [&](NodeId n) {
           const double share = table.total_weight > 0 ? table.weights[n] / table.total_weight : 0;
-          const double allowance = 2 + options_.inflight_guard * static_cast<double>(table.total_in_flight) * share;
+          const double allowance =
+              2 + options_.inflight_guard * static_cast<double>(table.total_in_flight) * share;
           return static_cast<double>(table.in_flight[n]) / allowance;
         };
         double best = load(*id);
@@ -295,12 +299,14 @@ void Router::Attempt(std::shared_ptr<Call> call) {
   }
   if (!refused.ok()) {
     // A retry that finds nothing left reports the first failure's reason too.
-    call->done(call->attempts > 0 ? refused.WithContext("after a failed attempt on " + call->failed_node) : refused);
+    call->done(call->attempts > 0 ? refused.WithContext("after a failed attempt on " + call->failed_node)
+                                  : refused);
     return;
   }
   ++call->attempts;
   transport_.Invoke(target, call->payload, [this, call, picked, target](Result<std::string> result) mutable {
-    const bool retry = !result.ok() && Retryable(result.status().code()) && call->attempts <= options_.retries;
+    const bool retry =
+        !result.ok() && Retryable(result.status().code()) && call->attempts <= options_.retries;
     {
       MutexLock lock(mu_);
       auto t = tables_.find(target.app);

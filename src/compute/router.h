@@ -21,8 +21,8 @@
 // is unreachable), kResourceExhausted (every replica busy), kFailedPrecondition (node draining) or
 // kInternal (the worker failed after taking it: inference engines are idempotent) is retried once
 // (`retries`) on another node. kUnavailable also suspends the node for `suspend_for` (unless it
-// is the app's only node): it leaves every table until then. kInvalidArgument (the request itself is bad) and kDeadlineExceeded are
-// never retried.
+// is the app's only node): it leaves every table until then. kInvalidArgument (the request itself is bad) and
+// kDeadlineExceeded are never retried.
 //
 // Thread-safe: one mutex guards the view and the tables; a pick holds it for well under a
 // microsecond. Transport callbacks may run on any thread; `done` runs on the transport's thread
@@ -136,10 +136,10 @@ class Router {
   };
   struct Table {
     std::unique_ptr<Picker> picker;
-    std::unordered_map<std::string, NodeId> ids;  // node id -> picker id (never reused)
-    std::vector<std::string> names;               // picker id -> node id
-    std::unordered_map<NodeId, double> weights;   // current members
-    double total_weight = 0;                       // Σ weights
+    std::unordered_map<std::string, NodeId> ids;    // node id -> picker id (never reused)
+    std::vector<std::string> names;                 // picker id -> node id
+    std::unordered_map<NodeId, double> weights;     // current members
+    double total_weight = 0;                        // Σ weights
     std::unordered_map<NodeId, int64_t> in_flight;  // this router's requests in flight, per node
     int64_t total_in_flight = 0;
   };

@@ -1,11 +1,11 @@
 #include "compute/router_client.h"
 
+#include <grpcpp/grpcpp.h>
+
 #include <future>
 #include <map>
 #include <set>
 #include <thread>
-
-#include <grpcpp/grpcpp.h>
 
 #include "base/mutex.h"
 #include "chorus/compute/v1/compute.grpc.pb.h"
@@ -41,8 +41,9 @@ class GrpcInvokeTransport final : public InvokeTransport {
     StubFor(target.address)
         .async()
         ->Invoke(&call->ctx, &call->request, &call->response, [this, call](grpc::Status st) {
-          Result<std::string> result = st.ok() ? Result<std::string>(std::move(*call->response.mutable_payload()))
-                                               : Result<std::string>(net::FromGrpcStatus(st));
+          Result<std::string> result = st.ok()
+                                           ? Result<std::string>(std::move(*call->response.mutable_payload()))
+                                           : Result<std::string>(net::FromGrpcStatus(st));
           Done done = std::move(call->done);
           delete call;
           done(std::move(result));  // may start a retry: counted before this one ends
@@ -178,7 +179,8 @@ Result<std::unique_ptr<RouterClient>> RouterClient::Create(RouterClientOptions o
   for (const auto& c : options.clusters) {
     if (c.empty()) return InvalidArgument("router: a cluster without servers");
   }
-  if (options.weight_interval <= Duration::zero()) return InvalidArgument("router: weight_interval must be positive");
+  if (options.weight_interval <= Duration::zero())
+    return InvalidArgument("router: weight_interval must be positive");
   CHORUS_RETURN_IF_ERROR(options.router.weights.Validate());
   return std::unique_ptr<RouterClient>(new RouterClient(std::make_unique<Impl>(std::move(options), clock)));
 }
@@ -197,7 +199,8 @@ void RouterClient::Invoke(const std::string& app, std::string payload, Router::D
 Result<Router::Reply> RouterClient::InvokeSync(const std::string& app, std::string payload, Duration wait) {
   auto promise = std::make_shared<std::promise<Result<Router::Reply>>>();
   auto future = promise->get_future();
-  Invoke(app, std::move(payload), [promise](Result<Router::Reply> reply) { promise->set_value(std::move(reply)); });
+  Invoke(app, std::move(payload),
+         [promise](Result<Router::Reply> reply) { promise->set_value(std::move(reply)); });
   if (future.wait_for(wait) != std::future_status::ready) {
     return DeadlineExceeded("no answer from app " + app + " within the wait");
   }

@@ -1,8 +1,8 @@
 #include "compute/router.h"
 
-#include <map>
-
 #include <gtest/gtest.h>
+
+#include <map>
 
 #include "base/clock.h"
 #include "chorus/compute/v1/compute.pb.h"
@@ -55,7 +55,8 @@ pb::NodeStatus Node(const NodeSpec& s) {
   return n;
 }
 
-pb::ViewUpdate View(const std::vector<NodeSpec>& nodes, const std::vector<std::string>& apps = {"ocr"}, bool full = true) {
+pb::ViewUpdate View(const std::vector<NodeSpec>& nodes, const std::vector<std::string>& apps = {"ocr"},
+                    bool full = true) {
   pb::ViewUpdate u;
   u.set_full(full);
   for (const auto& s : nodes) *u.add_nodes() = Node(s);
@@ -135,7 +136,8 @@ TEST_F(RouterTest, AFailedRequestIsRetriedOnceOnAnotherNodeAndTheRefusingNodeIsS
     ASSERT_TRUE(reply.ok()) << reply.status().ToString();
     EXPECT_NE(reply->node_id, "a");
   }
-  EXPECT_EQ(std::count(transport_.calls.begin(), transport_.calls.end(), "a"), 1) << "suspended after one refusal";
+  EXPECT_EQ(std::count(transport_.calls.begin(), transport_.calls.end(), "a"), 1)
+      << "suspended after one refusal";
   EXPECT_EQ(router.stats().retries, 1u);
   EXPECT_EQ(RouteIds(router, "ocr"), (std::set<std::string>{"b", "c"}));
 
@@ -233,7 +235,8 @@ class HoldingTransport final : public InvokeTransport {
     held.emplace_back(target.node_id, std::move(done));
   }
   int HeldOn(const std::string& node) const {
-    return static_cast<int>(std::count_if(held.begin(), held.end(), [&](const auto& h) { return h.first == node; }));
+    return static_cast<int>(
+        std::count_if(held.begin(), held.end(), [&](const auto& h) { return h.first == node; }));
   }
   std::vector<std::pair<std::string, Done>> held;
 };
@@ -244,7 +247,8 @@ TEST_F(RouterTest, DynamicPolicyPassesOverANodeHoldingFarMoreThanItsShare) {
   router.ApplyUpdate("c0", View({{.id = "a"}, {.id = "b"}, {.id = "c"}, {.id = "d"}}));
   router.RecomputeWeights();
   for (int i = 0; i < 40; ++i) router.Invoke("ocr", "x", [](Result<Router::Reply>) {});
-  for (const char* n : {"a", "b", "c", "d"}) EXPECT_EQ(holding.HeldOn(n), 10) << n << ": equal weights, equal picks";
+  for (const char* n : {"a", "b", "c", "d"})
+    EXPECT_EQ(holding.HeldOn(n), 10) << n << ": equal weights, equal picks";
   // Everything but a's requests finishes: a "slowed down" and still holds 10.
   std::vector<std::pair<std::string, InvokeTransport::Done>> still;
   for (auto& [node, done] : holding.held) {

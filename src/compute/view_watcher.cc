@@ -17,7 +17,9 @@ class ViewWatcher::Impl {
         on_update_(std::move(on_update)),
         log_(GetLogger("compute")) {}
 
-  void Start() { thread_ = std::thread([this] { Loop(); }); }
+  void Start() {
+    thread_ = std::thread([this] { Loop(); });
+  }
 
   void Stop() {
     {
@@ -39,7 +41,8 @@ class ViewWatcher::Impl {
       grpc::ChannelArguments args;
       args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
       args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-      auto stub = v1::Resource::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
+      auto stub =
+          v1::Resource::NewStub(grpc::CreateCustomChannel(address, grpc::InsecureChannelCredentials(), args));
       grpc::ClientContext ctx;
       ctx.AddMetadata("authorization", "Bearer " + token_);
       {
@@ -82,8 +85,10 @@ class ViewWatcher::Impl {
   grpc::ClientContext* ctx_ GUARDED_BY(mu_) = nullptr;
 };
 
-ViewWatcher::ViewWatcher(std::vector<std::string> servers, std::string token, std::string who, OnUpdate on_update)
-    : impl_(std::make_unique<Impl>(std::move(servers), std::move(token), std::move(who), std::move(on_update))) {}
+ViewWatcher::ViewWatcher(std::vector<std::string> servers, std::string token, std::string who,
+                         OnUpdate on_update)
+    : impl_(std::make_unique<Impl>(std::move(servers), std::move(token), std::move(who),
+                                   std::move(on_update))) {}
 ViewWatcher::~ViewWatcher() { Stop(); }
 void ViewWatcher::Start() { impl_->Start(); }
 void ViewWatcher::Stop() { impl_->Stop(); }
