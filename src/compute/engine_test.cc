@@ -13,6 +13,7 @@
 #include <thread>
 #include <vector>
 
+#include "compute/testdata/worker_pipes.h"
 #include "compute/worker_protocol.h"
 
 namespace chorus::compute {
@@ -79,63 +80,26 @@ class FakeEngine final : public Engine {
   bool released_ = false;
 };
 
-struct Pipes {
-  int in[2] = {-1, -1};   // test writes in[1], worker reads in[0]
-  int out[2] = {-1, -1};  // worker writes out[1], test reads out[0]
-  Pipes() {
-    EXPECT_EQ(pipe(in), 0);
-    EXPECT_EQ(pipe(out), 0);
-  }
-  ~Pipes() {
-    for (int fd : {in[0], in[1], out[0], out[1]}) {
-      if (fd >= 0) close(fd);
-    }
-  }
-  void CloseInput() {
-    close(in[1]);
-    in[1] = -1;
-  }
-  void Write(const std::string& bytes) {
-    std::size_t done = 0;
-    while (done < bytes.size()) {
-      const ssize_t n = write(in[1], bytes.data() + done, bytes.size() - done);
-      ASSERT_GT(n, 0);
-      done += static_cast<std::size_t>(n);
-    }
-  }
-  // Everything the worker wrote, once it has returned and out[1] is closed.
-  std::map<uint64_t, Response> ReadAll(bool* clean) {
-    close(out[1]);
-    out[1] = -1;
-    FrameDecoder decoder;
-    char buf[4096];
-    for (;;) {
-      const ssize_t n = read(out[0], buf, sizeof buf);
-      if (n <= 0) break;
-      decoder.Append(buf, static_cast<std::size_t>(n));
-    }
-    std::map<uint64_t, Response> responses;
-    *clean = true;
-    for (;;) {
-      auto next = decoder.Next();
-      if (!next.ok()) {
-        *clean = false;
-        break;
-      }
-      if (!next->has_value()) break;
-      auto response = DecodeResponse(**next);
-      if (!response.ok()) {
-        *clean = false;
-        break;
-      }
-      const uint64_t id = response->id;
-      EXPECT_EQ(responses.count(id), 0u) << "two answers for request " << id;
-      responses[id] = std::move(*response);
-    }
-    if (decoder.buffered() != 0) *clean = false;
-    return responses;
-  }
+
+// Runs the loop over pipes on `input` (written whole, then EOF) and decodes what it answered.
+struct LoopRun {
+  int exit_code = -1;
+  bool clean = false;
+  std::map<uint64_t, Response> responses;
 };
+LoopRun RunLoop(Engine& engine, int max_concurrency, const std::string& input) {
+  WorkerPipes p;
+  LoopRun run;
+  std::thread worker([&] {
+    run.exit_code =
+        RunEngineWorker(engine, {.max_concurrency = max_concurrency, .in_fd = p.in[0], .out_fd = p.out[1]});
+  });
+  p.Write(input);
+  p.CloseInput();
+  worker.join();
+  run.responses = p.ReadAll(&run.clean);
+  return run;
+}
 
 TEST(EngineRegistryTest, UnknownEngineIsNotFoundAndNamesTheKnownOnes) {
   auto engine = MakeEngine("ocr-detekt", {});
@@ -212,20 +176,12 @@ TEST(CheckPayloadSizeTest, EmptyAndOversize) {
 
 TEST(EngineWorkerTest, RunsRequestsConcurrentlyUpToTheLimit) {
   FakeEngine engine;
-  Pipes p;
-  int exit_code = -1;
-  std::thread worker([&] {
-    exit_code = RunEngineWorker(engine, {.max_concurrency = 3, .in_fd = p.in[0], .out_fd = p.out[1]});
-  });
-  p.Write(EncodeRequest(1, "wait:3") + EncodeRequest(2, "wait:3") + EncodeRequest(3, "wait:3"));
-  p.CloseInput();
-  worker.join();
-  bool clean = false;
-  const auto responses = p.ReadAll(&clean);
-  EXPECT_EQ(exit_code, 0);
-  EXPECT_TRUE(clean);
-  ASSERT_EQ(responses.size(), 3u);
-  for (const auto& [id, r] : responses) {
+  const LoopRun run = RunLoop(
+      engine, 3, EncodeRequest(1, "wait:3") + EncodeRequest(2, "wait:3") + EncodeRequest(3, "wait:3"));
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_TRUE(run.clean);
+  ASSERT_EQ(run.responses.size(), 3u);
+  for (const auto& [id, r] : run.responses) {
     EXPECT_TRUE(r.ok) << r.payload;
     EXPECT_EQ(r.payload, "together");
   }
@@ -234,51 +190,35 @@ TEST(EngineWorkerTest, RunsRequestsConcurrentlyUpToTheLimit) {
 
 TEST(EngineWorkerTest, ConcurrencyOneRunsOneAtATimeInOrder) {
   FakeEngine engine;
-  Pipes p;
-  int exit_code = -1;
-  std::thread worker([&] {
-    exit_code = RunEngineWorker(engine, {.max_concurrency = 1, .in_fd = p.in[0], .out_fd = p.out[1]});
-  });
-  p.Write(EncodeRequest(1, "a") + EncodeRequest(2, "b") + EncodeRequest(3, "c"));
-  p.CloseInput();
-  worker.join();
-  bool clean = false;
-  const auto responses = p.ReadAll(&clean);
-  EXPECT_EQ(exit_code, 0);
-  ASSERT_EQ(responses.size(), 3u);
-  EXPECT_EQ(responses.at(2).payload, "echo:b");
+  const LoopRun run =
+      RunLoop(engine, 1, EncodeRequest(1, "a") + EncodeRequest(2, "b") + EncodeRequest(3, "c"));
+  EXPECT_EQ(run.exit_code, 0);
+  ASSERT_EQ(run.responses.size(), 3u);
+  EXPECT_EQ(run.responses.at(2).payload, "echo:b");
   EXPECT_EQ(engine.max_inside(), 1);
 }
 
 TEST(EngineWorkerTest, ErrorsAndExceptionsAreAnswersAndTheWorkerKeepsServing) {
   FakeEngine engine;
-  Pipes p;
-  int exit_code = -1;
-  std::thread worker([&] {
-    exit_code = RunEngineWorker(engine, {.max_concurrency = 1, .in_fd = p.in[0], .out_fd = p.out[1]});
-  });
-  p.Write(EncodeRequest(1, "bad") + EncodeRequest(2, "throw") + EncodeRequest(3, "after") +
-          EncodeRequest(4, ""));
-  p.CloseInput();
-  worker.join();
-  bool clean = false;
-  const auto responses = p.ReadAll(&clean);
-  EXPECT_EQ(exit_code, 0);
-  EXPECT_TRUE(clean);
-  ASSERT_EQ(responses.size(), 4u);
-  EXPECT_FALSE(responses.at(1).ok);
-  EXPECT_EQ(responses.at(1).payload, "invalid_argument: bad thing");
-  EXPECT_FALSE(responses.at(2).ok);
-  EXPECT_EQ(responses.at(2).payload, "internal: engine failed: boom");
-  EXPECT_TRUE(responses.at(3).ok);
-  EXPECT_EQ(responses.at(3).payload, "echo:after");
-  EXPECT_TRUE(responses.at(4).ok);
-  EXPECT_EQ(responses.at(4).payload, "echo:");
+  const LoopRun run = RunLoop(
+      engine, 1,
+      EncodeRequest(1, "bad") + EncodeRequest(2, "throw") + EncodeRequest(3, "after") + EncodeRequest(4, ""));
+  EXPECT_EQ(run.exit_code, 0);
+  EXPECT_TRUE(run.clean);
+  ASSERT_EQ(run.responses.size(), 4u);
+  EXPECT_FALSE(run.responses.at(1).ok);
+  EXPECT_EQ(run.responses.at(1).payload, "invalid_argument: bad thing");
+  EXPECT_FALSE(run.responses.at(2).ok);
+  EXPECT_EQ(run.responses.at(2).payload, "internal: engine failed: boom");
+  EXPECT_TRUE(run.responses.at(3).ok);
+  EXPECT_EQ(run.responses.at(3).payload, "echo:after");
+  EXPECT_TRUE(run.responses.at(4).ok);
+  EXPECT_EQ(run.responses.at(4).payload, "echo:");
 }
 
 TEST(EngineWorkerTest, EofDrainsRequestsInFlight) {
   FakeEngine engine;
-  Pipes p;
+  WorkerPipes p;
   int exit_code = -1;
   std::thread worker([&] {
     exit_code = RunEngineWorker(engine, {.max_concurrency = 2, .in_fd = p.in[0], .out_fd = p.out[1]});
@@ -301,20 +241,11 @@ TEST(EngineWorkerTest, EofDrainsRequestsInFlight) {
 
 TEST(EngineWorkerTest, ProtocolErrorFinishesWhatWasReadAndExitsOne) {
   FakeEngine engine;
-  Pipes p;
-  int exit_code = -1;
-  std::thread worker([&] {
-    exit_code = RunEngineWorker(engine, {.max_concurrency = 2, .in_fd = p.in[0], .out_fd = p.out[1]});
-  });
   const std::string oversize = {'\x7f', '\x00', '\x00', '\x00'};
-  p.Write(EncodeRequest(1, "before") + oversize);
-  p.CloseInput();
-  worker.join();
-  bool clean = false;
-  const auto responses = p.ReadAll(&clean);
-  EXPECT_EQ(exit_code, 1);
-  ASSERT_EQ(responses.size(), 1u);
-  EXPECT_EQ(responses.at(1).payload, "echo:before");
+  const LoopRun run = RunLoop(engine, 2, EncodeRequest(1, "before") + oversize);
+  EXPECT_EQ(run.exit_code, 1);
+  ASSERT_EQ(run.responses.size(), 1u);
+  EXPECT_EQ(run.responses.at(1).payload, "echo:before");
 }
 
 }  // namespace

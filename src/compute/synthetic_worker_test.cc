@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "compute/testdata/worker_pipes.h"
 #include "compute/worker_protocol.h"
 
 namespace chorus::compute {
@@ -37,48 +38,15 @@ struct WorkerRun {
 };
 
 WorkerRun RunWorker(SyntheticOptions options, const std::string& input) {
-  int in[2], out[2];
-  EXPECT_EQ(pipe(in), 0);
-  EXPECT_EQ(pipe(out), 0);
-  options.in_fd = in[0];
-  options.out_fd = out[1];
+  WorkerPipes pipes;
+  options.in_fd = pipes.in[0];
+  options.out_fd = pipes.out[1];
   WorkerRun run;
   std::thread worker([&run, options] { run.exit_code = RunSyntheticWorker(options); });
-  // The answers of these small tests fit in the pipe buffer, so writing everything first cannot
-  // deadlock.
-  std::size_t done = 0;
-  while (done < input.size()) {
-    const ssize_t n = write(in[1], input.data() + done, input.size() - done);
-    if (n <= 0) break;
-    done += static_cast<std::size_t>(n);
-  }
-  close(in[1]);
+  pipes.Write(input);
+  pipes.CloseInput();
   worker.join();
-  close(in[0]);
-  close(out[1]);
-  FrameDecoder decoder;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = read(out[0], buf, sizeof buf);
-    if (n <= 0) break;
-    decoder.Append(buf, static_cast<std::size_t>(n));
-  }
-  close(out[0]);
-  for (;;) {
-    auto next = decoder.Next();
-    if (!next.ok()) {
-      run.output_ok = false;
-      break;
-    }
-    if (!next->has_value()) break;
-    auto response = DecodeResponse(**next);
-    if (!response.ok()) {
-      run.output_ok = false;
-      break;
-    }
-    run.responses.push_back(std::move(*response));
-  }
-  if (decoder.buffered() != 0) run.output_ok = false;
+  run.responses = pipes.ReadFrames(&run.output_ok);
   return run;
 }
 
