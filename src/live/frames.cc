@@ -39,7 +39,7 @@ std::string Quote(std::string_view s) { return "\"" + net::JsonEscape(s) + "\"";
 
 }  // namespace
 
-EncodedFrame EncodeBlock(std::string_view room, uint64_t seq, int64_t tick_at, int64_t online,
+EncodedFrame EncodeBlock(std::string_view room, uint64_t seq, int64_t tick_at, int64_t online, uint64_t dropped,
                          const std::vector<MessagePtr>& messages) {
   pb::ServerFrame frame;
   pb::Block* block = frame.mutable_block();
@@ -47,6 +47,7 @@ EncodedFrame EncodeBlock(std::string_view room, uint64_t seq, int64_t tick_at, i
   block->set_seq(seq);
   block->set_tick_at(tick_at);
   block->set_online(online);
+  block->set_dropped(dropped);
   size_t json_bytes = 96;
   for (const MessagePtr& m : messages) {
     ToProto(*m, block->add_messages());
@@ -57,7 +58,8 @@ EncodedFrame EncodeBlock(std::string_view room, uint64_t seq, int64_t tick_at, i
   json += "{\"frame\":\"block\",\"room\":";
   json += Quote(room);
   json += ",\"seq\":" + std::to_string(seq) + ",\"tick_at\":" + std::to_string(tick_at) +
-          ",\"online\":" + std::to_string(online) + ",\"messages\":[";
+          ",\"online\":" + std::to_string(online) + ",\"dropped\":" + std::to_string(dropped) +
+          ",\"messages\":[";
   for (size_t i = 0; i < messages.size(); ++i) {
     if (i) json += ',';
     json += messages[i]->json;
@@ -112,6 +114,14 @@ EncodedFrame EncodeUnsubscribed(std::string_view room) {
   return {Serialize(frame), Share("{\"frame\":\"unsubscribed\",\"room\":" + Quote(room) + "}")};
 }
 
+EncodedFrame EncodeChatOk(std::string_view room, uint64_t id) {
+  pb::ServerFrame frame;
+  frame.mutable_chat_ok()->set_room(std::string(room));
+  frame.mutable_chat_ok()->set_id(id);
+  return {Serialize(frame), Share("{\"frame\":\"chat_ok\",\"room\":" + Quote(room) + ",\"id\":\"" +
+                                  std::to_string(id) + "\"}")};
+}
+
 Result<ClientOp> ParseClientFrame(std::string_view data, bool binary) {
   ClientOp op;
   if (binary) {
@@ -131,6 +141,11 @@ Result<ClientOp> ParseClientFrame(std::string_view data, bool binary) {
       case pb::ClientFrame::kPing:
         op.kind = ClientOp::Kind::kPing;
         op.ts = frame.ping().ts();
+        break;
+      case pb::ClientFrame::kChat:
+        op.kind = ClientOp::Kind::kChat;
+        op.room = frame.chat().room();
+        op.text = frame.chat().text();
         break;
       case pb::ClientFrame::OP_NOT_SET:
         return NotFound("unknown op (no op set in ClientFrame)");
@@ -153,8 +168,17 @@ Result<ClientOp> ParseClientFrame(std::string_view data, bool binary) {
       if (!ts->is_number_integer()) return InvalidArgument("ping ts must be an integer");
       op.ts = ts->get<int64_t>();
     }
+  } else if (verb == "chat") {
+    op.kind = ClientOp::Kind::kChat;
+    auto room = j.find("room");
+    auto text = j.find("text");
+    if (room == j.end() || !room->is_string() || text == j.end() || !text->is_string()) {
+      return InvalidArgument("chat needs string fields \"room\" and \"text\"");
+    }
+    op.room = room->get<std::string>();
+    op.text = text->get<std::string>();
   } else {
-    return NotFound("unknown op (expected subscribe, unsubscribe or ping)");
+    return NotFound("unknown op (expected subscribe, unsubscribe, ping or chat)");
   }
   return op;
 }

@@ -58,7 +58,12 @@ void AddConfigKeys(ConfigSchema& s) {
       .String("live.redis.address", "127.0.0.1:6379", "Redis for live.store=redis (host:port).")
       .Int("live.retention.max_per_type", 500, "Messages kept per room and type for polling.", 1, 1'000'000)
       .Duration("live.retention.max_age", "60s", "How long messages stay pollable.")
-      .Duration("live.idle_room_ttl", "60s", "An empty room with nothing pending is forgotten after this.");
+      .Duration("live.idle_room_ttl", "60s", "An empty room with nothing pending is forgotten after this.")
+      .Int("live.chat.max_bytes", 500, "Longest viewer chat text (UTF-8 bytes).", 1, 65536)
+      .Int("live.chat.per_minute", 30, "Viewer chat messages each user may send per minute.", 1, 1'000'000)
+      .Int("live.chat.burst", 5, "Viewer chat messages a user may send at once before the rate applies.", 1,
+           1'000'000)
+      .Int("live.chat.level", 0, "Sender level of viewer chat when the user token carries none.", 0, 1000);
 }
 
 Result<LiveOptions> OptionsFromConfig(const Config& c) {
@@ -137,6 +142,10 @@ Result<LiveOptions> OptionsFromConfig(const Config& c) {
   if (o.retention.max_age_ms <= 0) return InvalidArgument("live.retention.max_age must be > 0");
   o.idle_room_ttl = c.GetDuration("live.idle_room_ttl");
   if (o.idle_room_ttl < Duration::zero()) return InvalidArgument("live.idle_room_ttl must be >= 0");
+  o.chat.max_bytes = static_cast<size_t>(c.GetInt("live.chat.max_bytes"));
+  o.chat.per_minute = static_cast<double>(c.GetInt("live.chat.per_minute"));
+  o.chat.burst = static_cast<double>(c.GetInt("live.chat.burst"));
+  o.chat.default_level = static_cast<int32_t>(c.GetInt("live.chat.level"));
   return o;
 }
 

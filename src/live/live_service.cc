@@ -5,12 +5,14 @@
 #include <charconv>
 #include <future>
 #include <unordered_map>
+#include <unordered_set>
 
 #include <nlohmann/json.hpp>
 
 #include "base/logging.h"
 #include "base/metrics.h"
 #include "base/mutex.h"
+#include "base/text.h"
 #include "live/frames.h"
 #include "live/membership.h"
 #include "net/http_json.h"
@@ -39,8 +41,11 @@ struct Subscriber {
 // What `accept` hands each connection.
 struct WsContext {
   std::string user;
+  int32_t level = 0;
   bool json = false;
 };
+
+enum ChatResult { kChatPublished, kChatRejected, kChatRateLimited, kChatUnavailable, kChatResults };
 
 struct Metrics {
   Counter* published_room;
@@ -58,6 +63,7 @@ struct Metrics {
   Gauge* connections;
   Gauge* subscriptions;
   Histogram* dwell;
+  std::array<Counter*, kChatResults> chat;
 };
 
 Metrics& GetMetrics() {
@@ -86,6 +92,11 @@ Metrics& GetMetrics() {
     x->dwell = &reg.Histogram("chorus_live_dwell_seconds", "Time a member stayed in a room",
                               {1, 5, 15, 60, 300, 900, 1800, 3600, 7200, 14400})
                     ->Get();
+    auto chat = reg.Counter("chorus_live_chat_total", "Viewer chat messages by outcome", {"result"});
+    x->chat[kChatPublished] = &chat->WithLabels({"published"});
+    x->chat[kChatRejected] = &chat->WithLabels({"rejected"});
+    x->chat[kChatRateLimited] = &chat->WithLabels({"rate_limited"});
+    x->chat[kChatUnavailable] = &chat->WithLabels({"unavailable"});
     return x;
   }();
   return *m;
@@ -170,11 +181,13 @@ class LiveService::Impl {
     SteadyTime last_active;
     RoomDispatcher::DropCounts reported{};
     uint64_t reported_coalesced = 0;
+    uint64_t dropped_at_last_block = 0;  // the dispatcher's drop total when the last block went out
   };
 
   struct ConnInfo {
     std::shared_ptr<net::WebSocketConnection> conn;
     std::string user;
+    int32_t level = 0;
     bool json = false;
     std::vector<std::pair<std::string, SteadyTime>> rooms;  // subscribed rooms and since when
     uint64_t dropped_seen = 0;                               // see Subscriber
@@ -187,7 +200,9 @@ class LiveService::Impl {
     std::unordered_map<std::string, std::unique_ptr<OwnedRoom>> owned;
     std::unordered_map<std::string, std::unique_ptr<MemberShards<Subscriber>>> local;
     std::unordered_map<uint64_t, ConnInfo> conns;
-    std::unordered_multimap<std::string, uint64_t> users;
+    // user -> their connections here. A set, not a multimap: one user may hold thousands of
+    // connections (a load test with one token), and closing one must not scan the others.
+    std::unordered_map<std::string, std::unordered_set<uint64_t>> users;
     TimerId housekeeping = 0;
   };
 
@@ -259,6 +274,7 @@ class LiveService::Impl {
     Finalize(*m);
     stored.push_back(Stored(m));
     r.dispatcher->Enqueue(m);
+    if (observer_) observer_(*m, d.gift_value);
     return m;
   }
 
@@ -313,7 +329,11 @@ class LiveService::Impl {
     if (!block.empty() && r.online > 0) {  // encoded only when someone is there to receive it
       ++r.seq;
       GetMetrics().blocks->Inc();
-      auto frame = std::make_shared<const EncodedFrame>(EncodeBlock(r.id, r.seq, now, r.online, block));
+      uint64_t dropped = 0;
+      for (uint64_t n : r.dispatcher->drops()) dropped += n;
+      auto frame = std::make_shared<const EncodedFrame>(
+          EncodeBlock(r.id, r.seq, now, r.online, dropped - r.dropped_at_last_block, block));
+      r.dropped_at_last_block = dropped;
       for (uint32_t s = 0; s < r.members.size(); ++s) {
         if (r.members[s] <= 0) continue;
         if (s == st.index) {
@@ -421,12 +441,13 @@ class LiveService::Impl {
         runtime_.Post(s, [this, s, user, frames, fanin] {
           ShardState& here = *shards_[s];
           int64_t n = 0;
-          auto [b, e] = here.users.equal_range(user);
-          for (auto it = b; it != e; ++it) {
-            auto c = here.conns.find(it->second);
-            if (c == here.conns.end()) continue;
-            for (const EncodedFrame& f : *frames) c->second.conn->Send(f.For(c->second.json), !c->second.json);
-            ++n;
+          if (auto u = here.users.find(user); u != here.users.end()) {
+            for (uint64_t id : u->second) {
+              auto c = here.conns.find(id);
+              if (c == here.conns.end()) continue;
+              for (const EncodedFrame& f : *frames) c->second.conn->Send(f.For(c->second.json), !c->second.json);
+              ++n;
+            }
           }
           GetMetrics().private_deliveries->Inc(static_cast<uint64_t>(n) * frames->size());
           fanin->reached += n;
@@ -487,6 +508,7 @@ class LiveService::Impl {
     }
     WsContext ctx;
     ctx.user = claims.subject;
+    ctx.level = claims.level;
     if (auto format = req.Query("format")) {
       if (*format == "json") {
         ctx.json = true;
@@ -506,8 +528,9 @@ class LiveService::Impl {
     ConnInfo& info = st.conns[conn->id()];
     info.conn = conn;
     info.user = ctx.user;
+    info.level = ctx.level;
     info.json = ctx.json;
-    st.users.emplace(ctx.user, conn->id());
+    st.users[ctx.user].insert(conn->id());
     connections_.fetch_add(1);
     GetMetrics().connections->Add(1);
     const int64_t heartbeat_ms = std::chrono::duration_cast<std::chrono::milliseconds>(options_.heartbeat).count();
@@ -541,7 +564,124 @@ class LiveService::Impl {
         if (!Leave(st, info, op->room)) return SendError(info, "not_subscribed", "not subscribed to " + op->room);
         info.conn->Send(EncodeUnsubscribed(op->room).For(info.json), !info.json);
         return;
+      case ClientOp::Kind::kChat:
+        return ChatOp(info, std::move(op->room), std::move(op->text));
     }
+  }
+
+  // -- viewer chat --
+
+  void ChatOp(ConnInfo& info, std::string room, std::string text) {
+    if (Status s = ValidateRoomId(room); !s.ok()) return SendError(info, "bad_room", s.message());
+    if (std::none_of(info.rooms.begin(), info.rooms.end(), [&](const auto& r) { return r.first == room; })) {
+      return SendError(info, "not_subscribed", "chat needs a subscription to " + room);
+    }
+    // The connection may be gone when the verdict comes back: Send then returns false.
+    Chat(room, info.user, info.level, std::move(text),
+         [conn = info.conn, json = info.json, room](Result<uint64_t> id) {
+           if (id.ok()) {
+             conn->Send(EncodeChatOk(room, *id).For(json), !json);
+             return;
+           }
+           conn->Send(EncodeError(ChatErrorCode(id.status().code()), id.status().message()).For(json), !json);
+         });
+  }
+
+  static std::string_view ChatErrorCode(StatusCode code) {
+    switch (code) {
+      case StatusCode::kPermissionDenied: return "moderation_rejected";
+      case StatusCode::kResourceExhausted: return "rate_limited";
+      case StatusCode::kUnavailable: return "moderation_unavailable";
+      default: return "bad_frame";
+    }
+  }
+
+  // Takes one chat token from the user's bucket; false when empty.
+  bool TakeChatToken(const std::string& user) {
+    const SteadyTime now = SystemClock::Instance().Now();
+    MutexLock lock(chat_mu_);
+    if (chat_buckets_.size() > 100'000) {  // forget idle users (full buckets) now and then
+      std::erase_if(chat_buckets_, [&](const auto& e) { return now - e.second.at > std::chrono::minutes(10); });
+    }
+    auto [it, fresh] = chat_buckets_.try_emplace(user, ChatBucket{options_.chat.burst, now});
+    ChatBucket& b = it->second;
+    if (!fresh) {
+      const double elapsed_min = std::chrono::duration<double>(now - b.at).count() / 60.0;
+      b.tokens = std::min(options_.chat.burst, b.tokens + elapsed_min * options_.chat.per_minute);
+      b.at = now;
+    }
+    if (b.tokens < 1) return false;
+    b.tokens -= 1;
+    return true;
+  }
+
+  void Chat(std::string room, std::string user, int32_t level, std::string text,
+            std::function<void(Result<uint64_t>)> done) {
+    if (Status s = ValidateRoomId(room); !s.ok()) return done(s);
+    if (text.empty()) return done(InvalidArgument("chat text is empty"));
+    if (text.size() > options_.chat.max_bytes) {
+      return done(InvalidArgument("chat text is " + std::to_string(text.size()) + " bytes; at most " +
+                                  std::to_string(options_.chat.max_bytes) + " are allowed"));
+    }
+    if (!IsValidUtf8(text)) return done(InvalidArgument("chat text is not valid UTF-8"));
+    if (!TakeChatToken(user)) {
+      GetMetrics().chat[kChatRateLimited]->Inc();
+      return done(ResourceExhausted("too many chat messages; at most " +
+                                    std::to_string(static_cast<int64_t>(options_.chat.per_minute)) + " per minute"));
+    }
+    auto publish = [this, room, user, level, text](std::function<void(Result<uint64_t>)> done) {
+      Draft d;
+      d.message.type = "chat";
+      d.message.sender_id = user;
+      d.message.sender_level = level > 0 ? level : options_.chat.default_level;
+      d.message.payload = nlohmann::json{{"text", text}}.dump();
+      std::vector<Draft> drafts;
+      drafts.push_back(std::move(d));
+      PublishRoom(room, std::move(drafts), [done = std::move(done)](Result<PublishResult> res) {
+        if (!res.ok()) return done(res.status());
+        GetMetrics().chat[kChatPublished]->Inc();
+        done(res->ids.front());
+      });
+    };
+    if (!moderator_) return publish(std::move(done));
+    moderator_(room, text, [publish, done = std::move(done)](Result<LiveService::ChatVerdict> verdict) mutable {
+      if (!verdict.ok()) {
+        GetMetrics().chat[kChatUnavailable]->Inc();
+        return done(Unavailable("chat moderation is unavailable: " + verdict.status().message()));
+      }
+      if (!verdict->allowed) {
+        GetMetrics().chat[kChatRejected]->Inc();
+        return done(PermissionDenied(verdict->reason.empty() ? "rejected by moderation"
+                                                             : "rejected by moderation: " + verdict->reason));
+      }
+      publish(std::move(done));
+    });
+  }
+
+  void HandleChat(net::HttpRequest& req, net::HttpResponder r) {
+    auto token = req.Token(/*allow_query=*/false);
+    if (!token) return r.SendStatus(Unauthenticated("missing bearer token"));
+    auto claims = signer_.Verify(*token, SystemClock::Instance());
+    if (!claims.ok()) return r.SendStatus(claims.status());
+    if (claims->kind != net::TokenClaims::Kind::kUser) return r.SendStatus(PermissionDenied("chat needs a user token"));
+    std::string room(req.Param("room"));
+    if (Status s = ValidateRoomId(room); !s.ok()) return r.SendStatus(s);
+    auto body = net::ParseJsonBody(req);
+    if (!body.ok()) return r.SendStatus(body.status());
+    auto text = body->find("text");
+    if (!body->is_object() || text == body->end() || !text->is_string()) {
+      return r.SendStatus(InvalidArgument("body must be {\"text\": \"...\"}"));
+    }
+    auto rp = std::make_shared<net::HttpResponder>(std::move(r));
+    Chat(room, claims->subject, claims->level, text->get<std::string>(), [rp, room](Result<uint64_t> id) {
+      if (id.ok()) return rp->Send(net::JsonResponse(200, {{"room", room}, {"id", std::to_string(*id)}}));
+      if (id.status().code() == StatusCode::kPermissionDenied) {
+        // 422: the request was understood and refused for its content, not for the caller's rights.
+        return rp->Send(net::JsonResponse(
+            422, {{"error", {{"code", "moderation_rejected"}, {"message", id.status().message()}}}}));
+      }
+      rp->SendStatus(id.status());
+    });
   }
 
   void Subscribe(ShardState& st, ConnInfo& info, const std::string& room) {
@@ -594,12 +734,9 @@ class LiveService::Impl {
       std::string room = info.rooms.back().first;
       Leave(st, info, room);
     }
-    auto [b, e] = st.users.equal_range(info.user);
-    for (auto u = b; u != e; ++u) {
-      if (u->second == conn.id()) {
-        st.users.erase(u);
-        break;
-      }
+    if (auto u = st.users.find(info.user); u != st.users.end()) {
+      u->second.erase(conn.id());
+      if (u->second.empty()) st.users.erase(u);
     }
     st.conns.erase(it);
     connections_.fetch_sub(1);
@@ -794,6 +931,8 @@ class LiveService::Impl {
                                       [this](HttpRequest& q, HttpResponder r) { HandlePublishRoom(q, std::move(r)); }));
     CHORUS_RETURN_IF_ERROR(router.Add("GET", "/v1/rooms/{room}/messages",
                                       [this](HttpRequest& q, HttpResponder r) { HandlePoll(q, std::move(r)); }));
+    CHORUS_RETURN_IF_ERROR(
+        router.Add("POST", "/v1/rooms/{room}/chat", [this](HttpRequest& q, HttpResponder r) { HandleChat(q, std::move(r)); }));
     CHORUS_RETURN_IF_ERROR(router.Add("POST", "/v1/users/{user}/messages",
                                       [this](HttpRequest& q, HttpResponder r) { HandlePublishUser(q, std::move(r)); }));
     CHORUS_RETURN_IF_ERROR(
@@ -849,6 +988,15 @@ class LiveService::Impl {
   OnlineTable online_;
   std::atomic<int64_t> connections_{0};
   std::atomic<bool> stopping_{false};
+  LiveService::ChatModerator moderator_;  // set before Start
+  LiveService::RoomObserver observer_;    // set before Start
+
+  struct ChatBucket {
+    double tokens;
+    SteadyTime at;
+  };
+  Mutex chat_mu_;
+  std::unordered_map<std::string, ChatBucket> chat_buckets_ GUARDED_BY(chat_mu_);
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -870,6 +1018,12 @@ Result<std::unique_ptr<LiveService>> LiveService::Create(net::Runtime& runtime, 
 }
 
 LiveService::LiveService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+void LiveService::SetChatModerator(ChatModerator moderator) { impl_->moderator_ = std::move(moderator); }
+void LiveService::SetRoomObserver(RoomObserver observer) { impl_->observer_ = std::move(observer); }
+void LiveService::Chat(std::string room, std::string user, int32_t level, std::string text,
+                       std::function<void(Result<uint64_t>)> done) {
+  impl_->Chat(std::move(room), std::move(user), level, std::move(text), std::move(done));
+}
 LiveService::~LiveService() = default;
 
 Status LiveService::AddRoutes(net::Router& router) { return impl_->AddRoutes(router); }

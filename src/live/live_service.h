@@ -72,6 +72,16 @@ struct LiveOptions {
   std::string public_ws_url;  // advertised by /v1/connect; empty = ws://<Host header>/v1/ws
   size_t max_ws_connections = 0;  // above it /v1/connect advises polling; 0 = no limit
 
+  // Viewer chat (the `chat` op, POST /v1/rooms/{room}/chat): checked, then published as a `chat`
+  // message from the viewer.
+  struct ChatOptions {
+    size_t max_bytes = 500;
+    double per_minute = 30;  // per user, token bucket
+    double burst = 5;
+    int32_t default_level = 0;  // sender level when the token has none
+  };
+  ChatOptions chat;
+
   RetentionOptions retention;
   Duration idle_room_ttl = std::chrono::seconds(60);  // an empty, quiet room is forgotten after it
 
@@ -104,6 +114,30 @@ class LiveService {
   Status AddRoutes(net::Router& router);
   // The chorus.live.v1.Live gRPC service, backed by this service; owned by the caller.
   std::unique_ptr<grpc::Service> MakeGrpcService();
+
+  // Viewer chat passes this check before it is published (chorus up wires the compute
+  // `moderation` app here); with none set, chat is published unchecked. The moderator may answer
+  // on any thread: allowed, rejected (with a reason for the sender), or an error (the chat is
+  // refused as "moderation_unavailable": nothing unchecked gets through). Set before Start().
+  struct ChatVerdict {
+    bool allowed = true;
+    std::string reason;  // why not, for the sender
+  };
+  using ChatModerator =
+      std::function<void(const std::string& room, const std::string& text, std::function<void(Result<ChatVerdict>)> done)>;
+  void SetChatModerator(ChatModerator moderator);
+  // Sees every message accepted into a room (publishers, viewer chat, presence), on the room's
+  // owner shard, after it is stamped: keep it quick and non-blocking. `gift_value` is the gift
+  // rule's payload.value (0 for other types). Set before Start().
+  using RoomObserver = std::function<void(const Message& message, double gift_value)>;
+  void SetRoomObserver(RoomObserver observer);
+
+  // Viewer chat from `user` (with `level`): validated, rate-limited per user, moderated, then
+  // published to `room`. `done` gets the message id, or kInvalidArgument (bad text),
+  // kResourceExhausted (rate), kPermissionDenied (rejected by moderation; the message is the
+  // reason), kUnavailable (moderation failed). Callable from any thread; `done` may run on any.
+  void Chat(std::string room, std::string user, int32_t level, std::string text,
+            std::function<void(Result<uint64_t>)> done);
 
   // Starts the per-shard housekeeping timers. Call after the runtime has started.
   void Start();

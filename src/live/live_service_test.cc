@@ -7,6 +7,7 @@
 
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "base/metrics.h"
 #include "chorus/live/v1/live.pb.h"
@@ -52,8 +53,10 @@ HttpReply Request(uint16_t port, std::string_view method, std::string_view targe
 
 class LiveServer {
  public:
+  // `wire` runs before Start (chat moderator, room observer).
   explicit LiveServer(std::function<void(LiveOptions&)> tune = {}, std::shared_ptr<PollStore> store = nullptr,
-                      std::function<std::shared_ptr<PollStore>(net::Runtime&)> make_store = {}) {
+                      std::function<std::shared_ptr<PollStore>(net::Runtime&)> make_store = {},
+                      std::function<void(LiveService&)> wire = {}) {
     auto signer = net::TokenSigner::Create(kSecret);
     EXPECT_TRUE(signer.ok());
     signer_ = std::make_unique<net::TokenSigner>(std::move(*signer));
@@ -68,6 +71,7 @@ class LiveServer {
     EXPECT_TRUE(live.ok()) << live.status().ToString();
     live_ = std::move(*live);
     EXPECT_TRUE(live_->AddRoutes(harness_.router()).ok());
+    if (wire) wire(*live_);
     live_->Start();
     harness_.Start({});
   }
@@ -222,6 +226,96 @@ TEST(LiveServiceTest, BlocksAreCappedAndCarryOver) {
   // Two gifts carried (carry_max); gift 5 hit the carry limit, the chats were over budget.
   EXPECT_EQ(Types(second), (std::vector<std::string>{"gift:3", "gift:4"}));
   EXPECT_GT(second["seq"].get<uint64_t>(), first["seq"].get<uint64_t>());
+  // Each block says how many messages the room dropped since the one before.
+  EXPECT_EQ(first["dropped"], 3) << first.dump();
+  EXPECT_EQ(second["dropped"], 0) << second.dump();
+}
+
+// Viewer chat: the moderator decides (a fake here, for the logic; chorus_up_test runs the real
+// compute moderation app), accepted chat reaches every viewer in a block, rejected chat nobody.
+TEST(LiveServiceTest, ViewerChatIsModeratedRateLimitedAndPublished) {
+  std::atomic<int> observed_chats{0};
+  LiveServer server(
+      [](LiveOptions& o) {
+        o.chat.burst = 3;
+        o.chat.per_minute = 1;
+        o.chat.max_bytes = 64;
+      },
+      nullptr, {},
+      [&](LiveService& live) {
+        live.SetChatModerator([](const std::string&, const std::string& text,
+                                 std::function<void(Result<LiveService::ChatVerdict>)> done) {
+          // Answer from another thread, as the compute client does.
+          std::thread([text, done = std::move(done)] {
+            if (text.find("boom") != std::string::npos) return done(Unavailable("no moderation replica"));
+            LiveService::ChatVerdict v;
+            v.allowed = text.find("scam") == std::string::npos;
+            if (!v.allowed) v.reason = "scam";
+            done(v);
+          }).detach();
+        });
+        live.SetRoomObserver([&](const Message& m, double) {
+          if (m.type == "chat") observed_chats.fetch_add(1);
+        });
+      });
+  Viewer alice(server, "alice"), bob(server, "bob");
+  ASSERT_EQ(alice.Subscribe("r1")["frame"], "subscribed");
+  ASSERT_EQ(bob.Subscribe("r1")["frame"], "subscribed");
+
+  // Not subscribed, bad room, empty and oversized text: errors, nothing published.
+  alice.Send({{"op", "chat"}, {"room", "r2"}, {"text", "hi"}});
+  EXPECT_EQ(alice.NextFrame("error")["code"], "not_subscribed");
+  alice.Send({{"op", "chat"}, {"room", "bad room"}, {"text", "hi"}});
+  EXPECT_EQ(alice.NextFrame("error")["code"], "bad_room");
+  alice.Send({{"op", "chat"}, {"room", "r1"}});
+  EXPECT_EQ(alice.NextFrame("error")["code"], "bad_frame");
+  alice.Send({{"op", "chat"}, {"room", "r1"}, {"text", std::string(65, 'x')}});
+  EXPECT_EQ(alice.NextFrame("error")["code"], "bad_frame");
+
+  alice.Send({{"op", "chat"}, {"room", "r1"}, {"text", "total scam here"}});
+  auto rejected = alice.NextFrame("error");
+  EXPECT_EQ(rejected["code"], "moderation_rejected") << rejected.dump();
+  EXPECT_NE(rejected["message"].get<std::string>().find("scam"), std::string::npos);
+  alice.Send({{"op", "chat"}, {"room", "r1"}, {"text", "boom"}});
+  EXPECT_EQ(alice.NextFrame("error")["code"], "moderation_unavailable");
+  alice.Send({{"op", "chat"}, {"room", "r1"}, {"text", "hello room"}});
+  auto ok = alice.NextFrame("chat_ok");
+  ASSERT_EQ(ok["frame"], "chat_ok") << ok.dump();
+  EXPECT_EQ(ok["room"], "r1");
+  // The burst of 3 is spent (rejected and failed checks count, invalid input does not): the next
+  // is rate limited.
+  alice.Send({{"op", "chat"}, {"room", "r1"}, {"text", "again"}});
+  EXPECT_EQ(alice.NextFrame("error")["code"], "rate_limited");
+
+  auto block = bob.NextContentBlock();
+  ASSERT_EQ(block["frame"], "block") << block.dump();
+  std::vector<std::string> texts;
+  for (const auto& m : block["messages"]) {
+    if (m["type"] != "chat") continue;
+    texts.push_back(m["payload"]["text"]);
+    EXPECT_EQ(m["sender"]["id"], "alice");
+    EXPECT_EQ(m["id"], ok["id"]);
+  }
+  EXPECT_EQ(texts, std::vector<std::string>{"hello room"});
+  EXPECT_EQ(observed_chats.load(), 1);
+
+  // HTTP, for polling clients: same checks, 422 for a rejected text.
+  auto http = Request(server.port(), "POST", "/v1/rooms/r1/chat", json{{"text", "hi from http"}}.dump(),
+                      server.UserToken("carol"));
+  EXPECT_EQ(http.status, 200) << http.body;
+  EXPECT_EQ(http.Json()["room"], "r1");
+  auto bad = Request(server.port(), "POST", "/v1/rooms/r1/chat", json{{"text", "scam"}}.dump(),
+                     server.UserToken("carol"));
+  EXPECT_EQ(bad.status, 422) << bad.body;
+  EXPECT_EQ(bad.Json()["error"]["code"], "moderation_rejected");
+  EXPECT_EQ(Request(server.port(), "POST", "/v1/rooms/r1/chat", json{{"text", "x"}}.dump()).status, 401);
+  EXPECT_EQ(Request(server.port(), "POST", "/v1/rooms/r1/chat", json{{"text", "x"}}.dump(), server.ServiceToken())
+                .status,
+            403);
+  EXPECT_EQ(Request(server.port(), "POST", "/v1/rooms/r1/chat", "[1]", server.UserToken("carol")).status, 400);
+  auto http_block = bob.NextContentBlock();
+  ASSERT_EQ(http_block["frame"], "block") << http_block.dump();
+  EXPECT_EQ(http_block["messages"][0]["payload"]["text"], "hi from http");
 }
 
 TEST(LiveServiceTest, ProtobufFramesByDefault) {
