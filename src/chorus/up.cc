@@ -15,6 +15,7 @@
 #include "base/readiness.h"
 #include "chorus/app.h"
 #include "chorus/system_service.h"
+#include "chorus/wiring.h"
 #include "compute/compute_config.h"
 #include "compute/gateway.h"
 #include "likes/likes_service.h"
@@ -196,6 +197,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
 
   // likes: the RocksDB store under data_dir/likes, opened before serving.
   std::unique_ptr<likes::LikesService> likes_service;
+  auto likes_bus = std::make_shared<likes::InProcessBus>();
   if (wants("likes")) {
     auto likes_options = likes::OptionsFromConfig(config);
     if (!likes_options.ok()) {
@@ -212,7 +214,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
     }
     auto created = likes::LikesService::Create(**runtime, *signer, std::move(*likes_options),
                                                std::shared_ptr<likes::LikeStore>(std::move(*store)),
-                                               std::make_shared<likes::InProcessBus>());
+                                               likes_bus);
     if (!created.ok()) {
       log->error("likes: {}", created.status().ToString());
       return 2;
@@ -238,6 +240,27 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   if (!http_address.ok()) {
     log->error("http.listen: {}", http_address.status().message());
     return 2;
+  }
+
+  // The product's wiring between the services (wiring.h) and the demo page's routes.
+  std::unique_ptr<PkDemo> pk_demo;
+  std::unique_ptr<LikesToRoom> likes_to_room;
+  if (live_service) {
+    pk_demo = std::make_unique<PkDemo>(*live_service);
+    live_service->SetRoomObserver([pk = pk_demo.get()](const live::Message& m, double v) { pk->Observe(m, v); });
+    if (gateway && !config.GetString("grpc.listen").empty()) {
+      live_service->SetChatModerator(ComputeModerator(*gateway));
+    }
+    if (likes_service) likes_to_room = std::make_unique<LikesToRoom>(*likes_bus, *live_service);
+  }
+  const bool loopback = IsLoopbackHost(http_address->first);
+  if (Status st = AddDevRoutes(router, *signer, pk_demo.get(), loopback); !st.ok()) {
+    log->error("dev routes: {}", st.ToString());
+    return 1;
+  }
+  if (Status st = AddPageRoutes(router, WebRoot(config)); !st.ok()) {
+    log->error("page routes: {}", st.ToString());
+    return 1;
   }
   net::HttpServerOptions http_options;
   http_options.host = http_address->first;
@@ -431,6 +454,8 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
     log->warn("{} connections still open after {}s; closing them", (*http)->connections(),
               std::chrono::duration_cast<std::chrono::seconds>(drain).count());
   }
+  if (pk_demo) pk_demo->Stop();
+  likes_to_room.reset();
   if (live_service) live_service->Stop();
   if (likes_service) likes_service->Stop();
   stop_compute();
