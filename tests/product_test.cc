@@ -199,6 +199,39 @@ TEST_F(ProductTest, PkScoresFollowTheGifts) {
   EXPECT_EQ(ended["payload"]["rooms"], (json{"pk-red", "pk-blue"}));
 }
 
+// What the ops page reads: every node with its state and replicas, and per-node request counts.
+TEST_F(ProductTest, NodesAndRequestSharesForTheOpsPage) {
+  const std::string invoke = DevToken("ops")["invoke_token"];
+  auto nodes = Call("GET", "/v1/compute/nodes", "", invoke);
+  ASSERT_TRUE(nodes.ok());
+  ASSERT_EQ(nodes->status, 200) << nodes->body;
+  json j = json::parse(nodes->body);
+  ASSERT_EQ(j["nodes"].size(), 1u) << nodes->body;
+  const json& node = j["nodes"][0];
+  EXPECT_EQ(node["state"], "online");
+  EXPECT_GT(node["capacity"]["cpu_millis"].get<int64_t>(), 0);
+  bool moderation_running = false;
+  for (const json& r : node["replicas"]) moderation_running |= r["app"] == "moderation" && r["state"] == "running";
+  EXPECT_TRUE(moderation_running) << node.dump();
+  EXPECT_EQ(Call("GET", "/v1/compute/nodes", "")->status, 401);
+  EXPECT_EQ(Call("GET", "/v1/compute/nodes", "", DevToken("x")["publish_token"])->status, 403);
+
+  auto requests = [&] {
+    auto routes = Call("GET", "/v1/apps/moderation/routes", "", invoke);
+    EXPECT_TRUE(routes.ok() && routes->status == 200);
+    uint64_t n = 0;
+    for (const json& r : json::parse(routes->body)) n += r["requests"].get<uint64_t>();
+    return n;
+  };
+  const uint64_t before = requests();
+  for (int i = 0; i < 3; ++i) {
+    auto r = Call("POST", "/v1/apps/moderation/invoke", "just words", invoke);
+    ASSERT_TRUE(r.ok());
+    ASSERT_EQ(r->status, 200) << r->body;
+  }
+  EXPECT_EQ(requests(), before + 3);
+}
+
 TEST_F(ProductTest, PagesAreServed) {
   for (const char* path : {"/", "/ops", "/chorus-client.js"}) {
     auto r = Call("GET", path, "");

@@ -3,6 +3,7 @@
 #include <nlohmann/json.hpp>
 
 #include "base/clock.h"
+#include "chorus/compute/v1/compute.pb.h"
 #include "base/mutex.h"
 #include "net/http.h"
 #include "net/router.h"
@@ -30,6 +31,43 @@ struct Gateway::State {
 };
 
 namespace {
+
+// "running" for REPLICA_RUNNING.
+std::string ReplicaStateName(int state) {
+  std::string name = v1::ReplicaState_Name(static_cast<v1::ReplicaState>(state));
+  if (name.rfind("REPLICA_", 0) == 0) name = name.substr(8);
+  for (char& c : name) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return name;
+}
+
+nlohmann::json NodeJson(const v1::NodeStatus& n) {
+  nlohmann::json cards = nlohmann::json::array();
+  for (const auto& g : n.capacity().gpus()) {
+    cards.push_back({{"type", g.card_type()}, {"count", g.count()}, {"perf", g.perf()}});
+  }
+  nlohmann::json replicas = nlohmann::json::array();
+  for (const auto& r : n.replicas()) {
+    replicas.push_back({{"app", r.app()},
+                        {"id", r.replica_id()},
+                        {"state", ReplicaStateName(r.state())},
+                        {"in_flight", r.in_flight()},
+                        {"restarts", r.restarts()}});
+  }
+  return {{"id", n.node_id()},
+          {"address", n.address()},
+          {"cluster", n.cluster()},
+          {"pool", n.pool()},
+          {"state", !n.online() ? "offline" : n.draining() ? "draining" : "online"},
+          {"cpu_utilization", n.cpu_utilization()},
+          {"memory_used_mb", n.memory_used_mb()},
+          {"in_flight", n.in_flight()},
+          {"cards", std::move(cards)},
+          {"capacity", {{"cpu_millis", n.capacity().cpu_millis()}, {"memory_mb", n.capacity().memory_mb()},
+                        {"slots", n.capacity().slots()}}},
+          {"allocated", {{"cpu_millis", n.allocated().cpu_millis()}, {"memory_mb", n.allocated().memory_mb()}}},
+          {"last_heartbeat_ms", n.last_heartbeat_ms()},
+          {"replicas", std::move(replicas)}};
+}
 
 bool LooksLikeJson(const std::string& body) {
   const size_t i = body.find_first_not_of(" \t\r\n");
@@ -73,10 +111,21 @@ Status Gateway::AddRoutes(net::Router& router) {
         if (!client->router().KnowsApp(app)) return r.SendStatus(NotFound("unknown app \"" + app + "\""));
         nlohmann::json out = nlohmann::json::array();
         for (const auto& route : client->router().Routes(app)) {
-          out.push_back({{"node", route.node_id}, {"address", route.address}, {"weight", route.weight}});
+          out.push_back({{"node", route.node_id},
+                         {"address", route.address},
+                         {"weight", route.weight},
+                         {"requests", route.requests}});
         }
         r.Send(net::HttpResponse::Json(200, out.dump()));
       }));
+  CHORUS_RETURN_IF_ERROR(router.Add("GET", "/v1/compute/nodes", [state](net::HttpRequest& req, net::HttpResponder r) {
+    if (Status st = state->Authorize(req); !st.ok()) return r.SendStatus(st);
+    std::shared_ptr<RouterClient> client = state->Client();
+    if (!client) return r.SendStatus(Unavailable("the compute router is not ready yet"));
+    nlohmann::json nodes = nlohmann::json::array();
+    for (const auto& n : client->router().Nodes()) nodes.push_back(NodeJson(*n));
+    r.Send(net::HttpResponse::Json(200, nlohmann::json{{"nodes", std::move(nodes)}}.dump()));
+  }));
   return Status::Ok();
 }
 

@@ -3,9 +3,11 @@
 //   POST /v1/apps/{app}/invoke   body = the request payload, passed to a worker as is; answer =
 //                                the worker's payload (application/json when it looks like JSON),
 //                                with X-Chorus-Node and X-Chorus-Attempts headers
-//   GET  /v1/apps/{app}/routes   the app's routing table: [{"node","address","weight"}]
+//   GET  /v1/apps/{app}/routes   the app's routing table: [{"node","address","weight","requests"}]
+//   GET  /v1/compute/nodes       every node in the view: state (online/draining/offline), cards,
+//                                utilization, capacity, allocation, replicas
 //
-// Both need `Authorization: Bearer <token with scope compute.invoke>`. Errors are the usual JSON
+// All need `Authorization: Bearer <token with scope compute.invoke>`. Errors are the usual JSON
 // error with the status of the failure: 400 bad input (empty body, or the engine refused the
 // payload), 401/403 token, 404 unknown app, 413 body over http.max_body_bytes (the HTTP server's
 // own limit), 429 every replica busy, 503 no routable replica or the router not attached yet,

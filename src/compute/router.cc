@@ -111,6 +111,7 @@ void Router::UpsertLocked(const std::string& source, const pb::NodeStatus& node)
   info.routable = node.online() && !node.draining() && !node.address().empty();
   info.utilization = node.cpu_utilization();
   info.concurrency = node.in_flight();
+  info.status = std::make_shared<const pb::NodeStatus>(node);
   info.running.clear();
   for (const auto& r : node.replicas()) {
     if (r.state() == pb::REPLICA_RUNNING) info.running[r.app()] += ReplicaCapacity(node, r);
@@ -290,6 +291,7 @@ void Router::Attempt(std::shared_ptr<Call> call) {
         table.picker->OnRequestStart(picked);
         ++table.in_flight[picked];
         ++table.total_in_flight;
+        ++table.requests[picked];
         target.app = call->app;
         target.node_id = table.names[picked];
         target.address = nodes_.at(target.node_id).address;
@@ -350,9 +352,20 @@ std::vector<Router::Route> Router::Routes(const std::string& app) const {
   if (t == tables_.end()) return out;
   for (const auto& [id, weight] : t->second.weights) {
     const std::string& node_id = t->second.names[id];
-    out.push_back({node_id, nodes_.at(node_id).address, weight});
+    auto n = t->second.requests.find(id);
+    out.push_back({node_id, nodes_.at(node_id).address, weight, n == t->second.requests.end() ? 0 : n->second});
   }
   std::sort(out.begin(), out.end(), [](const Route& a, const Route& b) { return a.node_id < b.node_id; });
+  return out;
+}
+
+std::vector<std::shared_ptr<const pb::NodeStatus>> Router::Nodes() const {
+  MutexLock lock(mu_);
+  std::vector<std::shared_ptr<const pb::NodeStatus>> out;
+  for (const auto& [id, info] : nodes_) {
+    if (info.status) out.push_back(info.status);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a->node_id() < b->node_id(); });
   return out;
 }
 

@@ -110,10 +110,14 @@ class Router {
     std::string node_id;
     std::string address;
     double weight = 0;
+    uint64_t requests = 0;  // requests this router sent the node for the app (attempts, retries too)
   };
   // The app's routing table, for status pages and tests.
   std::vector<Route> Routes(const std::string& app) const;
   bool KnowsApp(const std::string& app) const;
+  // The latest status of every node the views list (online, draining and recently offline), by
+  // node id; for status pages.
+  std::vector<std::shared_ptr<const v1::NodeStatus>> Nodes() const;
 
   struct Stats {
     uint64_t requests = 0;
@@ -133,6 +137,7 @@ class Router {
     std::map<std::string, double> running;  // app -> capacity of its RUNNING replicas here
     std::set<std::string> member_of;        // apps whose table holds this node now
     SteadyTime suspended_until{};
+    std::shared_ptr<const v1::NodeStatus> status;  // as last reported
   };
   struct Table {
     std::unique_ptr<Picker> picker;
@@ -141,6 +146,7 @@ class Router {
     std::unordered_map<NodeId, double> weights;     // current members
     double total_weight = 0;                        // Σ weights
     std::unordered_map<NodeId, int64_t> in_flight;  // this router's requests in flight, per node
+    std::unordered_map<NodeId, uint64_t> requests;  // sent, per node, since this router started
     int64_t total_in_flight = 0;
   };
   struct Call;
