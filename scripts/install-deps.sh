@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package Chorus needs to build, test and benchmark.
 # Idempotent: when all packages are present it does nothing (no apt-get update).
+# Also installs the browser tests' npm modules (`npm ci` in tests/browser) when they are missing.
 # Servers (redis, mariadb, nats, nginx) are installed but never started here:
 # tests and benchmarks start their own instances on loopback.
 set -euo pipefail
@@ -22,7 +23,24 @@ PACKAGES=(
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
   redis-server nats-server mariadb-server wrk nginx-light curl
+  # browser tests (tests/browser): Playwright drives Debian's chromium headless
+  chromium
 )
+# Node.js for the browser tests: Debian's only when there is no node at all (a newer one from
+# elsewhere is kept).
+if ! command -v node >/dev/null 2>&1; then
+  PACKAGES+=(nodejs npm)
+fi
+
+# The browser tests' npm dependencies (playwright-core, pinned by package-lock.json).
+install_browser_test_modules() {
+  local dir
+  dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/tests/browser"
+  if [ ! -d "$dir/node_modules/playwright-core" ]; then
+    echo "install-deps: npm ci in tests/browser" >&2
+    (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error)
+  fi
+}
 
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -32,6 +50,7 @@ for p in "${PACKAGES[@]}"; do
 done
 
 if [ ${#missing[@]} -eq 0 ]; then
+  install_browser_test_modules
   exit 0
 fi
 
@@ -54,3 +73,5 @@ trap cleanup EXIT
 export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+
+install_browser_test_modules

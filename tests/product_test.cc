@@ -4,7 +4,9 @@
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
+#include <atomic>
 #include <regex>
+#include <thread>
 
 #include "net/test_client.h"
 #include "support/eventually.h"
@@ -159,9 +161,30 @@ TEST_F(ProductTest, LikesBecomeTheRoomsGainMessage) {
   json first = v.WaitMessage(total_is(1));
   ASSERT_FALSE(first.is_null()) << "no like total of 1 in the room";
   EXPECT_EQ(first["type"], "notify");
+  // Under a sustained flood of gifts (far more than a block holds) the new total still gets
+  // through: the wiring's gain messages outrank every gift.
+  std::atomic<bool> stop{false}, flooding{true};
+  std::thread flood([&] {
+    json gifts = json::array();
+    for (int i = 0; i < 100; ++i) gifts.push_back({{"type", "gift"}, {"payload", {{"value", 500}}}});
+    const std::string body = json{{"messages", gifts}}.dump();
+    const auto until = std::chrono::steady_clock::now() + 10s;
+    while (!stop && std::chrono::steady_clock::now() < until) {
+      auto r = Call("POST", "/v1/rooms/likes-room/messages", body, carol["publish_token"]);
+      EXPECT_TRUE(r.ok() && r->status == 200);
+      std::this_thread::sleep_for(50ms);
+    }
+    flooding = false;
+  });
+  std::this_thread::sleep_for(500ms);
   like(dave);
   like(dave);  // a repeated like is a no-op: the total stays 2
-  ASSERT_FALSE(v.WaitMessage(total_is(2)).is_null()) << "no like total of 2 in the room";
+  json second = v.WaitMessage(total_is(2), 8s);
+  const bool during_flood = flooding;
+  stop = true;
+  flood.join();
+  ASSERT_FALSE(second.is_null()) << "no like total of 2 in the room";
+  EXPECT_TRUE(during_flood) << "the total arrived only after the flood ended";
 }
 
 TEST_F(ProductTest, PkScoresFollowTheGifts) {

@@ -17,6 +17,10 @@
 namespace chorus::app {
 namespace {
 
+// The wiring's gain messages outrank every rule-derived priority (gifts top out at 699).
+constexpr int32_t kPkPriority = 900;
+constexpr int32_t kLikesPriority = 850;
+
 int64_t WallMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
       .count();
@@ -40,6 +44,11 @@ LikesToRoom::LikesToRoom(likes::EventBus& bus, live::LiveService& live, std::str
     live::Draft d;
     d.message.type = "notify";
     d.message.gain_key = "likes";
+    // Above every gift and chat: a gain message is never lost to the age rule, but under a
+    // sustained flood a low priority would keep it out of every block, and the counter would
+    // freeze until the flood ends.
+    d.message.priority = kLikesPriority;
+    d.priority_set = true;
     d.message.payload = nlohmann::json{{"likes", e.counts.likes}, {"dislikes", e.counts.dislikes}}.dump();
     PublishOrLog(live, e.entity, std::move(d), "like total");
   });
@@ -146,6 +155,8 @@ void PkDemo::Send(const Pk& pk, bool ended) {
     live::Draft d;
     d.message.type = "pk";
     d.message.gain_key = "pk";
+    d.message.priority = kPkPriority;  // above gifts, for the reason given for likes
+    d.priority_set = true;
     d.message.payload = payload.dump();
     PublishOrLog(live_, room, std::move(d), "PK score");
   }
