@@ -116,7 +116,16 @@ class Viewer {
   std::vector<json> seen_;
 };
 
-bool IsChat(const json& m, const std::string& text) { return m["type"] == "chat" && m["payload"]["text"] == text; }
+// Field access that tolerates absent keys (const operator[] on a missing key is undefined).
+std::string Str(const json& m, const char* key) { return m.is_object() ? m.value(key, std::string()) : ""; }
+const json& Payload(const json& m) {
+  static const json kEmpty = json::object();
+  return m.is_object() && m.contains("payload") && m.at("payload").is_object() ? m.at("payload") : kEmpty;
+}
+
+bool IsChat(const json& m, const std::string& text) {
+  return Str(m, "type") == "chat" && Str(Payload(m), "text") == text;
+}
 
 TEST_F(ProductTest, ChatGoesThroughComputeModeration) {
   json alice = DevToken("alice"), bob = DevToken("bob");
@@ -155,7 +164,7 @@ TEST_F(ProductTest, LikesBecomeTheRoomsGainMessage) {
     ASSERT_EQ(r->status, 200) << r->body;
   };
   auto total_is = [](int64_t n) {
-    return [n](const json& m) { return m["gain_key"] == "likes" && m["payload"]["likes"] == n; };
+    return [n](const json& m) { return Str(m, "gain_key") == "likes" && Payload(m).value("likes", int64_t{-1}) == n; };
   };
   like(carol);
   json first = v.WaitMessage(total_is(1));
@@ -212,8 +221,9 @@ TEST_F(ProductTest, PkScoresFollowTheGifts) {
   gift("pk-red", 20);
   auto scores_are = [&](int64_t red_score, int64_t blue_score, const std::string& state) {
     return [=](const json& m) {
-      return m["type"] == "pk" && m["gain_key"] == "pk" && m["payload"]["pk_id"] == pk_id &&
-             m["payload"]["scores"] == json{red_score, blue_score} && m["payload"]["state"] == state;
+      const json& p = Payload(m);
+      return Str(m, "type") == "pk" && Str(m, "gain_key") == "pk" && Str(p, "pk_id") == pk_id &&
+             p.value("scores", json()) == json{red_score, blue_score} && Str(p, "state") == state;
     };
   };
   ASSERT_FALSE(red.WaitMessage(scores_are(120, 30, "running")).is_null()) << "scores never reached 120:30";
