@@ -237,6 +237,12 @@ void EngineServer::Stop() {
   if (process_ != nullptr) process_->Stop();
 }
 
+Status EngineServer::Restart() {
+  if (argv_.empty() || !restart_probe_) return FailedPrecondition(name_ + " was never started");
+  Stop();
+  return Launch(argv_, port_, timeout_, restart_probe_);
+}
+
 std::string EngineServer::LogTail(std::size_t max_lines) const {
   if (process_ == nullptr) return "(not started)";
   return process_->OutputTail(max_lines);
@@ -246,6 +252,8 @@ Status EngineServer::Launch(std::vector<std::string> argv, int port, millisecond
                             const std::function<Status()>& probe) {
   process_.reset();
   port_ = port;
+  argv_ = argv;
+  timeout_ = timeout;
   Subprocess::Options options;
   options.output = Subprocess::Options::Output::kLogFile;
   options.log_path = dir() + "/" + name_ + ".log";
@@ -285,6 +293,7 @@ Result<std::unique_ptr<RedisServer>> RedisServer::Start() {
                            "--save", "", "--appendonly", "no", "--dir", server->dir()},
                           port, kRedisTimeout, [port] { return PingRedis(port); });
   }));
+  server->restart_probe_ = [port = server->port()] { return PingRedis(port); };
   return server;
 }
 
@@ -299,6 +308,7 @@ Result<std::unique_ptr<NatsServer>> NatsServer::Start() {
                            "-sd", server->dir() + "/js"},
                           port, kNatsTimeout, [url] { return PingNats(url); });
   }));
+  server->restart_probe_ = [url = server->url()] { return PingNats(url); };
   return server;
 }
 
@@ -346,6 +356,10 @@ Result<std::unique_ptr<MariaDbServer>> MariaDbServer::Start() {
       return PingMariaDb(port, s->user_, s->password_);
     });
   }));
+  // The test account lives in the datadir now: a restart only has to answer.
+  server->restart_probe_ = [port = server->port(), user = server->user_, password = server->password_] {
+    return PingMariaDb(port, user, password);
+  };
   return server;
 }
 

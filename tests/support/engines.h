@@ -47,6 +47,15 @@ class EngineServer {
   // the object dies. Idempotent; the destructor calls it. Useful to test "engine went away".
   void Stop();
 
+  // Starts the engine again, typically after Stop(): the same binary and arguments, the SAME port
+  // (clients hold it, so it never changes) and the same directory, so what the engine keeps on
+  // disk is still there: NATS's JetStream store, MariaDB's datadir (and its test account). Redis
+  // runs without persistence and comes back empty. A running engine is stopped first. Returns once
+  // the engine answers its probe, as Start() does; kFailedPrecondition if it was never started,
+  // kUnavailable (with the log tail) if it exits at once, e.g. because the port was taken while it
+  // was down. Useful to test "engine came back".
+  Status Restart();
+
  protected:
   EngineServer(TempDir dir, std::string name) : dir_(std::move(dir)), name_(std::move(name)) {}
   ~EngineServer();
@@ -54,6 +63,7 @@ class EngineServer {
   // Launches argv with output to dir()/<name>.log and polls `probe` (every ~20 ms) until it
   // returns OK or `timeout` passes. On a port clash the engine exits early: Start() retries.
   // Returns kUnavailable if the process exited, kDeadlineExceeded on timeout.
+  // Remembers argv, port and timeout for Restart().
   Status Launch(std::vector<std::string> argv, int port, std::chrono::milliseconds timeout,
                 const std::function<Status()>& probe);
 
@@ -62,6 +72,11 @@ class EngineServer {
   std::string host_ = "127.0.0.1";
   int port_ = 0;
   std::unique_ptr<Subprocess> process_;
+  // What Restart() runs: the last Launch()'s argv and timeout, and the probe each Start() sets
+  // once the engine first answered (one that needs no first-start setup, unlike MariaDB's).
+  std::vector<std::string> argv_;
+  std::chrono::milliseconds timeout_{0};
+  std::function<Status()> restart_probe_;
 };
 
 // redis-server without persistence (--save "" --appendonly no).

@@ -7,6 +7,7 @@
 #include <sys/time.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -107,6 +108,25 @@ TEST(RedisServerTest, TwoServersAreIndependent) {
   ReplyPtr from_b = Command(cb.get(), {"GET", "k"});
   ASSERT_NE(from_b, nullptr);
   EXPECT_EQ(from_b->type, REDIS_REPLY_NIL);
+}
+
+TEST(RedisServerTest, RestartWhileRunningKeepsThePortAndStartsEmpty) {
+  auto server = RedisServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  const int port = (*server)->port();
+  {
+    RedisPtr c = ConnectRedis(**server);
+    ASSERT_TRUE(c != nullptr && c->err == 0);
+    ASSERT_NE(Command(c.get(), {"SET", "k", "before"}), nullptr);
+  }
+  Status restarted = (*server)->Restart();  // not stopped first: Restart() stops it
+  ASSERT_TRUE(restarted.ok()) << restarted.ToString();
+  EXPECT_EQ((*server)->port(), port);
+  RedisPtr c = ConnectRedis(**server);
+  ASSERT_TRUE(c != nullptr && c->err == 0) << (c == nullptr ? "null" : c->errstr);
+  ReplyPtr get = Command(c.get(), {"GET", "k"});
+  ASSERT_NE(get, nullptr);
+  EXPECT_EQ(get->type, REDIS_REPLY_NIL);  // no persistence: a restarted Redis is empty
 }
 
 // ---- mariadb --------------------------------------------------------------------------------
@@ -219,6 +239,33 @@ TEST(MariaDbServerTest, ServersStartFromSeparateDataDirectories) {
   EXPECT_TRUE(Query(mb.get(), "SHOW DATABASES LIKE 'only_in_a'").empty());
 }
 
+TEST(MariaDbServerTest, RestartAfterStopKeepsPortDataAndAccount) {
+  auto started = MariaDbServer::Start();
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  MariaDbServer& server = **started;
+  const int port = server.port();
+  std::string error;
+  {
+    MysqlPtr m = ConnectMysql(server, server.password(), &error);
+    ASSERT_NE(m, nullptr) << error;
+    Query(m.get(), "CREATE DATABASE survives");
+    Query(m.get(), "CREATE TABLE survives.t (id INT PRIMARY KEY, v VARCHAR(20)) ENGINE=InnoDB");
+    Query(m.get(), "INSERT INTO survives.t VALUES (1, 'committed')");
+  }
+
+  server.Stop();
+  ExpectPortClosed(port);
+  EXPECT_EQ(ConnectMysql(server, server.password(), &error), nullptr);
+
+  Status restarted = server.Restart();
+  ASSERT_TRUE(restarted.ok()) << restarted.ToString();
+  EXPECT_EQ(server.port(), port);
+  MysqlPtr m = ConnectMysql(server, server.password(), &error);
+  ASSERT_NE(m, nullptr) << error;
+  EXPECT_EQ(Query(m.get(), "SELECT id, v FROM survives.t"),
+            (std::vector<std::vector<std::string>>{{"1", "committed"}}));
+}
+
 // ---- nats -----------------------------------------------------------------------------------
 
 struct NatsConn {
@@ -291,6 +338,69 @@ TEST(NatsServerTest, PublishSubscribeAndJetStreamThenPortClosesWhenDestroyed) {
   natsConnection_Destroy(std::exchange(conn.nc, nullptr));
   server.reset();
   ExpectPortClosed(port);
+}
+
+TEST(NatsServerTest, RestartAfterStopKeepsPortAndJetStreamStreams) {
+  auto started = NatsServer::Start();
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  NatsServer& server = **started;
+  const int port = server.port();
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  {
+    NatsConn conn;
+    ASSERT_EQ(natsConnection_ConnectTo(&conn.nc, server.url().c_str()), NATS_OK)
+        << nats_GetLastError(nullptr);
+    jsCtx* js = nullptr;
+    ASSERT_EQ(natsConnection_JetStream(&js, conn.nc, nullptr), NATS_OK);
+    std::unique_ptr<jsCtx, void (*)(jsCtx*)> js_guard(js, jsCtx_Destroy);
+    jsStreamConfig cfg;
+    ASSERT_EQ(jsStreamConfig_Init(&cfg), NATS_OK);
+    const char* subjects[] = {"kept.>"};
+    cfg.Name = "KEPT";
+    cfg.Subjects = subjects;
+    cfg.SubjectsLen = 1;
+    cfg.Storage = js_FileStorage;
+    ASSERT_EQ(js_AddStream(nullptr, js, &cfg, nullptr, &jerr), NATS_OK) << nats_GetLastError(nullptr);
+    for (const char* payload : {"one", "two", "three"}) {
+      ASSERT_EQ(js_Publish(nullptr, js, "kept.x", payload, static_cast<int>(std::strlen(payload)),
+                           nullptr, &jerr),
+                NATS_OK)
+          << nats_GetLastError(nullptr);
+    }
+  }
+
+  server.Stop();
+  ExpectPortClosed(port);
+
+  Status restarted = server.Restart();
+  ASSERT_TRUE(restarted.ok()) << restarted.ToString();
+  EXPECT_EQ(server.port(), port);
+  EXPECT_EQ(server.url(), "nats://127.0.0.1:" + std::to_string(port));
+  NatsConn conn;
+  ASSERT_EQ(natsConnection_ConnectTo(&conn.nc, server.url().c_str()), NATS_OK)
+      << nats_GetLastError(nullptr);
+  jsCtx* js = nullptr;
+  ASSERT_EQ(natsConnection_JetStream(&js, conn.nc, nullptr), NATS_OK);
+  std::unique_ptr<jsCtx, void (*)(jsCtx*)> js_guard(js, jsCtx_Destroy);
+  jsStreamInfo* info = nullptr;
+  ASSERT_EQ(js_GetStreamInfo(&info, js, "KEPT", nullptr, &jerr), NATS_OK)
+      << nats_GetLastError(nullptr) << " jetstream error " << jerr;
+  EXPECT_EQ(info->State.Msgs, 3u);
+  EXPECT_EQ(info->State.LastSeq, 3u);
+  jsStreamInfo_Destroy(info);
+}
+
+TEST(NatsServerTest, StopAndRestartRepeatedlyOnTheSamePort) {
+  auto started = NatsServer::Start();
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  const int port = (*started)->port();
+  for (int i = 0; i < 2; ++i) {
+    (*started)->Stop();
+    ExpectPortClosed(port);
+    Status restarted = (*started)->Restart();  // returns once the server answers the probe
+    ASSERT_TRUE(restarted.ok()) << restarted.ToString();
+    EXPECT_EQ((*started)->port(), port);
+  }
 }
 
 }  // namespace
