@@ -541,6 +541,18 @@ Result<std::vector<LogEntry>> SqlLikeStore::PendingLog() {
   return out;
 }
 
+namespace {
+// Appends " IN (?,?,...)" for `ids` to `sql` and their values to `values` (ids non-empty).
+void AppendInList(std::span<const std::string> ids, std::string* sql, std::vector<Value>* values) {
+  *sql += " IN (";
+  for (size_t i = 0; i < ids.size(); ++i) {
+    *sql += i == 0 ? "?" : ",?";
+    values->push_back(Bytes(ids[i]));
+  }
+  *sql += ")";
+}
+}  // namespace
+
 Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
                                 std::span<const std::string> entities,
                                 std::vector<std::optional<Record>>* out) {
@@ -552,14 +564,8 @@ Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
   for (size_t at = 0; at < entities.size(); at += kRowsPerStatement) {
     const size_t n = std::min(kRowsPerStatement, entities.size() - at);
     std::vector<Value> values = {Bytes(ns), Bytes(user)};
-    std::string sql =
-        "SELECT entity, state, time_ms, owner FROM likes WHERE business = ? AND user = ? AND entity IN (?";
-    values.push_back(Bytes(entities[at]));
-    for (size_t i = at + 1; i < at + n; ++i) {
-      sql += ",?";
-      values.push_back(Bytes(entities[i]));
-    }
-    sql += ")";
+    std::string sql = "SELECT entity, state, time_ms, owner FROM likes WHERE business = ? AND user = ? AND entity";
+    AppendInList(entities.subspan(at, n), &sql, &values);
     CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
     for (const Row& row : rows) {
       CHORUS_ASSIGN_OR_RETURN(LikeState state, StateOf(row[1]));
@@ -583,13 +589,8 @@ Status SqlLikeStore::GetCounts(std::string_view ns, std::span<const std::string>
   for (size_t at = 0; at < entities.size(); at += kRowsPerStatement) {
     const size_t n = std::min(kRowsPerStatement, entities.size() - at);
     std::vector<Value> values = {Bytes(ns)};
-    std::string sql = "SELECT entity, likes, dislikes FROM counts WHERE business = ? AND entity IN (?";
-    values.push_back(Bytes(entities[at]));
-    for (size_t i = at + 1; i < at + n; ++i) {
-      sql += ",?";
-      values.push_back(Bytes(entities[i]));
-    }
-    sql += ")";
+    std::string sql = "SELECT entity, likes, dislikes FROM counts WHERE business = ? AND entity";
+    AppendInList(entities.subspan(at, n), &sql, &values);
     CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
     for (const Row& row : rows) {
       CHORUS_ASSIGN_OR_RETURN(int64_t likes, row[1].ToInt64());
