@@ -22,7 +22,7 @@ PACKAGES=(
   clang libclang-rt-14-dev
   # tests and benchmarks
   libgtest-dev libgmock-dev libbenchmark-dev
-  redis-server nats-server mariadb-server wrk nginx-light curl
+  redis-server redis-tools nats-server mariadb-server wrk nginx-light curl
   # browser tests (tests/browser): Playwright drives Debian's chromium headless
   chromium
 )

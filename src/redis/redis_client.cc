@@ -31,7 +31,11 @@ SteadyTime Now() { return SystemClock::Instance().Now(); }
 
 int64_t Millis(Duration d) { return std::chrono::duration_cast<std::chrono::milliseconds>(d).count(); }
 
-RedisReply Convert(const redisReply& r) {
+}  // namespace
+
+namespace internal {
+
+RedisReply ConvertReply(const redisReply& r) {
   RedisReply out;
   switch (r.type) {
     case REDIS_REPLY_STRING:
@@ -55,7 +59,7 @@ RedisReply Convert(const redisReply& r) {
       out.type = RedisReply::Type::kArray;
       out.elements.reserve(r.elements);
       for (size_t i = 0; i < r.elements; ++i) {
-        out.elements.push_back(r.element[i] != nullptr ? Convert(*r.element[i]) : RedisReply{});
+        out.elements.push_back(r.element[i] != nullptr ? ConvertReply(*r.element[i]) : RedisReply{});
       }
       break;
     default:
@@ -76,6 +80,10 @@ Status ErrorReplyStatus(const std::string& text) {
   }
   return Internal("redis: " + text);
 }
+
+}  // namespace internal
+
+namespace {
 
 void AppendEscaped(std::string& out, std::string_view bytes) {
   out += '"';
@@ -540,10 +548,10 @@ void RedisClient::OnReply(Conn* conn, uint64_t id, const redisReply* reply) {
     return;
   }
   if (reply->type == REDIS_REPLY_ERROR) {
-    Finish(std::move(done), ErrorReplyStatus(std::string(reply->str, reply->len)));
+    Finish(std::move(done), internal::ErrorReplyStatus(std::string(reply->str, reply->len)));
     return;
   }
-  Finish(std::move(done), Convert(*reply));
+  Finish(std::move(done), internal::ConvertReply(*reply));
 }
 
 void RedisClient::ArmTimeoutTimer() {

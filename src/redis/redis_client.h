@@ -52,8 +52,7 @@
 #include "base/clock.h"
 #include "base/status.h"
 #include "net/runtime.h"
-
-struct redisReply;  // hiredis; only the .cc sees its definition
+#include "redis/reply.h"  // RedisReply, part of this API
 
 namespace chorus {
 class Counter;
@@ -69,27 +68,6 @@ struct RedisOptions {
   Duration reconnect_min = std::chrono::milliseconds(50);
   Duration reconnect_max = std::chrono::seconds(2);
   std::string password;  // empty = no AUTH
-};
-
-// A reply copied out of hiredis's redisReply, so it outlives the callback and can be moved
-// between threads. Strings are binary-safe.
-struct RedisReply {
-  enum class Type { kNil, kStatus, kError, kInteger, kString, kArray };
-
-  Type type = Type::kNil;
-  std::string str;                   // kStatus, kError, kString
-  int64_t integer = 0;               // kInteger
-  std::vector<RedisReply> elements;  // kArray
-
-  bool is_nil() const { return type == Type::kNil; }
-  bool is_status() const { return type == Type::kStatus; }
-  bool is_error() const { return type == Type::kError; }
-  bool is_integer() const { return type == Type::kInteger; }
-  bool is_string() const { return type == Type::kString; }
-  bool is_array() const { return type == Type::kArray; }
-
-  // For logs and test failures: `"OK"`, `(integer) 3`, `(nil)`, `[...]`; bytes escaped.
-  std::string DebugString() const;
 };
 
 class RedisClient : public std::enable_shared_from_this<RedisClient> {

@@ -285,16 +285,151 @@ Status EngineServer::Launch(std::vector<std::string> argv, int port, millisecond
 
 // ---- RedisServer ----------------------------------------------------------------------------
 
-Result<std::unique_ptr<RedisServer>> RedisServer::Start() {
+Result<std::unique_ptr<RedisServer>> RedisServer::Start() { return StartWith({}); }
+
+Result<std::unique_ptr<RedisServer>> RedisServer::StartWith(
+    const std::function<std::vector<std::string>()>& extra_args) {
   CHORUS_ASSIGN_OR_RETURN(TempDir dir, TempDir::Create("chorus-redis"));
   std::unique_ptr<RedisServer> server(new RedisServer(std::move(dir), "redis-server"));
   CHORUS_RETURN_IF_ERROR(WithPortRetries([&](int port) {
-    return server->Launch({"redis-server", "--port", std::to_string(port), "--bind", "127.0.0.1",
-                           "--save", "", "--appendonly", "no", "--dir", server->dir()},
-                          port, kRedisTimeout, [port] { return PingRedis(port); });
+    std::vector<std::string> argv = {"redis-server", "--port", std::to_string(port), "--bind",
+                                     "127.0.0.1", "--save", "", "--appendonly", "no", "--dir",
+                                     server->dir()};
+    if (extra_args) {
+      std::vector<std::string> extra = extra_args();
+      argv.insert(argv.end(), extra.begin(), extra.end());
+    }
+    return server->Launch(std::move(argv), port, kRedisTimeout, [port] { return PingRedis(port); });
   }));
   server->restart_probe_ = [port = server->port()] { return PingRedis(port); };
   return server;
+}
+
+// ---- RedisClusterServer ---------------------------------------------------------------------
+
+namespace {
+
+constexpr milliseconds kRedisClusterTimeout = seconds(30);
+constexpr int kRedisClusterSlots = 16384;
+
+// One command on a fresh connection to 127.0.0.1:port; a string, status or integer reply as text.
+Result<std::string> RedisCall(int port, const std::vector<std::string>& args) {
+  const timeval tv{2, 0};
+  redisContext* c = redisConnectWithTimeout("127.0.0.1", port, tv);
+  if (c == nullptr) return Unavailable("hiredis: cannot allocate a context");
+  std::unique_ptr<redisContext, void (*)(redisContext*)> guard(c, redisFree);
+  if (c->err != 0) return Unavailable("connect to " + std::to_string(port) + ": " + c->errstr);
+  if (redisSetTimeout(c, tv) != REDIS_OK) return Unavailable("hiredis: cannot set timeout");
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  for (const auto& a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  auto* reply = static_cast<redisReply*>(
+      redisCommandArgv(c, static_cast<int>(args.size()), argv.data(), lens.data()));
+  if (reply == nullptr) return Unavailable(args[0] + ": " + c->errstr);
+  std::unique_ptr<redisReply, void (*)(void*)> reply_guard(reply, freeReplyObject);
+  switch (reply->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+      return std::string(reply->str, reply->len);
+    case REDIS_REPLY_INTEGER:
+      return std::to_string(reply->integer);
+    case REDIS_REPLY_ERROR:
+      return Internal(args[0] + " on port " + std::to_string(port) + ": " +
+                      std::string(reply->str, reply->len));
+    default:
+      return Internal(args[0] + " on port " + std::to_string(port) + ": unexpected reply type " +
+                      std::to_string(reply->type));
+  }
+}
+
+}  // namespace
+
+Result<std::unique_ptr<RedisClusterServer>> RedisClusterServer::Start(int masters) {
+  if (masters < 1 || masters > 100) return InvalidArgument("redis cluster: masters must be in 1..100");
+  std::unique_ptr<RedisClusterServer> cluster(new RedisClusterServer());
+  std::vector<int> bus_ports;
+  for (int i = 0; i < masters; ++i) {
+    int bus_port = 0;
+    CHORUS_ASSIGN_OR_RETURN(std::unique_ptr<RedisServer> node, RedisServer::StartWith([&bus_port] {
+      // The bus port defaults to port + 10000, which overflows for high ephemeral ports.
+      bus_port = PickFreePort();
+      return std::vector<std::string>{"--cluster-enabled", "yes", "--cluster-config-file",
+                                      "nodes.conf", "--cluster-port", std::to_string(bus_port),
+                                      "--cluster-node-timeout", "5000"};
+    }));
+    cluster->nodes_.push_back(std::move(node));
+    bus_ports.push_back(bus_port);
+  }
+  for (int i = 0; i < masters; ++i) {
+    const int port = cluster->nodes_[static_cast<size_t>(i)]->port();
+    const int first = kRedisClusterSlots * i / masters;
+    const int last = kRedisClusterSlots * (i + 1) / masters - 1;
+    cluster->ranges_.emplace_back(first, last);
+    CHORUS_ASSIGN_OR_RETURN(std::string id, RedisCall(port, {"CLUSTER", "MYID"}));
+    cluster->ids_.push_back(std::move(id));
+    // Distinct epochs up front, as redis-cli does, so no epoch collision has to be resolved.
+    CHORUS_RETURN_IF_ERROR(
+        RedisCall(port, {"CLUSTER", "SET-CONFIG-EPOCH", std::to_string(i + 1)}).status());
+    CHORUS_RETURN_IF_ERROR(RedisCall(port, {"CLUSTER", "ADDSLOTSRANGE", std::to_string(first),
+                                            std::to_string(last)})
+                               .status());
+  }
+  const int first_port = cluster->nodes_.front()->port();
+  for (int i = 1; i < masters; ++i) {
+    // With the bus port: MEET would otherwise assume port + 10000.
+    const auto n = static_cast<size_t>(i);
+    CHORUS_RETURN_IF_ERROR(RedisCall(first_port, {"CLUSTER", "MEET", "127.0.0.1",
+                                                  std::to_string(cluster->nodes_[n]->port()),
+                                                  std::to_string(bus_ports[n])})
+                               .status());
+  }
+  CHORUS_RETURN_IF_ERROR(cluster->WaitUntilHealthy(kRedisClusterTimeout));
+  return cluster;
+}
+
+RedisClusterServer::~RedisClusterServer() {
+  for (auto& node : nodes_) node->Stop();
+}
+
+std::vector<std::string> RedisClusterServer::addresses() const {
+  std::vector<std::string> out;
+  for (const auto& node : nodes_) out.push_back(node->host() + ":" + std::to_string(node->port()));
+  return out;
+}
+
+void RedisClusterServer::StopNode(size_t i) { nodes_.at(i)->Stop(); }
+
+Status RedisClusterServer::RestartNode(size_t i) {
+  CHORUS_RETURN_IF_ERROR(nodes_.at(i)->Restart());
+  return WaitUntilHealthy(kRedisClusterTimeout);
+}
+
+Status RedisClusterServer::WaitUntilHealthy(milliseconds timeout) const {
+  const auto deadline = Clock::now() + timeout;
+  const std::string known = "cluster_known_nodes:" + std::to_string(nodes_.size()) + "\r\n";
+  for (;;) {
+    std::string problem;
+    for (const auto& node : nodes_) {
+      Result<std::string> info = RedisCall(node->port(), {"CLUSTER", "INFO"});
+      if (!info.ok()) {
+        problem = "node " + std::to_string(node->port()) + ": " + info.status().message();
+      } else if (info->find("cluster_state:ok\r\n") == std::string::npos ||
+                 info->find("cluster_slots_assigned:16384\r\n") == std::string::npos ||
+                 info->find(known) == std::string::npos) {
+        problem = "node " + std::to_string(node->port()) + " says:\n" + *info;
+      }
+      if (!problem.empty()) break;
+    }
+    if (problem.empty()) return Status::Ok();
+    if (Clock::now() >= deadline) {
+      return DeadlineExceeded("redis cluster not healthy within " + std::to_string(timeout.count()) +
+                              " ms: " + problem);
+    }
+    std::this_thread::sleep_until(std::min(deadline, Clock::now() + kProbeInterval * 5));
+  }
 }
 
 // ---- NatsServer -----------------------------------------------------------------------------

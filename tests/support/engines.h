@@ -1,4 +1,5 @@
-// Real storage and messaging engines for integration tests: redis-server, mariadbd, nats-server.
+// Real storage and messaging engines for integration tests: redis-server (also as a 3-master
+// Redis Cluster), mariadbd, nats-server.
 //
 // Each Start() picks a free loopback port, makes a private TempDir, launches the Debian binary
 // bound to 127.0.0.1 only (never a system service, never a config file from /etc), and returns once
@@ -23,6 +24,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "base/status.h"
@@ -85,7 +87,58 @@ class RedisServer : public EngineServer {
   static Result<std::unique_ptr<RedisServer>> Start();
 
  private:
+  friend class RedisClusterServer;
   using EngineServer::EngineServer;
+
+  // Start() with more redis-server arguments, made per port attempt (they may pick ports too).
+  static Result<std::unique_ptr<RedisServer>> StartWith(
+      const std::function<std::vector<std::string>()>& extra_args);
+};
+
+// A Redis Cluster of `masters` redis-server processes without replicas (Debian 12 ships Redis
+// 7.0), each a RedisServer started with --cluster-enabled yes, its nodes.conf in its own
+// directory and its cluster bus on a second free port (--cluster-port, so bus = port + 10000 never
+// overflows). Start() gives the nodes config epochs 1..N, assigns the 16384 slots in contiguous,
+// nearly equal ranges in node order (node i serves 16384*i/N .. 16384*(i+1)/N - 1: 0..5460,
+// 5461..10921 and 10922..16383 for 3; slot_range() tells), joins them with CLUSTER MEET (no
+// redis-cli needed) and returns once WaitUntilHealthy() passes. cluster-node-timeout is 5 s.
+//
+// Tests reshard through the nodes themselves (CLUSTER SETSLOT, MIGRATE). Same threading rules as
+// the engines above.
+class RedisClusterServer {
+ public:
+  static Result<std::unique_ptr<RedisClusterServer>> Start(int masters = 3);
+  RedisClusterServer(const RedisClusterServer&) = delete;
+  RedisClusterServer& operator=(const RedisClusterServer&) = delete;
+  ~RedisClusterServer();  // stops every node
+
+  size_t size() const { return nodes_.size(); }
+  RedisServer& node(size_t i) const { return *nodes_.at(i); }
+  // "127.0.0.1:PORT" of every node, in node order: what clients take as seeds.
+  std::vector<std::string> addresses() const;
+  // The node's 40-character cluster id (CLUSTER MYID), read at Start().
+  const std::string& node_id(size_t i) const { return ids_.at(i); }
+  // The first and last slot node i was given at Start().
+  std::pair<int, int> slot_range(size_t i) const { return ranges_.at(i); }
+
+  // Stops node i (its port closes at once). Its slots become unreachable; since every slot is
+  // needed, the other nodes report cluster_state:fail once cluster-node-timeout has passed.
+  void StopNode(size_t i);
+  // Starts node i again on the same ports with its nodes.conf, so it rejoins owning the same
+  // slots (with no data: there is no persistence), and waits until the cluster is healthy.
+  Status RestartNode(size_t i);
+
+  // Polls until every node answers CLUSTER INFO with cluster_state:ok, cluster_slots_assigned
+  // 16384 and cluster_known_nodes equal to size(). kDeadlineExceeded (naming the node and its
+  // last CLUSTER INFO) otherwise; every node must be running.
+  Status WaitUntilHealthy(std::chrono::milliseconds timeout) const;
+
+ private:
+  RedisClusterServer() = default;
+
+  std::vector<std::unique_ptr<RedisServer>> nodes_;
+  std::vector<std::string> ids_;
+  std::vector<std::pair<int, int>> ranges_;
 };
 
 // mariadbd with its own datadir and real authentication. The first Start() in a test process runs

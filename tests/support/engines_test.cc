@@ -129,6 +129,102 @@ TEST(RedisServerTest, RestartWhileRunningKeepsThePortAndStartsEmpty) {
   EXPECT_EQ(get->type, REDIS_REPLY_NIL);  // no persistence: a restarted Redis is empty
 }
 
+// ---- redis cluster --------------------------------------------------------------------------
+
+RedisPtr ConnectRedisNode(const RedisServer& node) { return ConnectRedis(node); }
+
+std::string ReplyText(const ReplyPtr& r) {
+  if (r == nullptr) return "(no reply)";
+  if (r->type == REDIS_REPLY_INTEGER) return std::to_string(r->integer);
+  if (r->str != nullptr) return std::string(r->str, r->len);
+  return "(type " + std::to_string(r->type) + ")";
+}
+
+TEST(RedisClusterServerTest, ThreeMastersSplitTheSlotsAndRedirect) {
+  auto started = RedisClusterServer::Start(3);
+  ASSERT_TRUE(started.ok()) << started.status().ToString();
+  std::unique_ptr<RedisClusterServer> cluster = std::move(started).value();
+  ASSERT_EQ(cluster->size(), 3u);
+  const std::vector<std::string> addresses = cluster->addresses();
+  ASSERT_EQ(addresses.size(), 3u);
+  std::vector<int> ports;
+  std::vector<std::string> dirs;
+  int next_slot = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    ports.push_back(cluster->node(i).port());
+    dirs.push_back(cluster->node(i).dir());
+    EXPECT_EQ(addresses[i], "127.0.0.1:" + std::to_string(ports[i]));
+    EXPECT_EQ(cluster->node_id(i).size(), 40u);
+    // Contiguous ranges covering every slot once.
+    EXPECT_EQ(cluster->slot_range(i).first, next_slot);
+    next_slot = cluster->slot_range(i).second + 1;
+  }
+  EXPECT_EQ(next_slot, 16384);
+  EXPECT_NE(cluster->node_id(0), cluster->node_id(1));
+
+  for (size_t i = 0; i < 3; ++i) {
+    RedisPtr c = ConnectRedisNode(cluster->node(i));
+    ASSERT_TRUE(c != nullptr && c->err == 0);
+    const std::string info = ReplyText(Command(c.get(), {"CLUSTER", "INFO"}));
+    EXPECT_THAT(info, HasSubstr("cluster_state:ok")) << "node " << i;
+    EXPECT_THAT(info, HasSubstr("cluster_known_nodes:3")) << "node " << i;
+    ReplyPtr slots = Command(c.get(), {"CLUSTER", "SLOTS"});
+    ASSERT_NE(slots, nullptr);
+    ASSERT_EQ(slots->type, REDIS_REPLY_ARRAY);
+    EXPECT_EQ(slots->elements, 3u) << "node " << i << " sees another layout";
+    // Cluster mode without persistence.
+    ReplyPtr save = Command(c.get(), {"CONFIG", "GET", "save"});
+    ASSERT_TRUE(save != nullptr && save->type == REDIS_REPLY_ARRAY && save->elements == 2u);
+    EXPECT_EQ(std::string(save->element[1]->str, save->element[1]->len), "");
+  }
+
+  // "foo" is in slot 12182: the last node serves it; the others redirect there.
+  RedisPtr owner = ConnectRedisNode(cluster->node(2));
+  RedisPtr other = ConnectRedisNode(cluster->node(0));
+  ASSERT_TRUE(owner != nullptr && owner->err == 0 && other != nullptr && other->err == 0);
+  EXPECT_EQ(ReplyText(Command(owner.get(), {"CLUSTER", "KEYSLOT", "foo"})), "12182");
+  EXPECT_EQ(ReplyText(Command(owner.get(), {"SET", "foo", "bar"})), "OK");
+  EXPECT_EQ(ReplyText(Command(other.get(), {"GET", "foo"})), "MOVED 12182 " + addresses[2]);
+  owner.reset();
+  other.reset();
+
+  cluster.reset();
+  for (size_t i = 0; i < 3; ++i) {
+    ExpectPortClosed(ports[i]);
+    EXPECT_FALSE(std::filesystem::exists(dirs[i]));
+  }
+}
+
+TEST(RedisClusterServerTest, StoppedNodeRejoinsWithItsSlotsAfterRestart) {
+  auto cluster = RedisClusterServer::Start(3);
+  ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
+  const int port = (*cluster)->node(1).port();
+  const std::string id = (*cluster)->node_id(1);
+  (*cluster)->StopNode(1);
+  ExpectPortClosed(port);
+  {
+    RedisPtr c = ConnectRedisNode((*cluster)->node(0));
+    ASSERT_TRUE(c != nullptr && c->err == 0);
+    EXPECT_EQ(ReplyText(Command(c.get(), {"PING"})), "PONG");  // the others keep running
+  }
+  Status restarted = (*cluster)->RestartNode(1);
+  ASSERT_TRUE(restarted.ok()) << restarted.ToString();
+  EXPECT_EQ((*cluster)->node(1).port(), port);
+  RedisPtr c = ConnectRedisNode((*cluster)->node(1));
+  ASSERT_TRUE(c != nullptr && c->err == 0);
+  EXPECT_EQ(ReplyText(Command(c.get(), {"CLUSTER", "MYID"})), id);  // nodes.conf kept its identity
+  // It still owns its first slot: it serves a key there instead of redirecting.
+  const std::string slot = std::to_string((*cluster)->slot_range(1).first);
+  EXPECT_EQ(ReplyText(Command(c.get(), {"CLUSTER", "COUNTKEYSINSLOT", slot})), "0");
+  const std::string nodes = ReplyText(Command(c.get(), {"CLUSTER", "NODES"}));
+  const size_t myself = nodes.find("myself,master");
+  ASSERT_NE(myself, std::string::npos) << nodes;
+  const std::string line = nodes.substr(myself, nodes.find('\n', myself) - myself);
+  EXPECT_THAT(line, HasSubstr(" connected " + slot + "-" +
+                              std::to_string((*cluster)->slot_range(1).second)))
+      << nodes;
+}
+
 // ---- mariadb --------------------------------------------------------------------------------
 
 using MysqlPtr = std::unique_ptr<MYSQL, void (*)(MYSQL*)>;
