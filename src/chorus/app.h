@@ -26,14 +26,13 @@ int RunUp(const Config& config, const std::vector<std::string>& services = {});
 // RunUp can wait for them synchronously.
 void BlockShutdownSignals();
 
-struct VerifyRequest {
-  std::string data_dir;
-  bool repair = false;
-};
-// `chorus likes verify`: recomputes the likes store's counts, received totals and indexes from
-// its records and prints every difference (repairing them with `repair`). Returns the exit code:
-// 0 consistent (or repaired), 1 differences found or an engine error, 2 bad usage.
-int RunLikesVerify(const VerifyRequest& request);
+// `chorus likes verify`: recomputes the likes store's (likes.engine's) counts, received totals
+// and indexes from its records and prints every difference (repairing them with `repair`).
+// Returns the exit code: 0 consistent (or repaired), 1 differences found or an engine error,
+// 2 bad usage (no embedded store under data_dir).
+int RunLikesVerify(const Config& config, bool repair);
+// `chorus likes migrate`: creates or upgrades the cluster engine's schema. 0 done, 1 failed.
+int RunLikesMigrate(const Config& config);
 
 // `chorus compute apply|delete|status`: talk to a resource server (or `chorus up`) over gRPC.
 struct ComputeRequest {

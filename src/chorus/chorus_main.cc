@@ -42,17 +42,21 @@ int main(int argc, char** argv) {
   std::string config_file, http, grpc, data_dir;
   std::vector<std::string> sets;
   bool print_config = false, list_keys = false;
-  auto server_flags = [&](CLI::App* cmd) {
+  const char* const kPrecedence =
+      "Configuration precedence (lowest first): built-in defaults, --config FILE, CHORUS_* environment "
+      "variables (http.listen -> CHORUS_HTTP_LISTEN), flags. Unknown keys are errors. See --list-keys.";
+  auto config_flags = [&](CLI::App* cmd) {
     cmd->add_option("--config", config_file, "YAML configuration file")->check(CLI::ExistingFile);
-    cmd->add_option("--http", http, "HTTP/WebSocket listen address, e.g. 127.0.0.1:8080 (http.listen)");
-    cmd->add_option("--grpc", grpc, "gRPC listen address, e.g. 127.0.0.1:9090 (grpc.listen)");
     cmd->add_option("--data-dir", data_dir, "Directory for durable state and the token secret (data_dir)");
     cmd->add_option("--set", sets, "Override any configuration key: --set runtime.shards=2 (repeatable)");
+    cmd->footer(kPrecedence);
+  };
+  auto server_flags = [&](CLI::App* cmd) {
+    config_flags(cmd);
+    cmd->add_option("--http", http, "HTTP/WebSocket listen address, e.g. 127.0.0.1:8080 (http.listen)");
+    cmd->add_option("--grpc", grpc, "gRPC listen address, e.g. 127.0.0.1:9090 (grpc.listen)");
     cmd->add_flag("--print-config", print_config, "Print the effective configuration as YAML and exit");
     cmd->add_flag("--list-keys", list_keys, "List every configuration key with its default and exit");
-    cmd->footer(
-        "Configuration precedence (lowest first): built-in defaults, --config FILE, CHORUS_* environment "
-        "variables (http.listen -> CHORUS_HTTP_LISTEN), flags. Unknown keys are errors. See --list-keys.");
   };
   auto* up = app.add_subcommand("up", "Run every service in this process until SIGTERM/SIGINT.");
   server_flags(up);
@@ -60,17 +64,29 @@ int main(int argc, char** argv) {
       "live", "Run only the live-room messaging service (plus /healthz, /metrics) until SIGTERM/SIGINT.");
   server_flags(live);
   auto* likes = app.add_subcommand(
-      "likes", "Run only the like platform (plus /healthz, /metrics) until SIGTERM/SIGINT; or `likes verify`.");
+      "likes",
+      "Run only the like platform (plus /healthz, /metrics) until SIGTERM/SIGINT; or `likes job|migrate|verify`.");
   server_flags(likes);
   likes->require_subcommand(0, 1);
-  chorus::app::VerifyRequest vreq;
-  vreq.data_dir = "./data";
+  bool repair = false;
   auto* verify = likes->add_subcommand(
       "verify",
       "Recompute the likes store's counts, received totals and like indexes from its records and report every "
-      "difference. Exit 0 when consistent (or repaired), 1 when differences remain, 2 on bad usage.");
-  verify->add_option("--data-dir", vreq.data_dir, "Data directory holding likes/ (default ./data)");
-  verify->add_flag("--repair", vreq.repair, "Rewrite every difference (needs the store to itself: stop chorus first)");
+      "difference: RocksDB under data_dir/likes, or the database with likes.engine=cluster. Exit 0 when "
+      "consistent (or repaired), 1 when differences remain or the store fails, 2 on bad usage.");
+  config_flags(verify);
+  verify->add_flag("--repair", repair,
+                   "Rewrite every difference (embedded: needs the store to itself, stop chorus first; cluster: "
+                   "safe beside running services and job)");
+  auto* migrate = likes->add_subcommand(
+      "migrate",
+      "Create or upgrade the cluster engine's database schema (likes.mysql.*). Idempotent. Exit 0 done, 1 failed.");
+  config_flags(migrate);
+  auto* job = likes->add_subcommand(
+      "job",
+      "Run the likes job (likes.engine=cluster): apply the JetStream stream to the database in batches, in "
+      "order, exactly once; serves /healthz, /readyz, /metrics until SIGTERM/SIGINT. Run one per stream.");
+  server_flags(job);
 
   // chorus compute <role> | apply | delete | status | worker
   auto* compute = app.add_subcommand(
@@ -162,7 +178,6 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  if (verify->parsed()) return chorus::app::RunLikesVerify(vreq);
   if (c_apply->parsed()) return chorus::app::RunComputeApply(creq);
   if (c_delete->parsed()) return chorus::app::RunComputeDelete(creq);
   if (c_status->parsed()) return chorus::app::RunComputeStatus(creq);
@@ -201,10 +216,13 @@ int main(int argc, char** argv) {
     std::cerr << "chorus: " << st.message() << "\n";
     return 2;
   }
+  if (verify->parsed()) return chorus::app::RunLikesVerify(*config, repair);
+  if (migrate->parsed()) return chorus::app::RunLikesMigrate(*config);
   chorus::app::BlockShutdownSignals();
   std::vector<std::string> services;
   if (live->parsed()) services = {"live"};
   if (likes->parsed()) services = {"likes"};
+  if (job->parsed()) services = {"likes.job"};
   if (c_resource->parsed()) services = {"compute.resource"};
   if (c_node->parsed()) services = {"compute.node"};
   if (c_scheduler->parsed()) services = {"compute.scheduler"};

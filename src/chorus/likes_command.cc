@@ -1,35 +1,34 @@
-// `chorus likes verify`: the likes store's consistency check (docs/likes.md "Operations").
-#include <filesystem>
+// `chorus likes verify` and `chorus likes migrate` (docs/likes.md "Operations", docs/scale-out.md).
 #include <iostream>
 
 #include "chorus/app.h"
-#include "likes/rocksdb_store.h"
+#include "likes/engine.h"
 
 namespace chorus::app {
 
-int RunLikesVerify(const VerifyRequest& request) {
-  const std::filesystem::path path = std::filesystem::path(request.data_dir) / "likes";
-  std::error_code ec;
-  if (!std::filesystem::is_directory(path, ec)) {
-    std::cerr << "chorus likes verify: no likes store at " << path.string() << "\n";
-    return 2;
+int RunLikesMigrate(const Config& config) {
+  if (Status s = likes::MigrateLikes(config); !s.ok()) {
+    std::cerr << "chorus likes migrate: " << s.message() << "\n";
+    return s.code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
-  likes::RocksDbOptions options;
-  options.path = path;
-  // Report-only opens read-only, so it also runs beside a serving chorus (seeing what that
-  // process has written so far); a repair needs the store to itself.
-  options.read_only = !request.repair;
-  auto store = likes::RocksDbLikeStore::Open(options);
+  std::cout << "schema of " << config.GetString("likes.mysql.database") << " on "
+            << config.GetString("likes.mysql.host") << ":" << config.GetInt("likes.mysql.port") << " is current\n";
+  return 0;
+}
+
+int RunLikesVerify(const Config& config, bool repair) {
+  auto store = likes::OpenLikesStoreForVerify(config, repair);
   if (!store.ok()) {
     std::cerr << "chorus likes verify: " << store.status().message() << "\n";
-    return 1;
+    return store.status().code() == StatusCode::kInvalidArgument ? 2 : 1;
   }
-  auto report = (*store)->Verify(request.repair);
+  auto report = (*store)->Verify(repair);
   if (!report.ok()) {
     std::cerr << "chorus likes verify: " << report.status().message() << "\n";
     return 1;
   }
-  std::cout << "records: " << report->records << "\n"
+  std::cout << "store: " << (*store)->name() << "\n"
+            << "records: " << report->records << "\n"
             << "entities: " << report->entities << "\n"
             << "count differences: " << report->count_differences << "\n"
             << "received differences: " << report->received_differences << "\n"

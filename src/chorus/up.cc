@@ -19,7 +19,8 @@
 #include "compute/compute_config.h"
 #include "compute/gateway.h"
 #include "likes/likes_service.h"
-#include "likes/rocksdb_store.h"
+#include "likes/engine.h"
+#include "likes/job.h"
 #include "live/live_service.h"
 #include "live/store_factory.h"
 #include "net/grpc_server.h"
@@ -195,26 +196,25 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
     }
   }
 
-  // likes: the RocksDB store under data_dir/likes, opened before serving.
+  // likes: the engine likes.engine selects (likes/engine.h), opened before serving.
   std::unique_ptr<likes::LikesService> likes_service;
   auto likes_bus = std::make_shared<likes::InProcessBus>();
+  std::optional<likes::LikesEngine> likes_engine;
   if (wants("likes")) {
     auto likes_options = likes::OptionsFromConfig(config);
     if (!likes_options.ok()) {
       log->error("{}", likes_options.status().ToString());
       return 2;
     }
-    likes::RocksDbOptions db;
-    db.path = std::filesystem::path(config.GetString("data_dir")) / "likes";
-    db.block_cache_bytes = static_cast<size_t>(config.GetInt("likes.block_cache_bytes"));
-    auto store = likes::RocksDbLikeStore::Open(db);
-    if (!store.ok()) {
-      log->error("likes store: {}", store.status().ToString());
+    auto engine = likes::OpenLikesEngine(config);
+    if (!engine.ok()) {
+      log->error("likes store: {}", engine.status().ToString());
       return 1;
     }
+    likes_engine = std::move(*engine);
+    auto store = likes_engine->store;
     auto created = likes::LikesService::Create(**runtime, *signer, std::move(*likes_options),
-                                               std::shared_ptr<likes::LikeStore>(std::move(*store)),
-                                               likes_bus);
+                                               std::move(store), likes_bus);
     if (!created.ok()) {
       log->error("likes: {}", created.status().ToString());
       return 2;
@@ -224,6 +224,17 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
       log->error("likes routes: {}", st.ToString());
       return 1;
     }
+  }
+
+  // `chorus likes job` (likes.engine=cluster): applies the stream to the database.
+  std::optional<likes::LikesJobProcess> likes_job;
+  if (std::find(services.begin(), services.end(), "likes.job") != services.end()) {
+    auto job = likes::OpenLikesJob(config);
+    if (!job.ok()) {
+      log->error("likes job: {}", job.status().ToString());
+      return job.status().code() == StatusCode::kFailedPrecondition ? 2 : 1;
+    }
+    likes_job = std::move(*job);
   }
 
   // compute gateway: routes now (503 until its router is attached, once gRPC listens).
@@ -280,6 +291,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
       return 1;
     }
   }
+  if (likes_job) likes_job->job->Start();
   auto http = net::HttpServer::Start(**runtime, router, http_options);
   if (!http.ok()) {
     log->error("{}", http.status().ToString());
@@ -421,8 +433,31 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   }
 
   readiness.Set("core", true);
-  if (live_service) readiness.Set("live", true, "store=" + config.GetString("live.store"));
-  if (likes_service) readiness.Set("likes", true, "store=rocksdb");
+  if (live_service) {
+    // Embedded: ready from here on. Cluster: follows the NATS connection (called at once, then on
+    // every change).
+    live_service->SetReadinessCallback([&readiness, store = config.GetString("live.store")](bool ready,
+                                                                                             std::string detail) {
+      readiness.Set("live", ready, "store=" + store + (detail.empty() ? "" : ", " + detail));
+    });
+  }
+  // likes: the engine's health (cluster: queue and database modes), refreshed every second.
+  std::function<likes::EngineHealth()> likes_health;
+  std::string likes_ready_name = "likes";
+  if (likes_service) likes_health = likes_engine->health;
+  if (likes_job) {
+    likes_health = likes_job->health;
+    likes_ready_name = "likes.job";
+  }
+  if (likes_health) {
+    auto update = [&readiness, likes_health, likes_ready_name] {
+      const likes::EngineHealth h = likes_health();
+      readiness.Set(likes_ready_name, h.ready, h.detail);
+    };
+    update();
+    net::Runtime* rt = runtime->get();
+    rt->Post(0, [rt, update] { rt->shard(0).RunEvery(std::chrono::seconds(1), update); });
+  }
   if (resource_server || node_server || scheduler || (gateway && gateway->client())) {
     std::string roles;
     if (resource_server) roles += "resource ";
@@ -458,6 +493,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   likes_to_room.reset();
   if (live_service) live_service->Stop();
   if (likes_service) likes_service->Stop();
+  if (likes_job) likes_job->job->Stop();
   stop_compute();
   (*runtime)->Stop();
   http->reset();

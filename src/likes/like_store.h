@@ -79,6 +79,20 @@ class LikeStore {
   // Recomputes counts, received totals and indexes from the records; with `repair`, rewrites
   // every difference.
   virtual Result<VerifyReport> Verify(bool repair) = 0;
+
+  // ---- Stores whose apply stage runs in another process (the cluster store, cluster_store.h).
+  // The service then never calls Apply: an entry is applied once its seq is at or below
+  // AppliedThrough(), and the service only drops its overlay. AppendLog may apply an entry
+  // itself (a synchronous fallback) and leave its seq 0: it counts as applied at once.
+  virtual bool applies_elsewhere() const { return false; }
+  virtual uint64_t AppliedThrough() { return 0; }
+  // GetCounts, plus per entity the highest log seq the value includes (entries above it are not
+  // in it). Only meaningful when applies_elsewhere(); the default reports 0 for every entity.
+  virtual Status GetCountsAsOf(std::string_view ns, std::span<const std::string> entities, std::vector<Counts>* out,
+                               std::vector<uint64_t>* as_of) {
+    as_of->assign(entities.size(), 0);
+    return GetCounts(ns, entities, out);
+  }
 };
 
 }  // namespace chorus::likes

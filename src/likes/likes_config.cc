@@ -52,7 +52,30 @@ void AddConfigKeys(ConfigSchema& s) {
       .Int("likes.hot.top_k", 64, "Hot keys tracked per shard.", 1, 100'000)
       .Int("likes.cache.capacity", 10000, "Hot entities' counts cached per shard (W-TinyLFU).", 1, 10'000'000)
       .Duration("likes.cache.ttl", "2s", "How long a cached count may be served.")
-      .Int("likes.block_cache_bytes", 64 << 20, "RocksDB block cache.", 1 << 20, 1LL << 40);
+      .Int("likes.block_cache_bytes", 64 << 20, "RocksDB block cache.", 1 << 20, 1LL << 40)
+      // Scale-out (docs/scale-out.md): MariaDB/TiDB + NATS JetStream, `chorus likes job`.
+      .String("likes.engine", "embedded",
+              "embedded: RocksDB under data_dir/likes, applied in-process. cluster: actions go to NATS JetStream, "
+              "`chorus likes job` applies them to MariaDB/TiDB (likes.mysql.*, likes.nats.*).",
+              {"embedded", "cluster"})
+      .String("likes.mysql.host", "127.0.0.1", "MariaDB/TiDB host (likes.engine=cluster).")
+      .Int("likes.mysql.port", 3306, "MariaDB/TiDB port.", 1, 65535)
+      .String("likes.mysql.user", "chorus", "Database user.")
+      .String("likes.mysql.password", "", "Database password (prefer CHORUS_LIKES_MYSQL_PASSWORD).")
+      .String("likes.mysql.database", "chorus_likes", "Database name ([A-Za-z0-9_]); created by `chorus likes migrate`.")
+      .Int("likes.mysql.pool_size", 8, "Database connections per process.", 1, 1000)
+      .StringList("likes.nats.urls", {"nats://127.0.0.1:4222"}, "NATS servers with JetStream enabled.")
+      .String("likes.nats.stream", "LIKES", "JetStream stream carrying the actions (file storage).")
+      .String("likes.nats.subject_prefix", "likes.log", "Actions are published on <prefix>.<namespace>.")
+      .String("likes.nats.changes_subject", "likes.changes", "The job's notices of committed batches.")
+      .Duration("likes.nats.max_age", "168h", "How long the stream keeps actions (applied or not).")
+      .String("likes.node_id", "", "This process's name in message ids (default: hostname-pid); distinct per process.")
+      .Bool("likes.sync_fallback", true,
+            "When JetStream is unreachable, apply actions to the database synchronously instead of failing them.")
+      .String("likes.job.durable", "likes-job", "The job's durable consumer name.")
+      .Int("likes.job.batch_max", 5000, "Most actions the job applies in one transaction.", 1, 100000)
+      .Duration("likes.job.window", "200ms", "Longest the job waits for a batch to fill.")
+      .Duration("likes.job.ack_wait", "10s", "Redelivery delay of actions a dead job had fetched.");
 }
 
 Result<LikesOptions> OptionsFromConfig(const Config& c) {

@@ -78,6 +78,7 @@ class LikesService::Impl {
         bus_(std::move(bus)),
         clock_(clock),
         committer_(*store_),
+        applies_elsewhere_(store_->applies_elsewhere()),
         limiter_(clock, 200000) {
     for (const Business& b : options_.businesses) {
       by_id_.emplace(b.id, &b);
@@ -121,6 +122,9 @@ class LikesService::Impl {
   struct EntityOverlay {
     Counts delta;        // acknowledged, not yet applied
     uint32_t refs = 0;   // entries behind it
+    // When the store applies elsewhere: each entry's (seq, delta) in log order, so a read adds
+    // only the entries its store value does not include yet (LikeStore::GetCountsAsOf).
+    std::deque<std::pair<uint64_t, Counts>> parts;
   };
   struct ShardState {
     uint32_t index = 0;
@@ -252,16 +256,50 @@ class LikesService::Impl {
       std::string key = RecordKey(b.ns, r.user, r.entity);
       auto it = st.overlay.find(key);
       Record current;
+      bool blind = false;
       if (it != st.overlay.end()) {
         current = it->second.latest;
       } else {
         Status error;
         current = StoredRecord(b, r, &error);
         if (!error.ok()) {
-          gather->results[i] = Unavailable("likes store: " + error.message());
+          if (!applies_elsewhere_) {
+            gather->results[i] = Unavailable("likes store: " + error.message());
+            if (bm.failed) bm.failed->Inc();
+            continue;
+          }
+          // Cluster engine, database unreachable: queue a blind write; the job applies it
+          // against the stored state (LogEntry::if_state).
+          blind = true;
+          current = Record{};
+        }
+      }
+      if (blind) {
+        const bool undo = r.action == LikeAction::kUnlike || r.action == LikeAction::kUndislike;
+        if ((r.action == LikeAction::kDislike || r.action == LikeAction::kUndislike) && !b.dislikes) {
+          gather->results[i] = InvalidArgument("this business does not allow dislikes");
           if (bm.failed) bm.failed->Inc();
           continue;
         }
+        const LikeState to = r.action == LikeAction::kLike      ? LikeState::kLiked
+                             : r.action == LikeAction::kDislike ? LikeState::kDisliked
+                                                                : LikeState::kNone;
+        MarkPending(st, key);
+        it = st.overlay.emplace(std::move(key), KeyOverlay{current, current, 0, 0}).first;
+        LogEntry e;
+        e.ns = b.ns;
+        e.user = r.user;
+        e.entity = r.entity;
+        e.owner = r.owner;
+        e.from = to;  // no count delta before the job knows the stored state
+        e.to = to;
+        if (undo) e.if_state = r.action == LikeAction::kUnlike ? LikeState::kLiked : LikeState::kDisliked;
+        e.time_ms = now;
+        it->second.latest = Record{e.to, e.time_ms, e.owner};
+        ++it->second.inflight;
+        entries.push_back(std::move(e));
+        entry_items.push_back(i);
+        continue;
       }
       auto t = likes::Apply(current.state, r.action, b.dislikes);
       if (!t.ok()) {
@@ -291,7 +329,9 @@ class LikesService::Impl {
       e.from = current.state;
       e.from_time_ms = current.time_ms;
       e.to = t->to;
-      e.time_ms = std::max(now, current.time_ms);
+      // Strictly after the record it replaces, so "newer wins" (the store's guard against stale
+      // entries) orders every transition of one record.
+      e.time_ms = std::max(now, current.time_ms + (current.time_ms > 0 ? 1 : 0));
       it->second.latest = Record{e.to, e.time_ms, e.owner};
       ++it->second.inflight;
       entries.push_back(std::move(e));
@@ -365,6 +405,7 @@ class LikesService::Impl {
       EntityOverlay& eo = eo_it->second;
       eo.delta += DeltaOf(e.from, e.to);
       ++eo.refs;
+      if (applies_elsewhere_) eo.parts.emplace_back(e.seq, DeltaOf(e.from, e.to));
       changed_entities.push_back(std::move(ek));
       if (auto* c = metrics_.at(biz[i]->id).changed) c->Inc();
       if (publish_likes) {
@@ -401,17 +442,28 @@ class LikesService::Impl {
   // Store counts plus acknowledged-but-unapplied deltas. On the owner shard only.
   Counts VisibleCounts(ShardState& st, std::string_view ns, std::string_view entity, bool* degraded) {
     std::vector<Counts> out;
+    std::vector<uint64_t> as_of;
     const std::string one[1] = {std::string(entity)};
     Counts c;
-    if (Status s = store_->GetCounts(ns, one, &out); s.ok()) {
+    bool read = false;
+    if (Status s = applies_elsewhere_ ? store_->GetCountsAsOf(ns, one, &out, &as_of) : store_->GetCounts(ns, one, &out);
+        s.ok()) {
       c = out[0];
+      read = true;
     } else {
       if (degraded) *degraded = true;
       auto cached = st.cache->Get(EntityKey(ns, entity));
       if (cached) return *cached;
     }
     auto it = st.counts.find(EntityKey(ns, entity));
-    if (it != st.counts.end()) c += it->second.delta;
+    if (it == st.counts.end()) return c;
+    if (!applies_elsewhere_ || !read) {
+      c += it->second.delta;
+    } else {
+      for (const auto& [seq, d] : it->second.parts) {
+        if (seq > as_of[0]) c += d;
+      }
+    }
     return c;
   }
 
@@ -447,7 +499,14 @@ class LikesService::Impl {
   void ApplyTick(ShardState& st, bool everything) {
     while (!st.committed.empty()) {
       size_t n = std::min(st.committed.size(), options_.apply_batch_max);
-      if (!everything && options_.apply_rate > 0) {
+      if (applies_elsewhere_) {
+        // Another process applies; take the prefix it has applied already.
+        const uint64_t through = store_->AppliedThrough();
+        size_t k = 0;
+        while (k < n && st.committed[k].seq <= through) ++k;
+        if (k == 0) return;
+        n = k;
+      } else if (!everything && options_.apply_rate > 0) {
         const double per_shard = options_.apply_rate / static_cast<double>(runtime_.size());
         const SteadyTime now = clock_.Now();
         if (st.apply_refill != SteadyTime{}) {
@@ -463,7 +522,7 @@ class LikesService::Impl {
       std::vector<LogEntry> batch(st.committed.begin(), st.committed.begin() + static_cast<ptrdiff_t>(n));
       auto& m = GetMetrics();
       st.apply_epoch.fetch_add(1, std::memory_order_seq_cst);  // odd: the store changes under readers
-      Status applied = store_->Apply(batch);
+      Status applied = applies_elsewhere_ ? Status::Ok() : store_->Apply(batch);
       if (!applied.ok()) {
         st.apply_epoch.fetch_add(1, std::memory_order_seq_cst);
         const Status& s = applied;
@@ -490,6 +549,7 @@ class LikesService::Impl {
           Counts d = DeltaOf(e.from, e.to);
           eo->second.delta.likes -= d.likes;
           eo->second.delta.dislikes -= d.dislikes;
+          if (!eo->second.parts.empty()) eo->second.parts.pop_front();
           if (--eo->second.refs == 0) {
             UnmarkPending(st, eo->first);
             st.counts.erase(eo);
@@ -762,6 +822,7 @@ class LikesService::Impl {
   std::shared_ptr<EventBus> bus_;
   const Clock& clock_;
   LogCommitter committer_;
+  const bool applies_elsewhere_;
   RateLimiter limiter_;
   std::unordered_map<std::string, const Business*> by_id_;
   std::unordered_map<std::string, const Business*> by_ns_;

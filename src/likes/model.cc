@@ -61,6 +61,7 @@ class Reader {
 };
 
 constexpr uint8_t kLogVersion = 1;
+constexpr uint8_t kLogVersionIfState = 2;  // version 1 plus one byte: if_state
 constexpr uint8_t kRecordVersion = 1;
 
 }  // namespace
@@ -158,7 +159,7 @@ Status ValidateBusiness(const Business& b) {
 std::string EncodeLogEntry(const LogEntry& e) {
   std::string out;
   out.reserve(4 + e.ns.size() + e.user.size() + e.entity.size() + e.owner.size() + 2 + 16 + 1);
-  out.push_back(static_cast<char>(kLogVersion));
+  out.push_back(static_cast<char>(e.if_state ? kLogVersionIfState : kLogVersion));
   PutString(out, e.ns);
   PutString(out, e.user);
   PutString(out, e.entity);
@@ -167,6 +168,7 @@ std::string EncodeLogEntry(const LogEntry& e) {
   out.push_back(static_cast<char>(e.to));
   PutFixed64(out, static_cast<uint64_t>(e.from_time_ms));
   PutFixed64(out, static_cast<uint64_t>(e.time_ms));
+  if (e.if_state) out.push_back(static_cast<char>(*e.if_state));
   return out;
 }
 
@@ -174,12 +176,19 @@ Result<LogEntry> DecodeLogEntry(std::string_view bytes) {
   Reader r(bytes);
   LogEntry e;
   uint8_t version = 0;
-  if (!r.Byte(&version) || version != kLogVersion) return InvalidArgument("log entry: unknown version");
+  if (!r.Byte(&version) || (version != kLogVersion && version != kLogVersionIfState)) {
+    return InvalidArgument("log entry: unknown version");
+  }
   if (!r.String(&e.ns) || !r.String(&e.user) || !r.String(&e.entity) || !r.String(&e.owner) ||
-      !r.State(&e.from) || !r.State(&e.to) || !r.Fixed64(&e.from_time_ms) || !r.Fixed64(&e.time_ms) ||
-      !r.done()) {
+      !r.State(&e.from) || !r.State(&e.to) || !r.Fixed64(&e.from_time_ms) || !r.Fixed64(&e.time_ms)) {
     return InvalidArgument("log entry: malformed");
   }
+  if (version == kLogVersionIfState) {
+    LikeState required;
+    if (!r.State(&required)) return InvalidArgument("log entry: malformed");
+    e.if_state = required;
+  }
+  if (!r.done()) return InvalidArgument("log entry: malformed");
   return e;
 }
 

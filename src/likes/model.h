@@ -79,6 +79,10 @@ struct LogEntry {
   LikeState to = LikeState::kNone;
   int64_t from_time_ms = 0;
   int64_t time_ms = 0;
+  // A blind write (cluster engine, written while the current state could not be read): apply
+  // only when the stored state is this one. Set for unlike/undislike (they undo one state); a
+  // blind like/dislike has none and from == to (no count delta is guessed before the apply).
+  std::optional<LikeState> if_state;
 };
 std::string EncodeLogEntry(const LogEntry& e);
 // InvalidArgument on malformed bytes (a corrupt log is reported, never trusted).

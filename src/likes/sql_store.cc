@@ -302,6 +302,10 @@ Status ApplyOnce(Connection& c, std::span<const LogEntry> entries, std::string_v
   for (const LogEntry& e : entries) {
     KeyState& k = plan.keys[plan.key_index.at(RecordKey(e.ns, e.user, e.entity))];
     if (k.state == e.to) continue;
+    if (e.if_state && k.state != *e.if_state) continue;  // a blind un-action of another state
+    // Older than the stored row: a writer that had not seen it (e.g. an entry queued before a
+    // newer one was applied synchronously while the queue was down). The newer row wins.
+    if (k.stored && e.time_ms < k.time_ms) continue;
     const Counts d = DeltaOf(k.state, e.to);
     if (!k.stored) {
       k.stored = true;
@@ -579,11 +583,11 @@ Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
   return Status::Ok();
 }
 
-Status SqlLikeStore::GetCounts(std::string_view ns, std::span<const std::string> entities,
-                               std::vector<Counts>* out) {
+namespace {
+
+// The counts of `entities` (zero for none) on `c`, 100 per statement.
+Status ReadCounts(Connection& c, std::string_view ns, std::span<const std::string> entities, std::vector<Counts>* out) {
   out->assign(entities.size(), Counts{});
-  if (entities.empty()) return Status::Ok();
-  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
   std::unordered_map<std::string_view, std::vector<size_t>> positions;
   for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
   for (size_t at = 0; at < entities.size(); at += kRowsPerStatement) {
@@ -591,7 +595,7 @@ Status SqlLikeStore::GetCounts(std::string_view ns, std::span<const std::string>
     std::vector<Value> values = {Bytes(ns)};
     std::string sql = "SELECT entity, likes, dislikes FROM counts WHERE business = ? AND entity";
     AppendInList(entities.subspan(at, n), &sql, &values);
-    CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
+    CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c.Query(sql, values));
     for (const Row& row : rows) {
       CHORUS_ASSIGN_OR_RETURN(int64_t likes, row[1].ToInt64());
       CHORUS_ASSIGN_OR_RETURN(int64_t dislikes, row[2].ToInt64());
@@ -601,6 +605,40 @@ Status SqlLikeStore::GetCounts(std::string_view ns, std::span<const std::string>
     }
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status SqlLikeStore::GetCounts(std::string_view ns, std::span<const std::string> entities,
+                               std::vector<Counts>* out) {
+  out->assign(entities.size(), Counts{});
+  if (entities.empty()) return Status::Ok();
+  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
+  return ReadCounts(*c, ns, entities, out);
+}
+
+Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities,
+                                         std::string_view stream, std::vector<Counts>* out, uint64_t* offset) {
+  out->assign(entities.size(), Counts{});
+  *offset = 0;
+  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
+  // One read view for the offset and every count (REPEATABLE READ: the view is taken by the
+  // first read and kept to the end of the transaction).
+  CHORUS_RETURN_IF_ERROR(c->Execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"));
+  CHORUS_RETURN_IF_ERROR(c->Begin());
+  Status status = [&]() -> Status {
+    CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows,
+                            c->Query("SELECT seq FROM job_offsets WHERE stream = ?", {stream}));
+    if (!rows.empty()) {
+      CHORUS_ASSIGN_OR_RETURN(*offset, rows[0][0].ToUint64());
+    }
+    return ReadCounts(*c, ns, entities, out);
+  }();
+  if (!status.ok()) {
+    (void)c->Rollback();
+    return status;
+  }
+  return c->Commit();
 }
 
 Result<int64_t> SqlLikeStore::GetReceived(std::string_view ns, std::string_view owner) {

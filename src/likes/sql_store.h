@@ -20,7 +20,8 @@
 // changed, the count deltas per entity and the received deltas per owner (the owner credited is
 // the row's stored owner; a new row takes the entry's), clamped at zero, and delete the applied
 // like_log rows. Applying the same entries again therefore changes nothing, and two writers'
-// stale entries converge (two "none -> liked" for one key count one like). A deadlock or lock
+// stale entries converge (two "none -> liked" for one key count one like). An entry older
+// (time_ms) than the stored row is skipped: the newer row wins. A deadlock or lock
 // wait between concurrent applies is retried (the whole transaction) a few times, then
 // reported as kUnavailable. A lost connection is kUnavailable (nothing committed, or for a lost
 // COMMIT an unknown outcome; running the batch again is safe for the reason above).
@@ -117,6 +118,10 @@ class SqlLikeStore final : public LikeStore {
                                   uint64_t through_seq);
   // Where ApplyBatch last left `stream`; 0 if never.
   Result<uint64_t> AppliedThrough(std::string_view stream);
+  // GetCounts and AppliedThrough(stream) read in one snapshot: `out` includes exactly the
+  // stream's entries up to `*offset`.
+  Status GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities, std::string_view stream,
+                             std::vector<Counts>* out, uint64_t* offset);
 
  private:
   explicit SqlLikeStore(std::unique_ptr<sql::ConnectionPool> pool);

@@ -481,6 +481,65 @@ TEST_F(SqlStoreTest, ApplyBatchSetsTheOffsetAtomicallyAndReportsWhatCommitted) {
   EXPECT_EQ(*store_->AppliedThrough("events"), 7u);
 }
 
+TEST_F(SqlStoreTest, CountsWithOffsetComeFromOneSnapshot) {
+  std::vector<Counts> out;
+  uint64_t offset = 99;
+  const std::vector<std::string> entities = {"e1", "e2", "missing"};
+  Status s = store_->GetCountsWithOffset("v", entities, "events", &out, &offset);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(offset, 0u);
+  ASSERT_EQ(out.size(), 3u);
+  EXPECT_EQ(out[0], (Counts{0, 0}));
+  std::vector<LogEntry> batch = {Entry("v", "alice", "e1", S::kNone, S::kLiked, 100, "o1"),
+                                 Entry("v", "bob", "e2", S::kNone, S::kDisliked, 101, "o1")};
+  ASSERT_TRUE(store_->ApplyBatch(batch, "events", 12).ok());
+  s = store_->GetCountsWithOffset("v", entities, "events", &out, &offset);
+  ASSERT_TRUE(s.ok()) << s.ToString();
+  EXPECT_EQ(offset, 12u);
+  EXPECT_EQ(out[0], (Counts{1, 0}));
+  EXPECT_EQ(out[1], (Counts{0, 1}));
+  EXPECT_EQ(out[2], (Counts{0, 0}));
+  // The connection goes back to the pool usable (the read-only transaction ended).
+  Act("carol", "e1", S::kNone, S::kLiked, 200);
+  EXPECT_EQ(CountsOf("e1"), (Counts{2, 0}));
+}
+
+TEST_F(SqlStoreTest, AnEntryOlderThanTheStoredRowLoses) {
+  Act("alice", "e1", S::kNone, S::kLiked, 100, "o1");
+  Act("alice", "e1", S::kLiked, S::kNone, 200, "o1");
+  // A like written at 150 by a writer that had not seen the unlike at 200 (queued before it).
+  std::vector<LogEntry> stale = {Entry("v", "alice", "e1", S::kNone, S::kLiked, 150, "o1")};
+  ASSERT_TRUE(store_->ApplyBatch(stale, "events", 1).ok());
+  EXPECT_EQ(CountsOf("e1"), (Counts{0, 0}));
+  // A newer one applies.
+  std::vector<LogEntry> newer = {Entry("v", "alice", "e1", S::kNone, S::kLiked, 250, "o1")};
+  ASSERT_TRUE(store_->ApplyBatch(newer, "events", 2).ok());
+  EXPECT_EQ(CountsOf("e1"), (Counts{1, 0}));
+}
+
+TEST_F(SqlStoreTest, BlindUnactionsApplyOnlyToTheStateTheyUndo) {
+  Act("alice", "e1", S::kNone, S::kDisliked, 100, "o1");
+  Act("bob", "e1", S::kNone, S::kLiked, 100, "o1");
+  // Blind unlikes (written while the state could not be read): alice's row is disliked, so hers
+  // changes nothing; bob's undoes his like.
+  LogEntry a = Entry("v", "alice", "e1", S::kNone, S::kNone, 200, "o1");
+  a.if_state = S::kLiked;
+  LogEntry b = Entry("v", "bob", "e1", S::kNone, S::kNone, 200, "o1");
+  b.if_state = S::kLiked;
+  // A blind like of someone with no row yet.
+  LogEntry c = Entry("v", "carol", "e1", S::kLiked, S::kLiked, 200, "o1");
+  std::vector<LogEntry> batch = {a, b, c};
+  ASSERT_TRUE(store_->ApplyBatch(batch, "events", 3).ok());
+  EXPECT_EQ(CountsOf("e1"), (Counts{1, 1}));
+  EXPECT_EQ(ReceivedOf("o1"), 1);
+  // They survive the log encoding.
+  auto decoded = DecodeLogEntry(EncodeLogEntry(a));
+  ASSERT_TRUE(decoded.ok());
+  ASSERT_TRUE(decoded->if_state.has_value());
+  EXPECT_EQ(*decoded->if_state, S::kLiked);
+  EXPECT_FALSE(DecodeLogEntry(EncodeLogEntry(c))->if_state.has_value());
+}
+
 TEST_F(SqlStoreTest, VerifyFindsDamageMadeWithSqlAndRepairFixesIt) {
   Act("alice", "e1", S::kNone, S::kLiked, 100, "o1");
   Act("bob", "e1", S::kNone, S::kLiked, 200, "o1");

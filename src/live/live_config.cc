@@ -63,7 +63,17 @@ void AddConfigKeys(ConfigSchema& s) {
       .Int("live.chat.per_minute", 30, "Viewer chat messages each user may send per minute.", 1, 1'000'000)
       .Int("live.chat.burst", 5, "Viewer chat messages a user may send at once before the rate applies.", 1,
            1'000'000)
-      .Int("live.chat.level", 0, "Sender level of viewer chat when the user token carries none.", 0, 1000);
+      .Int("live.chat.level", 0, "Sender level of viewer chat when the user token carries none.", 0, 1000)
+      .Bool("live.cluster.enabled", false,
+            "Serve rooms together with other `chorus live` nodes over NATS (docs/scale-out.md); needs "
+            "live.store=redis and a distinct live.node_id per node.")
+      .StringList("live.cluster.nats_urls", {"nats://127.0.0.1:4222"}, "NATS servers for live.cluster.enabled.")
+      .Duration("live.cluster.announce_interval", "250ms",
+                "How often a node announces itself and its rooms' local online counts.")
+      .Duration("live.cluster.dead_after", "1500ms", "A node silent this long is dead; its rooms move.")
+      .Duration("live.cluster.forward_timeout", "1s",
+                "A publish forwarded to a room's owner and not answered in this time is retried once on a "
+                "recomputed owner, then refused with 503.");
 }
 
 Result<LiveOptions> OptionsFromConfig(const Config& c) {
@@ -146,6 +156,33 @@ Result<LiveOptions> OptionsFromConfig(const Config& c) {
   o.chat.per_minute = static_cast<double>(c.GetInt("live.chat.per_minute"));
   o.chat.burst = static_cast<double>(c.GetInt("live.chat.burst"));
   o.chat.default_level = static_cast<int32_t>(c.GetInt("live.chat.level"));
+
+  o.cluster.enabled = c.GetBool("live.cluster.enabled");
+  o.cluster.nats_urls = c.GetStringList("live.cluster.nats_urls");
+  o.cluster.announce_interval = c.GetDuration("live.cluster.announce_interval");
+  o.cluster.dead_after = c.GetDuration("live.cluster.dead_after");
+  o.cluster.forward_timeout = c.GetDuration("live.cluster.forward_timeout");
+  if (o.cluster.enabled) {
+    // Polls must find a room's messages on any node: only a shared store does that.
+    if (c.GetString("live.store") != "redis") {
+      return InvalidArgument("live.cluster.enabled needs live.store=redis (every node polls the owner's messages "
+                             "from the shared store), not live.store=" + c.GetString("live.store"));
+    }
+    if (o.cluster.nats_urls.empty()) return InvalidArgument("live.cluster.nats_urls must name at least one server");
+    for (const std::string& url : o.cluster.nats_urls) {
+      if (url.empty()) return InvalidArgument("live.cluster.nats_urls: empty URL");
+    }
+    if (o.cluster.announce_interval <= Duration::zero()) {
+      return InvalidArgument("live.cluster.announce_interval must be > 0");
+    }
+    if (o.cluster.dead_after < 2 * o.cluster.announce_interval) {
+      return InvalidArgument("live.cluster.dead_after must be at least twice live.cluster.announce_interval "
+                             "(one lost announcement must not kill a node)");
+    }
+    if (o.cluster.forward_timeout <= Duration::zero()) {
+      return InvalidArgument("live.cluster.forward_timeout must be > 0");
+    }
+  }
   return o;
 }
 

@@ -54,11 +54,14 @@ struct Metrics {
   std::array<Counter*, static_cast<size_t>(DropReason::kCount)> dropped;
   Counter* coalesced;
   Counter* blocks;
+  Counter* blocks_received;
   Counter* deliveries;
   Counter* private_deliveries;
   Counter* store_errors;
   Counter* polls;
   Counter* bad_frames;
+  std::array<Counter*, 3> forwards;  // ok, retried, failed
+  Counter* cluster_errors;
   Gauge* rooms;
   Gauge* connections;
   Gauge* subscriptions;
@@ -80,12 +83,21 @@ Metrics& GetMetrics() {
     }
     x->coalesced = &reg.Counter("chorus_live_coalesced_total", "Gain messages replaced by a newer value")->Get();
     x->blocks = &reg.Counter("chorus_live_blocks_total", "Blocks emitted by room dispatchers")->Get();
+    x->blocks_received =
+        &reg.Counter("chorus_live_cluster_blocks_received_total", "Blocks received from room owners over NATS")->Get();
     x->deliveries = &reg.Counter("chorus_live_deliveries_total", "Blocks queued on member connections")->Get();
     x->private_deliveries =
         &reg.Counter("chorus_live_private_deliveries_total", "Private messages queued on connections")->Get();
     x->store_errors = &reg.Counter("chorus_live_store_errors_total", "Poll store writes that failed")->Get();
     x->polls = &reg.Counter("chorus_live_polls_total", "Short-poll requests answered")->Get();
     x->bad_frames = &reg.Counter("chorus_live_bad_frames_total", "Client frames answered with an error")->Get();
+    auto forwards =
+        reg.Counter("chorus_live_forwards_total", "Publishes forwarded to the room's owner node, by outcome", {"result"});
+    x->forwards[0] = &forwards->WithLabels({"ok"});
+    x->forwards[1] = &forwards->WithLabels({"retried"});
+    x->forwards[2] = &forwards->WithLabels({"failed"});
+    x->cluster_errors =
+        &reg.Counter("chorus_live_cluster_errors_total", "Cluster messages that could not be sent or decoded")->Get();
     x->rooms = &reg.Gauge("chorus_live_rooms", "Rooms with a dispatcher")->Get();
     x->connections = &reg.Gauge("chorus_live_connections", "Open live WebSocket connections")->Get();
     x->subscriptions = &reg.Gauge("chorus_live_subscriptions", "Room subscriptions over all connections")->Get();
@@ -204,6 +216,7 @@ class LiveService::Impl {
     // connections (a load test with one token), and closing one must not scan the others.
     std::unordered_map<std::string, std::unordered_set<uint64_t>> users;
     TimerId housekeeping = 0;
+    TimerId cluster_timer = 0;  // shard 0, cluster mode
   };
 
   uint32_t OwnerOf(std::string_view room) const {
@@ -232,7 +245,9 @@ class LiveService::Impl {
     if (it != st.owned.end()) return *it->second;
     auto r = std::make_unique<OwnedRoom>();
     r->id = room;
-    r->dispatcher = std::make_unique<RoomDispatcher>(DispatchOptionsFor(room));
+    // Embedded, every room has its dispatcher; in a cluster only the room's owner node runs one
+    // (DispatcherOf), the other nodes keep the room for their local members.
+    if (!cluster_) r->dispatcher = std::make_unique<RoomDispatcher>(DispatchOptionsFor(room));
     r->members.assign(runtime_.size(), 0);
     r->last_active = SystemClock::Instance().Now();
     OwnedRoom* raw = r.get();
@@ -244,7 +259,26 @@ class LiveService::Impl {
     return *raw;
   }
 
+  RoomDispatcher& DispatcherOf(OwnedRoom& r) {
+    if (!r.dispatcher) r.dispatcher = std::make_unique<RoomDispatcher>(DispatchOptionsFor(r.id));
+    return *r.dispatcher;
+  }
+
+  // Cluster mode: this node no longer owns the room and has sent everything it accepted.
+  void ReleaseDispatcher(OwnedRoom& r) {
+    ReportDrops(r);
+    r.dispatcher.reset();
+    r.reported = {};
+    r.reported_coalesced = 0;
+    r.dropped_at_last_block = 0;
+    r.joins = r.leaves = 0;
+  }
+
+  // The room's online count: this node's members, or in a cluster every node's.
+  int64_t OnlineOf(const std::string& room) const { return cluster_ ? cluster_->Online(room) : online_.Get(room); }
+
   void ReportDrops(OwnedRoom& r) {
+    if (!r.dispatcher) return;
     const auto& drops = r.dispatcher->drops();
     for (size_t i = 0; i < drops.size(); ++i) {
       if (drops[i] != r.reported[i]) {
@@ -273,7 +307,7 @@ class LiveService::Impl {
     r.last_created = m->created_at;
     Finalize(*m);
     stored.push_back(Stored(m));
-    r.dispatcher->Enqueue(m);
+    DispatcherOf(r).Enqueue(m);
     if (observer_) observer_(*m, d.gift_value);
     return m;
   }
@@ -302,14 +336,25 @@ class LiveService::Impl {
   }
 
   void Tick(ShardState& st, OwnedRoom& r) {
+    const SteadyTime steady = SystemClock::Instance().Now();
+    if (!r.dispatcher) {  // cluster mode, another node owns the room: only local members here
+      if (r.online > 0) {
+        r.last_active = steady;
+      } else {
+        ForgetRoom(st, r);  // `r` is destroyed here
+      }
+      return;
+    }
     const int64_t now = WallMs();
+    // Embedded: this process's members. Cluster: every node's, as last announced.
+    const int64_t online = cluster_ ? cluster_->Online(r.id) : r.online;
     if (r.joins > 0 || r.leaves > 0) {
       // Presence, coalesced: one notify gain message per tick however many came and went.
       Draft d;
       d.message.type = "notify";
       d.message.gain_key = "presence";
       d.message.payload = "{\"event\":\"presence\",\"joined\":" + std::to_string(r.joins) +
-                          ",\"left\":" + std::to_string(r.leaves) + ",\"online\":" + std::to_string(r.online) +
+                          ",\"left\":" + std::to_string(r.leaves) + ",\"online\":" + std::to_string(online) +
                           ",\"text\":\"" + std::to_string(r.joins) + " joined\"}";
       std::vector<StoredMessage> stored;
       Accept(st, r, d, now, stored);
@@ -324,32 +369,54 @@ class LiveService::Impl {
       }
     }
     ReportDrops(r);
-    const SteadyTime steady = SystemClock::Instance().Now();
     if (!block.empty()) r.last_active = steady;
-    if (!block.empty() && r.online > 0) {  // encoded only when someone is there to receive it
+    if (!block.empty() && online > 0) {  // encoded only when someone is there to receive it
       ++r.seq;
       GetMetrics().blocks->Inc();
       uint64_t dropped = 0;
       for (uint64_t n : r.dispatcher->drops()) dropped += n;
       auto frame = std::make_shared<const EncodedFrame>(
-          EncodeBlock(r.id, r.seq, now, r.online, dropped - r.dropped_at_last_block, block));
+          EncodeBlock(r.id, r.seq, now, online, dropped - r.dropped_at_last_block, block));
       r.dropped_at_last_block = dropped;
-      for (uint32_t s = 0; s < r.members.size(); ++s) {
-        if (r.members[s] <= 0) continue;
-        if (s == st.index) {
-          Deliver(st, r.id, *frame);
-        } else {
-          runtime_.Post(s, [this, s, room = r.id, frame] { Deliver(*shards_[s], room, *frame); });
+      if (cluster_) {
+        // Every node with members (this one too) delivers it from its subscription: the same
+        // bytes everywhere.
+        if (Status s = cluster_->PublishBlock(r.id, EncodeFrames(cluster_->boot(), {*frame})); !s.ok()) {
+          GetMetrics().cluster_errors->Inc();
+          static auto log = GetLogger("live");
+          log->warn("live cluster: publishing a block of {}: {}", r.id, s.ToString());
         }
+      } else {
+        DeliverToMembers(st, r, frame);
       }
-    } else if (!block.empty() || r.online > 0 || !r.dispatcher->empty()) {
+    } else if (!block.empty() || online > 0 || r.online > 0 || !r.dispatcher->empty()) {
       r.last_active = steady;
     } else if (!r.published || steady - r.last_active > options_.idle_room_ttl) {
-      // Forget a quiet, empty room. Last thing this callback does: `r` is destroyed here.
-      runtime_.shard(st.index).Cancel(r.timer);
-      GetMetrics().rooms->Sub(1);
-      const std::string id = r.id;
-      st.owned.erase(id);
+      ForgetRoom(st, r);  // `r` is destroyed here
+      return;
+    }
+    // Cluster mode: a dispatcher on a node that no longer owns the room (a node joined, or a
+    // forward came from a node with another view) goes once it has sent what it accepted.
+    if (cluster_ && r.dispatcher->empty() && cluster_->OwnerOf(r.id) != cluster_->self()) ReleaseDispatcher(r);
+  }
+
+  // Last thing a caller does with `r`: it is destroyed here. Owner shard only.
+  void ForgetRoom(ShardState& st, OwnedRoom& r) {
+    runtime_.shard(st.index).Cancel(r.timer);
+    GetMetrics().rooms->Sub(1);
+    const std::string id = r.id;
+    st.owned.erase(id);
+  }
+
+  // Hands a block to every shard of this node with members of the room. Room's shard only.
+  void DeliverToMembers(ShardState& st, const OwnedRoom& r, const std::shared_ptr<const EncodedFrame>& frame) {
+    for (uint32_t s = 0; s < r.members.size(); ++s) {
+      if (r.members[s] <= 0) continue;
+      if (s == st.index) {
+        Deliver(st, r.id, *frame);
+      } else {
+        runtime_.Post(s, [this, s, room = r.id, frame] { Deliver(*shards_[s], room, *frame); });
+      }
     }
   }
 
@@ -373,11 +440,20 @@ class LiveService::Impl {
   // A member count change reported to the owner. Owner shard only.
   void MembersChanged(ShardState& st, const std::string& room, uint32_t from_shard, int64_t delta) {
     OwnedRoom& r = RoomOf(st, room);
+    const int64_t before = r.online;
     r.members[from_shard] += delta;
     r.online += delta;
-    if (delta > 0) r.joins += delta;
-    if (delta < 0) r.leaves -= delta;
     online_.Set(room, r.online);
+    if (!cluster_) {
+      if (delta > 0) r.joins += delta;
+      if (delta < 0) r.leaves -= delta;
+      return;
+    }
+    // Cluster: joins and leaves reach the owner's presence notice through the announcements;
+    // blocks reach this node while it has members.
+    cluster_->LocalChanged(room, r.online, delta > 0 ? delta : 0, delta < 0 ? -delta : 0);
+    if (before <= 0 && r.online > 0) cluster_->SubscribeRoom(room);
+    if (before > 0 && r.online <= 0) cluster_->UnsubscribeRoom(room);
   }
 
   // -- publishing --
@@ -390,6 +466,13 @@ class LiveService::Impl {
   };
 
   void PublishRoom(std::string room, std::vector<Draft> drafts, PublishCallback done) {
+    if (!cluster_) return PublishRoomHere(std::move(room), std::move(drafts), std::move(done));
+    auto shared = std::make_shared<const std::vector<Draft>>(std::move(drafts));
+    PublishRoomInCluster(std::move(room), std::move(shared), std::move(done), /*retry=*/false);
+  }
+
+  // Accepts the messages into the room's dispatcher on this node.
+  void PublishRoomHere(std::string room, std::vector<Draft> drafts, PublishCallback done) {
     const uint32_t owner = OwnerOf(room);
     runtime_.Post(owner, [this, owner, room = std::move(room), drafts = std::move(drafts), done = std::move(done)]() mutable {
       ShardState& st = *shards_[owner];
@@ -402,9 +485,142 @@ class LiveService::Impl {
       GetMetrics().published_room->Inc(drafts.size());
       ReportDrops(r);  // an overflow may have dropped already
       AppendToStore(room, std::move(stored));
-      result.reached = r.online;
+      result.reached = cluster_ ? cluster_->Online(room) : r.online;
       done(std::move(result));
     });
+  }
+
+  // Cluster mode: accepted here if this node owns the room, else forwarded to the owner. An
+  // owner that does not answer (gone: no responders; or too slow) is marked dead and the owner
+  // recomputed once.
+  void PublishRoomInCluster(std::string room, std::shared_ptr<const std::vector<Draft>> drafts, PublishCallback done,
+                            bool retry) {
+    if (!cluster_->connected()) {
+      return done(Unavailable("live cluster: not connected to NATS; try again shortly"));
+    }
+    const std::optional<uint32_t> owner = cluster_->OwnerOf(room);
+    if (!owner || *owner == cluster_->self()) return PublishRoomHere(std::move(room), *drafts, std::move(done));
+    std::string request = EncodeForward(room, *drafts);
+    const uint32_t home = OwnerOf(room);
+    cluster_->Forward(*owner, request, options_.cluster.forward_timeout,
+                      [this, room = std::move(room), drafts, done = std::move(done), retry, node = *owner,
+                       home](Result<std::string> reply) mutable {
+                        // Not while shutting down: the client failing its pending requests from
+                        // its destructor must not start new ones.
+                        if (!reply.ok() && !retry && !stopping_.load() &&
+                            (reply.status().code() == StatusCode::kUnavailable ||
+                             reply.status().code() == StatusCode::kDeadlineExceeded)) {
+                          GetMetrics().forwards[1]->Inc();
+                          cluster_->MarkDead(node);
+                          return PublishRoomInCluster(std::move(room), std::move(drafts), std::move(done), true);
+                        }
+                        Result<PublishResult> result =
+                            reply.ok() ? DecodeForwardReply(*reply)
+                                       : Result<PublishResult>(Unavailable(
+                                             "live cluster: the owner of room " + room + " (node " +
+                                             std::to_string(node) + ") did not answer: " + reply.status().message()));
+                        GetMetrics().forwards[result.ok() ? 0 : 2]->Inc();
+                        // `done` runs on a shard, as for a local publish.
+                        runtime_.Post(home, [done = std::move(done), result = std::move(result)]() mutable {
+                          done(std::move(result));
+                        });
+                      });
+  }
+
+  // A publish forwarded by another node (a NATS thread): accepted here, answered with the ids.
+  void OnForward(std::string request, std::function<void(std::string)> reply) {
+    auto decoded = DecodeForward(request, options_.max_batch);
+    if (!decoded.ok()) {
+      GetMetrics().cluster_errors->Inc();
+      return reply(EncodeForwardReply(decoded.status()));
+    }
+    PublishRoomHere(std::move(decoded->first), std::move(decoded->second),
+                    [reply = std::move(reply)](Result<PublishResult> r) { reply(EncodeForwardReply(r)); });
+  }
+
+  // The forward request: the room and its drafts as given (priority not yet applied).
+  static std::string EncodeForward(const std::string& room, const std::vector<Draft>& drafts) {
+    nlohmann::json list = nlohmann::json::array();
+    for (const Draft& d : drafts) list.push_back(DraftToJson(d));
+    return nlohmann::json{{"room", room}, {"drafts", std::move(list)}}.dump();
+  }
+  static nlohmann::json DraftToJson(const Draft& d) {
+    const Message& m = d.message;
+    return {{"type", m.type},           {"priority", m.priority},         {"priority_set", d.priority_set},
+            {"sender_id", m.sender_id}, {"sender_level", m.sender_level}, {"payload", m.payload},
+            {"gain_key", m.gain_key},   {"gift_value", d.gift_value}};
+  }
+  static Result<Draft> DraftFromJson(const nlohmann::json& j) {
+    if (!j.is_object()) return InvalidArgument("live cluster: a forwarded draft is not an object");
+    auto field = [&](const char* key) -> const nlohmann::json* {
+      auto it = j.find(key);
+      return it == j.end() ? nullptr : &*it;
+    };
+    const nlohmann::json *type = field("type"), *priority = field("priority"), *priority_set = field("priority_set"),
+                         *sender_id = field("sender_id"), *sender_level = field("sender_level"),
+                         *payload = field("payload"), *gain_key = field("gain_key"), *gift_value = field("gift_value");
+    if (!type || !type->is_string() || !priority || !priority->is_number_integer() || !priority_set ||
+        !priority_set->is_boolean() || !sender_id || !sender_id->is_string() || !sender_level ||
+        !sender_level->is_number_integer() || !payload || !payload->is_string() || !gain_key ||
+        !gain_key->is_string() || !gift_value || !gift_value->is_number()) {
+      return InvalidArgument("live cluster: bad forwarded draft");
+    }
+    Draft d;
+    d.message.type = type->get<std::string>();
+    d.message.priority = static_cast<int32_t>(std::clamp<int64_t>(priority->get<int64_t>(), kMinPriority, kMaxPriority));
+    d.priority_set = priority_set->get<bool>();
+    d.message.sender_id = sender_id->get<std::string>();
+    d.message.sender_level = static_cast<int32_t>(std::clamp<int64_t>(sender_level->get<int64_t>(), 0, 1'000'000));
+    d.message.payload = payload->get<std::string>();
+    d.message.gain_key = gain_key->get<std::string>();
+    d.gift_value = gift_value->get<double>();
+    return d;
+  }
+  static Result<std::pair<std::string, std::vector<Draft>>> DecodeForward(std::string_view text, size_t max_batch) {
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("room") || !j["room"].is_string() || !j.contains("drafts") ||
+        !j["drafts"].is_array()) {
+      return InvalidArgument("live cluster: malformed forwarded publish");
+    }
+    std::string room = j["room"].get<std::string>();
+    CHORUS_RETURN_IF_ERROR(ValidateRoomId(room));
+    if (j["drafts"].empty() || j["drafts"].size() > max_batch) {
+      return InvalidArgument("live cluster: forwarded publish has " + std::to_string(j["drafts"].size()) + " messages");
+    }
+    std::vector<Draft> drafts;
+    for (const nlohmann::json& d : j["drafts"]) {
+      CHORUS_ASSIGN_OR_RETURN(Draft draft, DraftFromJson(d));
+      drafts.push_back(std::move(draft));
+    }
+    return std::make_pair(std::move(room), std::move(drafts));
+  }
+  static std::string EncodeForwardReply(const Result<PublishResult>& r) {
+    if (!r.ok()) {
+      return nlohmann::json{{"error", {{"code", static_cast<int>(r.status().code())}, {"message", r.status().message()}}}}
+          .dump();
+    }
+    nlohmann::json ids = nlohmann::json::array();
+    for (uint64_t id : r->ids) ids.push_back(std::to_string(id));
+    return nlohmann::json{{"ids", std::move(ids)}, {"reached", r->reached}}.dump();
+  }
+  static Result<PublishResult> DecodeForwardReply(std::string_view text) {
+    nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object()) return Internal("live cluster: malformed reply from the room's owner");
+    if (auto e = j.find("error"); e != j.end()) {
+      const int code = e->value("code", static_cast<int>(StatusCode::kInternal));
+      const bool known = code > 0 && code <= static_cast<int>(StatusCode::kUnimplemented);
+      return Status(known ? static_cast<StatusCode>(code) : StatusCode::kInternal,
+                    e->value("message", std::string("error at the room's owner")));
+    }
+    PublishResult out;
+    auto ids = j.find("ids");
+    if (ids == j.end() || !ids->is_array()) return Internal("live cluster: reply from the room's owner has no ids");
+    for (const nlohmann::json& id : *ids) {
+      if (!id.is_string()) return Internal("live cluster: bad id in the owner's reply");
+      out.ids.push_back(std::strtoull(id.get_ref<const std::string&>().c_str(), nullptr, 10));
+    }
+    out.reached = j.value("reached", int64_t{0});
+    return out;
   }
 
   // Stamps messages that do not belong to one room (private, broadcast) on the calling shard,
@@ -437,24 +653,35 @@ class LiveService::Impl {
         frames->push_back(EncodePrivate(m));
       }
       GetMetrics().published_user->Inc(drafts.size());
+      // Cluster: the user's connections on the other nodes get the same bytes; `reached` counts
+      // this node's only.
+      if (cluster_) {
+        if (Status s = cluster_->PublishUser(user, EncodeFrames(cluster_->boot(), *frames)); !s.ok()) {
+          GetMetrics().cluster_errors->Inc();
+        }
+      }
       for (uint32_t s = 0; s < runtime_.size(); ++s) {
         runtime_.Post(s, [this, s, user, frames, fanin] {
-          ShardState& here = *shards_[s];
-          int64_t n = 0;
-          if (auto u = here.users.find(user); u != here.users.end()) {
-            for (uint64_t id : u->second) {
-              auto c = here.conns.find(id);
-              if (c == here.conns.end()) continue;
-              for (const EncodedFrame& f : *frames) c->second.conn->Send(f.For(c->second.json), !c->second.json);
-              ++n;
-            }
-          }
-          GetMetrics().private_deliveries->Inc(static_cast<uint64_t>(n) * frames->size());
-          fanin->reached += n;
+          fanin->reached += DeliverPrivate(*shards_[s], user, *frames);
           if (--fanin->left == 0) fanin->done(PublishResult{std::move(fanin->ids), fanin->reached.load()});
         });
       }
     });
+  }
+
+  // Queues private frames on the user's connections on this shard; returns how many.
+  int64_t DeliverPrivate(ShardState& here, const std::string& user, const std::vector<EncodedFrame>& frames) {
+    int64_t n = 0;
+    if (auto u = here.users.find(user); u != here.users.end()) {
+      for (uint64_t id : u->second) {
+        auto c = here.conns.find(id);
+        if (c == here.conns.end()) continue;
+        for (const EncodedFrame& f : frames) c->second.conn->Send(f.For(c->second.json), !c->second.json);
+        ++n;
+      }
+    }
+    GetMetrics().private_deliveries->Inc(static_cast<uint64_t>(n) * frames.size());
+    return n;
   }
 
   void Broadcast(std::vector<Draft> drafts, PublishCallback done) {
@@ -467,34 +694,157 @@ class LiveService::Impl {
       auto stamped = std::make_shared<std::vector<Draft>>(std::move(drafts));
       for (size_t i = 0; i < stamped->size(); ++i) fanin->ids.push_back(st.ids.Next(now));
       GetMetrics().published_broadcast->Inc(stamped->size());
+      // Cluster: every node enqueues into the rooms it owns; `reached` counts this node's rooms.
+      if (cluster_) {
+        if (Status s = cluster_->PublishBroadcast(EncodeBroadcast(*stamped, fanin->ids)); !s.ok()) {
+          GetMetrics().cluster_errors->Inc();
+        }
+      }
+      auto ids = std::make_shared<const std::vector<uint64_t>>(fanin->ids);
       for (uint32_t s = 0; s < runtime_.size(); ++s) {
-        runtime_.Post(s, [this, s, stamped, fanin] {
-          ShardState& here = *shards_[s];
-          const int64_t t = WallMs();
-          for (auto& [room, r] : here.owned) {
-            std::vector<StoredMessage> stored;
-            for (size_t i = 0; i < stamped->size(); ++i) {
-              Draft d = (*stamped)[i];
-              const int32_t priority = options_.priority.Compute(d);
-              auto m = std::make_shared<Message>(std::move(d.message));
-              m->room = room;
-              m->priority = priority;
-              m->id = fanin->ids[i];
-              m->created_at = std::max(t, r->last_created + 1);
-              r->last_created = m->created_at;
-              r->published = true;
-              Finalize(*m);
-              stored.push_back(Stored(m));
-              r->dispatcher->Enqueue(std::move(m));
-            }
-            ReportDrops(*r);
-            AppendToStore(room, std::move(stored));
-          }
-          fanin->reached += static_cast<int64_t>(here.owned.size());
+        runtime_.Post(s, [this, s, stamped, ids, fanin] {
+          fanin->reached += EnqueueBroadcast(*shards_[s], *stamped, *ids);
           if (--fanin->left == 0) fanin->done(PublishResult{std::move(fanin->ids), fanin->reached.load()});
         });
       }
     });
+  }
+
+  // Enqueues broadcast messages (ids already assigned) into every room with a dispatcher on this
+  // shard; returns how many rooms.
+  int64_t EnqueueBroadcast(ShardState& here, const std::vector<Draft>& drafts, const std::vector<uint64_t>& ids) {
+    const int64_t t = WallMs();
+    int64_t rooms = 0;
+    for (auto& [room, r] : here.owned) {
+      if (!r->dispatcher) continue;  // cluster mode: owned by another node
+      ++rooms;
+      std::vector<StoredMessage> stored;
+      for (size_t i = 0; i < drafts.size() && i < ids.size(); ++i) {
+        Draft d = drafts[i];
+        const int32_t priority = options_.priority.Compute(d);
+        auto m = std::make_shared<Message>(std::move(d.message));
+        m->room = room;
+        m->priority = priority;
+        m->id = ids[i];
+        m->created_at = std::max(t, r->last_created + 1);
+        r->last_created = m->created_at;
+        r->published = true;
+        Finalize(*m);
+        stored.push_back(Stored(m));
+        r->dispatcher->Enqueue(std::move(m));
+      }
+      ReportDrops(*r);
+      AppendToStore(room, std::move(stored));
+    }
+    return rooms;
+  }
+
+  std::string EncodeBroadcast(const std::vector<Draft>& drafts, const std::vector<uint64_t>& ids) const {
+    nlohmann::json list = nlohmann::json::array(), id_list = nlohmann::json::array();
+    for (const Draft& d : drafts) list.push_back(DraftToJson(d));
+    for (uint64_t id : ids) id_list.push_back(std::to_string(id));
+    return nlohmann::json{{"origin", std::to_string(cluster_->boot())}, {"ids", std::move(id_list)}, {"drafts", std::move(list)}}
+        .dump();
+  }
+
+  // -- cluster: what other nodes send (NATS threads) --
+
+  void OnClusterBlock(const std::string& room, std::string_view data) {
+    auto decoded = DecodeFrames(data);
+    if (!decoded.ok() || decoded->frames.size() != 1) {
+      GetMetrics().cluster_errors->Inc();
+      return;
+    }
+    auto frame = std::make_shared<const EncodedFrame>(std::move(decoded->frames.front()));
+    const uint32_t home = OwnerOf(room);
+    runtime_.Post(home, [this, home, room, frame] {
+      ShardState& st = *shards_[home];
+      auto it = st.owned.find(room);
+      if (it == st.owned.end()) return;
+      GetMetrics().blocks_received->Inc();
+      DeliverToMembers(st, *it->second, frame);
+    });
+  }
+
+  void OnClusterUser(const std::string& user, std::string_view data) {
+    auto decoded = DecodeFrames(data);
+    if (!decoded.ok()) {
+      GetMetrics().cluster_errors->Inc();
+      return;
+    }
+    if (decoded->origin_boot == cluster_->boot()) return;  // delivered here when it was published
+    auto frames = std::make_shared<const std::vector<EncodedFrame>>(std::move(decoded->frames));
+    for (uint32_t s = 0; s < runtime_.size(); ++s) {
+      runtime_.Post(s, [this, s, user, frames] { DeliverPrivate(*shards_[s], user, *frames); });
+    }
+  }
+
+  void OnClusterBroadcast(std::string_view data) {
+    nlohmann::json j = nlohmann::json::parse(data, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_object() || !j.contains("origin") || !j["origin"].is_string() || !j.contains("ids") ||
+        !j["ids"].is_array() || !j.contains("drafts") || !j["drafts"].is_array() ||
+        j["ids"].size() != j["drafts"].size()) {
+      GetMetrics().cluster_errors->Inc();
+      return;
+    }
+    if (j["origin"].get<std::string>() == std::to_string(cluster_->boot())) return;  // enqueued here already
+    auto drafts = std::make_shared<std::vector<Draft>>();
+    auto ids = std::make_shared<std::vector<uint64_t>>();
+    for (size_t i = 0; i < j["ids"].size(); ++i) {
+      auto d = DraftFromJson(j["drafts"][i]);
+      if (!d.ok() || !j["ids"][i].is_string()) {
+        GetMetrics().cluster_errors->Inc();
+        return;
+      }
+      drafts->push_back(std::move(*d));
+      ids->push_back(std::strtoull(j["ids"][i].get_ref<const std::string&>().c_str(), nullptr, 10));
+    }
+    for (uint32_t s = 0; s < runtime_.size(); ++s) {
+      runtime_.Post(s, [this, s, drafts, ids] { EnqueueBroadcast(*shards_[s], *drafts, *ids); });
+    }
+  }
+
+  // Joins and leaves the nodes announced for a room this node owns: into its presence notice.
+  void OnClusterPresence(const std::string& room, int64_t joins, int64_t leaves) {
+    const uint32_t home = OwnerOf(room);
+    runtime_.Post(home, [this, home, room, joins, leaves] {
+      if (stopping_.load()) return;
+      OwnedRoom& r = RoomOf(*shards_[home], room);
+      DispatcherOf(r);
+      r.joins += joins;
+      r.leaves += leaves;
+    });
+  }
+
+  // Every announce_interval on shard 0: announce, forget silent nodes, and when the live set
+  // changed start dispatchers for the rooms with members this node now owns (the rooms it lost
+  // release theirs in Tick once drained).
+  void ClusterTick() {
+    if (!cluster_->Tick(SystemClock::Instance().Now())) return;
+    const uint32_t self = cluster_->self();
+    std::vector<uint32_t> live = cluster_->LiveNodes();
+    static auto log = GetLogger("live");
+    std::string nodes;
+    for (uint32_t n : live) nodes += (nodes.empty() ? "" : ",") + std::to_string(n);
+    log->info("live cluster: live nodes now [{}]", nodes);
+    for (std::string& room : cluster_->Rooms()) {
+      if (RendezvousOwner(room, live) != self) continue;
+      const uint32_t home = OwnerOf(room);
+      runtime_.Post(home, [this, home, room = std::move(room)] {
+        if (stopping_.load()) return;
+        DispatcherOf(RoomOf(*shards_[home], room));
+      });
+    }
+  }
+
+  // Under the lock, so the callback sees the changes in order.
+  void SetReady(bool ready, std::string detail) {
+    MutexLock lock(readiness_mu_);
+    ready_state_ = std::make_pair(ready, detail);
+    if (readiness_) readiness_(ready, std::move(detail));
+  }
+  std::string ClusterDetail(bool connected) const {
+    return "cluster node " + std::to_string(cluster_->self()) + ", nats " + (connected ? "connected" : "disconnected");
   }
 
   // -- WebSocket --
@@ -702,7 +1052,7 @@ class LiveService::Impl {
       runtime_.Post(owner, [this, owner, room, from] { MembersChanged(*shards_[owner], room, from, +1); });
     }
     // The count the owner last published, plus this join if it has not arrived yet.
-    const int64_t online = online_.Get(room) + (already ? 0 : 1);
+    const int64_t online = OnlineOf(room) + (already ? 0 : 1);
     info.conn->Send(EncodeSubscribed(room, online).For(info.json), !info.json);
   }
 
@@ -828,7 +1178,7 @@ class LiveService::Impl {
     if (!room_q) return r.SendStatus(InvalidArgument("room is required"));
     std::string room(*room_q);
     if (Status s = ValidateRoomId(room); !s.ok()) return r.SendStatus(s);
-    const int64_t online = online_.Get(room);
+    const int64_t online = OnlineOf(room);
     const int64_t poll_ms = options_.PollMs(online);
     const bool ws_capable = req.Query("ws").value_or("1") != "0";
     const bool ws_full = options_.max_ws_connections > 0 &&
@@ -846,6 +1196,30 @@ class LiveService::Impl {
     } else {
       out["transport"] = "poll";
       out["reason"] = ws_full ? "websocket capacity reached" : "client cannot use WebSocket";
+    }
+    r.Send(net::JsonResponse(200, out));
+  }
+
+  // GET /v1/live/cluster[?room=R]: this node, the live nodes and (with a room) its owner and
+  // online count as this node sees them. For operators and tests.
+  void HandleCluster(net::HttpRequest& req, net::HttpResponder r) {
+    nlohmann::json out;
+    out["enabled"] = cluster_ != nullptr;
+    out["node"] = options_.node_id;
+    if (cluster_) {
+      out["boot"] = std::to_string(cluster_->boot());
+      out["nats"] = cluster_->connected() ? "connected" : "disconnected";
+      out["nodes"] = cluster_->LiveNodes();
+    } else {
+      out["nodes"] = nlohmann::json::array({options_.node_id});
+    }
+    if (auto room_q = req.Query("room")) {
+      std::string room(*room_q);
+      if (Status s = ValidateRoomId(room); !s.ok()) return r.SendStatus(s);
+      const std::optional<uint32_t> owner = cluster_ ? cluster_->OwnerOf(room) : std::optional<uint32_t>(options_.node_id);
+      out["room"] = room;
+      out["owner"] = owner ? nlohmann::json(*owner) : nlohmann::json(nullptr);
+      out["online"] = OnlineOf(room);
     }
     r.Send(net::JsonResponse(200, out));
   }
@@ -900,7 +1274,7 @@ class LiveService::Impl {
     if (since == 0 || since < floor) since = floor;
     if (since > q.until) since = q.until;
     q.since = since;
-    const int64_t poll_ms = options_.PollMs(online_.Get(room));
+    const int64_t poll_ms = options_.PollMs(OnlineOf(room));
     GetMetrics().polls->Inc();
     auto rp = std::make_shared<net::HttpResponder>(std::move(r));
     store_->Query(std::move(q), [rp, poll_ms](Result<PollResult> res) {
@@ -939,6 +1313,8 @@ class LiveService::Impl {
         router.Add("POST", "/v1/broadcast", [this](HttpRequest& q, HttpResponder r) { HandleBroadcast(q, std::move(r)); }));
     CHORUS_RETURN_IF_ERROR(
         router.Add("GET", "/v1/connect", [this](HttpRequest& q, HttpResponder r) { HandleConnect(q, std::move(r)); }));
+    CHORUS_RETURN_IF_ERROR(router.Add("GET", "/v1/live/cluster",
+                                      [this](HttpRequest& q, HttpResponder r) { HandleCluster(q, std::move(r)); }));
     net::WebSocketHandler ws;
     ws.accept = [this](const HttpRequest& q) { return AcceptWs(q); };
     ws.on_open = [this](const std::shared_ptr<net::WebSocketConnection>& c) { OnOpen(c); };
@@ -958,6 +1334,41 @@ class LiveService::Impl {
     runtime_.Post(0, [this] {
       shards_[0]->housekeeping = runtime_.shard(0).RunEvery(std::chrono::seconds(5), [this] { store_->Sweep(WallMs()); });
     });
+    if (!cluster_) {
+      SetReady(true, "");
+      return;
+    }
+    Cluster::Handlers h;
+    h.forward = [this](std::string request, std::function<void(std::string)> reply) {
+      OnForward(std::move(request), std::move(reply));
+    };
+    h.block = [this](const std::string& room, std::string_view data) { OnClusterBlock(room, data); };
+    h.user = [this](const std::string& user, std::string_view data) { OnClusterUser(user, data); };
+    h.broadcast = [this](std::string_view data) { OnClusterBroadcast(data); };
+    h.presence = [this](const std::string& room, int64_t joins, int64_t leaves) {
+      OnClusterPresence(room, joins, leaves);
+    };
+    h.state = [this](bool connected) {
+      static auto log = GetLogger("live");
+      if (connected) {
+        log->info("live cluster: connected to NATS");
+      } else {
+        log->warn("live cluster: NATS connection lost; publishes are refused until it is back");
+      }
+      SetReady(connected, ClusterDetail(connected));
+    };
+    if (Status st = cluster_->Start(std::move(h)); !st.ok()) {
+      static auto log = GetLogger("live");
+      log->error("live cluster: {}", st.ToString());
+      SetReady(false, "cluster: " + st.ToString());
+      return;
+    }
+    SetReady(cluster_->connected(), ClusterDetail(cluster_->connected()));
+    runtime_.Post(0, [this] {
+      if (stopping_.load()) return;
+      shards_[0]->cluster_timer =
+          runtime_.shard(0).RunEvery(options_.cluster.announce_interval, [this] { ClusterTick(); });
+    });
   }
 
   void Stop() {
@@ -972,11 +1383,15 @@ class LiveService::Impl {
         net::Shard& shard = runtime_.shard(s);
         for (auto& [room, r] : st.owned) shard.Cancel(r->timer);
         if (st.housekeeping) shard.Cancel(st.housekeeping);
+        if (st.cluster_timer) shard.Cancel(st.cluster_timer);
         cancelled.set_value();
       });
       // A runtime that is not running never answers: then no timer can fire either.
       wait.wait_for(std::chrono::seconds(2));
     }
+    // No more NATS handlers after this; the client stays until the service is destroyed, so
+    // replies still on their way from the shards can be sent.
+    if (cluster_) cluster_->Stop();
   }
 
   net::Runtime& runtime_;
@@ -990,6 +1405,10 @@ class LiveService::Impl {
   std::atomic<bool> stopping_{false};
   LiveService::ChatModerator moderator_;  // set before Start
   LiveService::RoomObserver observer_;    // set before Start
+  std::unique_ptr<Cluster> cluster_;      // cluster mode only; set before Start
+  Mutex readiness_mu_;
+  LiveService::ReadinessCallback readiness_ GUARDED_BY(readiness_mu_);
+  std::optional<std::pair<bool, std::string>> ready_state_ GUARDED_BY(readiness_mu_);  // the last SetReady
 
   struct ChatBucket {
     double tokens;
@@ -1013,13 +1432,23 @@ Result<std::unique_ptr<LiveService>> LiveService::Create(net::Runtime& runtime, 
                            std::to_string(runtime.size()) + " shards in the 10 node bits of an id (max " +
                            std::to_string((1024 >> shard_bits) - 1) + ")");
   }
+  std::unique_ptr<Cluster> cluster;
+  if (options.cluster.enabled) {
+    CHORUS_ASSIGN_OR_RETURN(cluster, ConnectNatsCluster(options.cluster, options.node_id));
+  }
   auto impl = std::make_unique<Impl>(runtime, signer, std::move(options), std::move(store));
+  impl->cluster_ = std::move(cluster);
   return std::unique_ptr<LiveService>(new LiveService(std::move(impl)));
 }
 
 LiveService::LiveService(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 void LiveService::SetChatModerator(ChatModerator moderator) { impl_->moderator_ = std::move(moderator); }
 void LiveService::SetRoomObserver(RoomObserver observer) { impl_->observer_ = std::move(observer); }
+void LiveService::SetReadinessCallback(ReadinessCallback cb) {
+  MutexLock lock(impl_->readiness_mu_);
+  impl_->readiness_ = std::move(cb);
+  if (impl_->readiness_ && impl_->ready_state_) impl_->readiness_(impl_->ready_state_->first, impl_->ready_state_->second);
+}
 void LiveService::Chat(std::string room, std::string user, int32_t level, std::string text,
                        std::function<void(Result<uint64_t>)> done) {
   impl_->Chat(std::move(room), std::move(user), level, std::move(text), std::move(done));

@@ -11,6 +11,20 @@
 //     own connection index; broadcasts are posted to every shard and enqueued into every room it
 //     owns.
 // The poll store is shared (thread-safe or per-shard, see poll_store.h).
+//
+// Cluster mode (live.cluster.enabled, docs/scale-out.md "live across nodes"): several nodes
+// serve one set of rooms over NATS (live/cluster.h). The same per-shard layout holds inside each
+// node; across nodes:
+//   - a room's dispatcher runs only on its owner node (rendezvous hash over live nodes), which
+//     alone writes the (Redis) poll store; a publish on another node is forwarded to the owner
+//     by request/reply and answered with the owner's ids, retried once on a recomputed owner if
+//     the owner does not answer;
+//   - the owner publishes each encoded block on the room's NATS subject instead of delivering it
+//     itself; every node (the owner too) subscribes while it has local members and hands the
+//     bytes to its member shards, so all members everywhere get identical bytes;
+//   - private messages and broadcasts are delivered locally and published to every other node;
+//   - a room's online count is the sum of the nodes' announced local counts, and joins/leaves
+//     reach the owner's presence notice through the same announcements.
 #pragma once
 #include <cstdint>
 #include <functional>
@@ -22,6 +36,7 @@
 #include "base/clock.h"
 #include "base/config.h"
 #include "base/status.h"
+#include "live/cluster.h"
 #include "live/dispatcher.h"
 #include "live/message.h"
 #include "live/poll_store.h"
@@ -85,6 +100,9 @@ struct LiveOptions {
   RetentionOptions retention;
   Duration idle_room_ttl = std::chrono::seconds(60);  // an empty, quiet room is forgotten after it
 
+  // Several nodes over NATS (live.cluster.*); off = embedded, everything in this process.
+  ClusterOptions cluster;
+
   int64_t PollMs(int64_t online) const;
 };
 
@@ -139,9 +157,17 @@ class LiveService {
   void Chat(std::string room, std::string user, int32_t level, std::string text,
             std::function<void(Result<uint64_t>)> done);
 
-  // Starts the per-shard housekeeping timers. Call after the runtime has started.
+  // Readiness of the service for /readyz: called with (ready, detail) at Start() and on every
+  // change after it (cluster mode: the NATS connection going down and up), from any thread;
+  // set after Start(), it is called at once with the current state. `detail` is "" embedded.
+  using ReadinessCallback = std::function<void(bool ready, std::string detail)>;
+  void SetReadinessCallback(ReadinessCallback cb);
+
+  // Starts the per-shard housekeeping timers (and in cluster mode the NATS subscriptions and the
+  // announcements). Call after the runtime has started.
   void Start();
-  // Cancels timers on every shard and waits for that; call before stopping the runtime.
+  // Cancels timers on every shard and waits for that, and leaves the cluster; call before
+  // stopping the runtime.
   void Stop();
 
   // The publishing core shared by HTTP and gRPC. Callable from any thread; `done` runs on a

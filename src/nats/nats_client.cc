@@ -7,6 +7,8 @@
 #include <climits>
 #include <cstdint>
 #include <mutex>
+#include <set>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 
@@ -239,21 +241,151 @@ void OnClosed(natsConnection*, void* closure) { NotifyState(closure, false); }
 // A core subscription's handler.
 class SubTarget : public CallbackTarget {
  public:
-  explicit SubTarget(NatsClient::Handler handler) : handler_(std::move(handler)) {}
+  explicit SubTarget(NatsClient::MsgHandler handler) : handler_(std::move(handler)) {}
   void Deliver(natsMsg* msg) {
     Run([&] {
       const char* data = natsMsg_GetData(msg);
-      handler_(natsMsg_GetSubject(msg), std::string_view(data == nullptr ? "" : data,
-                                                         static_cast<size_t>(natsMsg_GetDataLength(msg))));
+      const char* reply = natsMsg_GetReply(msg);
+      NatsMessage m{.subject = natsMsg_GetSubject(msg),
+                    .reply = reply == nullptr ? std::string_view() : std::string_view(reply),
+                    .data = std::string_view(data == nullptr ? "" : data,
+                                             static_cast<size_t>(natsMsg_GetDataLength(msg)))};
+      handler_(m);
     });
   }
 
  private:
-  const NatsClient::Handler handler_;
+  const NatsClient::MsgHandler handler_;
 };
 
 void OnMsg(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
   if (auto target = Registry::Get().Find<SubTarget>(closure)) target->Deliver(msg);
+  natsMsg_Destroy(msg);
+}
+
+// RequestAsync's pending requests: one reply subscription (`<inbox>.*`) per client, each request
+// answered on `<inbox>.<token>`, and a timer thread that fails requests past their deadline.
+class RequestMux : public CallbackTarget {
+ public:
+  using Done = std::function<void(Result<std::string>)>;
+  using Clock = std::chrono::steady_clock;
+
+  explicit RequestMux(std::string inbox) : inbox_(std::move(inbox)) {
+    timer_ = std::thread([this] { TimerLoop(); });
+  }
+  ~RequestMux() override { Shutdown(); }
+
+  const std::string& inbox() const { return inbox_; }
+
+  // Registers a request; returns its reply subject.
+  std::string Add(Done done, Clock::time_point deadline) {
+    uint64_t token;
+    {
+      MutexLock lock(mu_);
+      token = next_token_++;
+      pending_.emplace(token, Pending{std::move(done), deadline});
+      deadlines_.emplace(deadline, token);
+    }
+    wake_.NotifyAll();
+    return inbox_ + "." + std::to_string(token);
+  }
+  Done Take(std::string_view reply_subject) {
+    if (reply_subject.size() <= inbox_.size() + 1) return nullptr;
+    const std::string_view tail = reply_subject.substr(inbox_.size() + 1);
+    uint64_t token = 0;
+    for (char c : tail) {
+      if (c < '0' || c > '9') return nullptr;
+      token = token * 10 + static_cast<uint64_t>(c - '0');
+    }
+    MutexLock lock(mu_);
+    return TakeLocked(token);
+  }
+  void Deliver(natsMsg* msg) {
+    Run([&] {
+      Done done = Take(natsMsg_GetSubject(msg));
+      if (!done) return;  // timed out already
+      if (natsMsg_IsNoResponders(msg)) {
+        return done(Unavailable("nats: request: no responders"));
+      }
+      const char* data = natsMsg_GetData(msg);
+      done(data == nullptr ? std::string() : std::string(data, static_cast<size_t>(natsMsg_GetDataLength(msg))));
+    });
+  }
+
+  // Stops the timer and fails every request still pending, on the calling thread. Idempotent.
+  void Shutdown() {
+    {
+      MutexLock lock(mu_);
+      stopping_ = true;
+    }
+    wake_.NotifyAll();
+    if (timer_.joinable()) {
+      // From inside a `done` run by the timer thread itself: it ends on its own.
+      if (timer_.get_id() == std::this_thread::get_id()) {
+        timer_.detach();
+      } else {
+        timer_.join();
+      }
+    }
+    std::unordered_map<uint64_t, Pending> pending;
+    {
+      MutexLock lock(mu_);
+      pending.swap(pending_);
+      deadlines_.clear();
+    }
+    for (auto& [token, p] : pending) p.done(Unavailable("nats: request: client closed before the reply"));
+  }
+
+ private:
+  struct Pending {
+    Done done;
+    Clock::time_point deadline;
+  };
+
+  Done TakeLocked(uint64_t token) REQUIRES(mu_) {
+    auto it = pending_.find(token);
+    if (it == pending_.end()) return nullptr;
+    Done done = std::move(it->second.done);
+    deadlines_.erase({it->second.deadline, token});
+    pending_.erase(it);
+    return done;
+  }
+
+  void TimerLoop() {
+    for (;;) {
+      Done done;
+      {
+        MutexLock lock(mu_);
+        if (stopping_) return;
+        if (deadlines_.empty()) {
+          wake_.Wait(mu_);
+          continue;
+        }
+        const Clock::time_point next = deadlines_.begin()->first;
+        if (Clock::now() < next) {
+          wake_.WaitUntil(mu_, next, [&]() REQUIRES(mu_) {
+            return stopping_ || (!deadlines_.empty() && deadlines_.begin()->first < next);
+          });
+          continue;
+        }
+        done = TakeLocked(deadlines_.begin()->second);
+      }
+      if (done) done(DeadlineExceeded("nats: request: no reply in time"));
+    }
+  }
+
+  const std::string inbox_;
+  Mutex mu_;
+  CondVar wake_;
+  bool stopping_ GUARDED_BY(mu_) = false;
+  uint64_t next_token_ GUARDED_BY(mu_) = 1;
+  std::unordered_map<uint64_t, Pending> pending_ GUARDED_BY(mu_);
+  std::set<std::pair<Clock::time_point, uint64_t>> deadlines_ GUARDED_BY(mu_);
+  std::thread timer_;
+};
+
+void OnMuxReply(natsConnection*, natsSubscription*, natsMsg* msg, void* closure) {
+  if (auto target = Registry::Get().Find<RequestMux>(closure)) target->Deliver(msg);
   natsMsg_Destroy(msg);
 }
 
@@ -342,8 +474,30 @@ struct ClientImpl {
   void* conn_id = nullptr;
   std::shared_ptr<AsyncPublisher> publisher = std::make_shared<AsyncPublisher>();
   void* publisher_id = nullptr;
+  // RequestAsync's reply subscription, made by the first call.
+  Mutex mux_mu;
+  std::shared_ptr<RequestMux> mux GUARDED_BY(mux_mu);
+  natsSubscription* mux_sub GUARDED_BY(mux_mu) = nullptr;
+  void* mux_id GUARDED_BY(mux_mu) = nullptr;
 
   ~ClientImpl() {
+    // Taken out first: a reply callback in flight may itself call RequestAsync (a retry).
+    std::shared_ptr<RequestMux> requests;
+    natsSubscription* requests_sub = nullptr;
+    void* requests_id = nullptr;
+    {
+      MutexLock lock(mux_mu);
+      requests = std::move(mux);
+      requests_sub = std::exchange(mux_sub, nullptr);
+      requests_id = std::exchange(mux_id, nullptr);
+    }
+    if (requests != nullptr) {
+      (void)natsSubscription_Unsubscribe(requests_sub);
+      requests->Close();
+      Registry::Get().Remove(requests_id);
+      natsSubscription_Destroy(requests_sub);
+      requests->Shutdown();  // pending requests fail now
+    }
     // No callback of ours once this returns (see the header), then the connection goes.
     conn_target->Close();
     Registry::Get().Remove(conn_id);
@@ -555,6 +709,7 @@ Result<std::unique_ptr<NatsClient>> NatsClient::Connect(const NatsOptions& optio
   }
   if ((s = natsOptions_SetName(opts, options.name.c_str())) != NATS_OK ||
       (s = natsOptions_SetNoEcho(opts, options.no_echo)) != NATS_OK ||
+      (s = natsOptions_UseGlobalMessageDelivery(opts, options.shared_delivery)) != NATS_OK ||
       (s = natsOptions_SetTimeout(opts, options.connect_timeout.count())) != NATS_OK ||
       (s = natsOptions_SetMaxReconnect(opts, -1)) != NATS_OK ||
       (s = natsOptions_SetReconnectWait(opts, options.reconnect_wait.count())) != NATS_OK ||
@@ -607,17 +762,74 @@ Status NatsClient::Flush(milliseconds timeout) {
 
 Result<std::unique_ptr<Subscription>> NatsClient::Subscribe(std::string_view subject, Handler handler) {
   if (!handler) return InvalidArgument("nats: subscribe: no handler");
+  return SubscribeMsgs(subject, [handler = std::move(handler)](const NatsMessage& m) { handler(m.subject, m.data); });
+}
+
+Result<std::unique_ptr<Subscription>> NatsClient::SubscribeMsgs(std::string_view subject, MsgHandler handler,
+                                                                std::string_view queue_group) {
+  if (!handler) return InvalidArgument("nats: subscribe: no handler");
   auto impl = std::make_unique<internal::SubscriptionImpl>();
   impl->target = std::make_shared<SubTarget>(std::move(handler));
   impl->id = Registry::Get().Add(impl->target);
   const std::string subj(subject);
-  natsStatus s = natsConnection_Subscribe(&impl->sub, impl_->nc, subj.c_str(), OnMsg, impl->id);
+  const std::string queue(queue_group);
+  natsStatus s = queue.empty()
+                     ? natsConnection_Subscribe(&impl->sub, impl_->nc, subj.c_str(), OnMsg, impl->id)
+                     : natsConnection_QueueSubscribe(&impl->sub, impl_->nc, subj.c_str(), queue.c_str(), OnMsg, impl->id);
   if (s != NATS_OK) {
     Status error = NatsError(s, "subscribe to '" + subj + "'");
     Registry::Get().Remove(impl->id);
     return error;
   }
   return std::unique_ptr<Subscription>(new Subscription(std::move(impl)));
+}
+
+Status NatsClient::Respond(std::string_view reply_subject, std::string_view data) {
+  if (reply_subject.empty()) return InvalidArgument("nats: respond: the request has no reply subject");
+  return Publish(reply_subject, data);
+}
+
+void NatsClient::RequestAsync(std::string_view subject, std::string_view data, milliseconds timeout,
+                              std::function<void(Result<std::string>)> done) {
+  if (!done) done = [](const Result<std::string>&) {};
+  if (timeout.count() <= 0) return done(InvalidArgument("nats: request: timeout must be positive"));
+  if (subject.empty()) return done(InvalidArgument("nats: request: empty subject"));
+  if (Status st = CheckPayload(data); !st.ok()) return done(st);
+  if (Status st = RequireConnected(impl_->nc, "request"); !st.ok()) return done(st);
+  std::shared_ptr<RequestMux> mux;
+  {
+    MutexLock lock(impl_->mux_mu);
+    if (impl_->mux == nullptr) {
+      natsInbox* inbox = nullptr;
+      natsStatus s = natsInbox_Create(&inbox);
+      if (s != NATS_OK) return done(NatsError(s, "request inbox"));
+      auto created = std::make_shared<RequestMux>(inbox);
+      natsInbox_Destroy(inbox);
+      void* id = Registry::Get().Add(created);
+      const std::string wildcard = created->inbox() + ".*";
+      natsSubscription* sub = nullptr;
+      s = natsConnection_Subscribe(&sub, impl_->nc, wildcard.c_str(), OnMuxReply, id);
+      if (s != NATS_OK) {
+        Status error = NatsError(s, "request reply subscription");
+        Registry::Get().Remove(id);
+        created->Shutdown();
+        return done(error);
+      }
+      impl_->mux = std::move(created);
+      impl_->mux_sub = sub;
+      impl_->mux_id = id;
+    }
+    mux = impl_->mux;
+  }
+  // Registered before publishing: the reply may come back before PublishRequest returns.
+  const std::string reply = mux->Add(std::move(done), std::chrono::steady_clock::now() + timeout);
+  const std::string subj(subject);
+  natsStatus s = natsConnection_PublishRequest(impl_->nc, subj.c_str(), reply.c_str(), data.data(),
+                                               static_cast<int>(data.size()));
+  if (s != NATS_OK) {
+    Status error = NatsCoreError(s, "request on '" + subj + "'");
+    if (RequestMux::Done mine = mux->Take(reply)) mine(error);
+  }
 }
 
 Result<std::string> NatsClient::Request(std::string_view subject, std::string_view data,

@@ -29,8 +29,13 @@
 // default); beyond that nats.c drops them (a "slow consumer"), silently: core NATS is
 // at-most-once. A JsMessage is a value: use each one from one thread at a time.
 //
-// Not offered: a reply subject in Handler (so no responder side of request/reply), queue
-// groups, push consumers, TLS and credentials.
+// Request/reply. Request() blocks its caller; RequestAsync() returns at once and completes
+// through a callback (one shared reply subscription per client, `_INBOX.<nuid>.*`, and one
+// timer thread started by the first call). The responder side is SubscribeMsgs() (optionally in
+// a queue group: each message goes to one member of the group), whose handler sees the reply
+// subject, answered with Respond().
+//
+// Not offered: push consumers, TLS and credentials.
 //
 // Lifetimes and callbacks. Destroying a Subscription unsubscribes; destroying the NatsClient
 // closes the connection. When either destructor returns, no callback of it runs any more: the
@@ -65,6 +70,17 @@ struct NatsOptions {
   // connect is retried in the background too, so Connect() succeeds while the server is down.
   std::chrono::milliseconds reconnect_wait{250};
   std::chrono::milliseconds request_timeout{2000};  // JetStream API calls and publish acks
+  // Deliver every subscription's messages from nats.c's shared delivery pool (one thread by
+  // default) instead of one thread per subscription: for a process holding many subscriptions
+  // (a live node subscribes per room). Handlers then share that thread: keep them short.
+  bool shared_delivery = false;
+};
+
+// A core message as a SubscribeMsgs handler sees it; the views are valid during the call only.
+struct NatsMessage {
+  std::string_view subject;
+  std::string_view reply;  // "" when the sender expects no answer
+  std::string_view data;
 };
 
 namespace internal {
@@ -186,6 +202,23 @@ class NatsClient {
   // kDeadlineExceeded when nobody answered within `timeout`.
   Result<std::string> Request(std::string_view subject, std::string_view data,
                               std::chrono::milliseconds timeout);
+  // Request() without blocking: `done` runs exactly once, with the answer or the same errors
+  // as Request(), on a nats.c thread or the client's request-timer thread; inline (before
+  // RequestAsync returns) when the request cannot be sent (not connected, bad arguments).
+  // Requests still unanswered when the NatsClient is destroyed complete with kUnavailable from
+  // its destructor.
+  void RequestAsync(std::string_view subject, std::string_view data, std::chrono::milliseconds timeout,
+                    std::function<void(Result<std::string>)> done);
+
+  // The responder side: like Subscribe, but the handler sees the reply subject. With a
+  // non-empty `queue_group`, each message goes to one subscriber of the group (of all clients
+  // subscribing with that group name), not to all.
+  using MsgHandler = std::function<void(const NatsMessage& message)>;  // on a nats.c thread
+  Result<std::unique_ptr<Subscription>> SubscribeMsgs(std::string_view subject, MsgHandler handler,
+                                                      std::string_view queue_group = {});
+  // Answers a request: publishes `data` to its reply subject (kInvalidArgument if empty).
+  // Callable from the handler itself or later, from any thread.
+  Status Respond(std::string_view reply_subject, std::string_view data);
 
   // ---- JetStream.
   // Creates the stream, or updates it if it exists with other settings. Settings the server

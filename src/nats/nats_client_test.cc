@@ -3,6 +3,7 @@
 #include <nats/nats.h>
 
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <functional>
 #include <memory>
@@ -312,6 +313,138 @@ TEST_F(NatsClientTest, RequestReplyNoRespondersAndTimeout) {
 
   auto late = client->Request("svc.silent", "x", milliseconds(200));
   EXPECT_EQ(late.status().code(), StatusCode::kDeadlineExceeded) << late.status().ToString();
+}
+
+// Collects RequestAsync completions.
+class Replies {
+ public:
+  std::function<void(Result<std::string>)> Done() {
+    return [this](Result<std::string> r) {
+      MutexLock lock(mu_);
+      results_.push_back(std::move(r));
+    };
+  }
+  size_t size() const {
+    MutexLock lock(mu_);
+    return results_.size();
+  }
+  Result<std::string> at(size_t i) const {
+    MutexLock lock(mu_);
+    return results_.at(i);
+  }
+
+ private:
+  mutable Mutex mu_;
+  std::vector<Result<std::string>> results_ GUARDED_BY(mu_);
+};
+
+TEST_F(NatsClientTest, ResponderAnswersRequestAndRequestAsync) {
+  auto responder = MustConnect();
+  auto client = MustConnect();
+  ASSERT_TRUE(responder && client);
+  NatsClient* r = responder.get();
+  auto sub = responder->SubscribeMsgs("svc.upper", [r](const NatsMessage& m) {
+    std::string out(m.data);
+    for (char& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    EXPECT_TRUE(r->Respond(m.reply, out).ok());
+  });
+  ASSERT_TRUE(sub.ok()) << sub.status().ToString();
+  ASSERT_TRUE(responder->Flush(seconds(5)).ok());
+
+  auto sync = client->Request("svc.upper", "abc", seconds(5));
+  ASSERT_TRUE(sync.ok()) << sync.status().ToString();
+  EXPECT_EQ(*sync, "ABC");
+
+  // Many in flight at once, each answered with its own reply.
+  Replies replies;
+  constexpr int kRequests = 50;
+  for (int i = 0; i < kRequests; ++i) client->RequestAsync("svc.upper", "m" + std::to_string(i), seconds(5), replies.Done());
+  ASSERT_TRUE(WaitFor([&] { return replies.size() == kRequests; }));
+  std::set<std::string> got;
+  for (size_t i = 0; i < kRequests; ++i) {
+    ASSERT_TRUE(replies.at(i).ok()) << replies.at(i).status().ToString();
+    got.insert(*replies.at(i));
+  }
+  EXPECT_EQ(got.size(), static_cast<size_t>(kRequests));
+  EXPECT_TRUE(got.count("M0") && got.count("M49"));
+
+  // Respond needs a reply subject.
+  EXPECT_EQ(responder->Respond("", "x").code(), StatusCode::kInvalidArgument);
+  // A plain publish has none: the handler sees "".
+  std::atomic<bool> saw_empty_reply{false};
+  auto plain = responder->SubscribeMsgs("svc.plain", [&](const NatsMessage& m) { saw_empty_reply = m.reply.empty(); });
+  ASSERT_TRUE(plain.ok());
+  ASSERT_TRUE(responder->Flush(seconds(5)).ok());
+  ASSERT_TRUE(client->Publish("svc.plain", "x").ok());
+  ASSERT_TRUE(WaitFor([&] { return saw_empty_reply.load(); }));
+}
+
+TEST_F(NatsClientTest, RequestAsyncNoRespondersTimeoutAndClose) {
+  auto client = MustConnect();
+  auto silent_side = MustConnect();
+  ASSERT_TRUE(client && silent_side);
+  auto silent = silent_side->SubscribeMsgs("svc.silent", [](const NatsMessage&) {});
+  ASSERT_TRUE(silent.ok());
+  ASSERT_TRUE(silent_side->Flush(seconds(5)).ok());
+
+  Replies nobody;
+  client->RequestAsync("svc.nobody", "x", seconds(5), nobody.Done());
+  ASSERT_TRUE(WaitFor([&] { return nobody.size() == 1; }));
+  EXPECT_EQ(nobody.at(0).status().code(), StatusCode::kUnavailable) << nobody.at(0).status().ToString();
+
+  Replies late;
+  const auto start = std::chrono::steady_clock::now();
+  client->RequestAsync("svc.silent", "x", milliseconds(200), late.Done());
+  ASSERT_TRUE(WaitFor([&] { return late.size() == 1; }));
+  EXPECT_GE(std::chrono::steady_clock::now() - start, milliseconds(200));
+  EXPECT_EQ(late.at(0).status().code(), StatusCode::kDeadlineExceeded) << late.at(0).status().ToString();
+
+  Replies bad;
+  client->RequestAsync("svc.silent", "x", milliseconds(0), bad.Done());
+  ASSERT_EQ(bad.size(), 1u);  // inline
+  EXPECT_EQ(bad.at(0).status().code(), StatusCode::kInvalidArgument);
+
+  // Still pending when the client goes: completed by the destructor.
+  Replies pending;
+  client->RequestAsync("svc.silent", "x", seconds(60), pending.Done());
+  client.reset();
+  ASSERT_EQ(pending.size(), 1u);
+  EXPECT_EQ(pending.at(0).status().code(), StatusCode::kUnavailable);
+}
+
+TEST_F(NatsClientTest, RequestAsyncWhileDisconnectedFailsInline) {
+  auto client = MustConnect();
+  ASSERT_NE(client, nullptr);
+  server_->Stop();
+  ASSERT_TRUE(WaitFor([&] { return !client->connected(); }));
+  Replies replies;
+  client->RequestAsync("svc.any", "x", seconds(5), replies.Done());
+  ASSERT_EQ(replies.size(), 1u);
+  EXPECT_EQ(replies.at(0).status().code(), StatusCode::kUnavailable);
+}
+
+TEST_F(NatsClientTest, QueueGroupDeliversEachMessageToOneMember) {
+  NatsOptions shared = Options();
+  shared.shared_delivery = true;  // the pool option must not change what is delivered
+  auto a = MustConnect(shared);
+  auto b = MustConnect();
+  auto publisher = MustConnect();
+  ASSERT_TRUE(a && b && publisher);
+  std::atomic<int> got_a{0}, got_b{0};
+  auto sa = a->SubscribeMsgs("work.q", [&](const NatsMessage&) { ++got_a; }, "workers");
+  auto sb = b->SubscribeMsgs("work.q", [&](const NatsMessage&) { ++got_b; }, "workers");
+  ASSERT_TRUE(sa.ok() && sb.ok());
+  ASSERT_TRUE(a->Flush(seconds(5)).ok());
+  ASSERT_TRUE(b->Flush(seconds(5)).ok());
+  constexpr int kMessages = 200;
+  for (int i = 0; i < kMessages; ++i) ASSERT_TRUE(publisher->Publish("work.q", "job").ok());
+  ASSERT_TRUE(publisher->Flush(seconds(5)).ok());
+  ASSERT_TRUE(WaitFor([&] { return got_a + got_b == kMessages; }));
+  ASSERT_TRUE(a->Flush(seconds(5)).ok());
+  ASSERT_TRUE(b->Flush(seconds(5)).ok());
+  EXPECT_EQ(got_a + got_b, kMessages);  // none twice
+  EXPECT_GT(got_a, 0);                  // both members served (200 random picks)
+  EXPECT_GT(got_b, 0);
 }
 
 // ---- JetStream -------------------------------------------------------------------------------

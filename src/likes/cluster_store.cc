@@ -1,0 +1,227 @@
+#include "likes/cluster_store.h"
+
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "base/logging.h"
+#include "nats/nats_client.h"
+
+namespace chorus::likes {
+
+std::string EncodeAppliedNotice(std::string_view stream, uint64_t through, const std::vector<EntityCounts>& counts) {
+  nlohmann::json j;
+  j["stream"] = stream;
+  j["through"] = through;
+  nlohmann::json rows = nlohmann::json::array();
+  for (const EntityCounts& c : counts) rows.push_back({c.ns, c.entity, c.counts.likes, c.counts.dislikes});
+  j["counts"] = std::move(rows);
+  return j.dump();
+}
+
+uint64_t DecodeAppliedThrough(std::string_view stream, std::string_view notice) {
+  nlohmann::json j = nlohmann::json::parse(notice, nullptr, false);
+  if (!j.is_object()) return 0;
+  auto s = j.find("stream");
+  auto t = j.find("through");
+  if (s == j.end() || !s->is_string() || s->get<std::string>() != stream) return 0;
+  if (t == j.end() || !t->is_number_unsigned()) return 0;
+  return t->get<uint64_t>();
+}
+
+namespace {
+
+std::string BootId() {
+  std::random_device rd;
+  const uint64_t v = (uint64_t{rd()} << 32) ^ rd();
+  char buf[17];
+  std::snprintf(buf, sizeof buf, "%016llx", static_cast<unsigned long long>(v));
+  return buf;
+}
+
+}  // namespace
+
+ClusterLikeStore::ClusterLikeStore(std::shared_ptr<SqlLikeStore> db, std::shared_ptr<nats::NatsClient> nats,
+                                   ClusterStoreOptions options)
+    : db_(std::move(db)),
+      nats_(std::move(nats)),
+      options_(std::move(options)),
+      id_prefix_(options_.node_id + "." + BootId() + ".") {}
+
+Result<std::unique_ptr<ClusterLikeStore>> ClusterLikeStore::Create(std::shared_ptr<SqlLikeStore> db,
+                                                                   std::shared_ptr<nats::NatsClient> nats,
+                                                                   ClusterStoreOptions options) {
+  if (!db || !nats) return InvalidArgument("cluster likes store: needs a database and a NATS client");
+  if (options.node_id.empty()) return InvalidArgument("cluster likes store: node_id is empty");
+  std::unique_ptr<ClusterLikeStore> store(new ClusterLikeStore(std::move(db), std::move(nats), std::move(options)));
+  ClusterLikeStore* self = store.get();
+  auto sub = self->nats_->Subscribe(self->options_.changes_subject, [self](std::string_view, std::string_view data) {
+    self->Advance(DecodeAppliedThrough(self->options_.stream, data));
+  });
+  if (!sub.ok()) return sub.status();
+  store->notices_ = std::move(*sub);
+  // Start from the database's offset when it answers; the poller keeps trying otherwise.
+  if (auto through = store->db_->AppliedThrough(store->options_.stream); through.ok()) store->Advance(*through);
+  store->poller_ = std::thread([self] { self->PollOffsets(); });
+  return store;
+}
+
+ClusterLikeStore::~ClusterLikeStore() {
+  {
+    MutexLock lock(mu_);
+    stopping_ = true;
+  }
+  stop_cv_.NotifyAll();
+  if (poller_.joinable()) poller_.join();
+  notices_.reset();  // no notice callback after this
+}
+
+void ClusterLikeStore::Advance(uint64_t through) {
+  uint64_t seen = applied_through_.load(std::memory_order_relaxed);
+  while (through > seen && !applied_through_.compare_exchange_weak(seen, through, std::memory_order_acq_rel)) {
+  }
+}
+
+void ClusterLikeStore::PollOffsets() {
+  while (true) {
+    {
+      MutexLock lock(mu_);
+      if (stop_cv_.WaitFor(mu_, options_.offset_poll, [this]() REQUIRES(mu_) { return stopping_; })) return;
+    }
+    if (auto through = db_->AppliedThrough(options_.stream); through.ok()) Advance(*through);
+  }
+}
+
+Status ClusterLikeStore::AppendLog(std::span<LogEntry> entries) {
+  if (entries.empty()) return Status::Ok();
+  // Publish everything pipelined, then wait for every ack.
+  struct Acks {
+    Mutex mu;
+    CondVar cv;
+    size_t left GUARDED_BY(mu) = 0;
+    std::vector<Result<nats::PublishAck>> results GUARDED_BY(mu);
+  };
+  auto acks = std::make_shared<Acks>();
+  {
+    MutexLock lock(acks->mu);
+    acks->left = entries.size();
+    acks->results.assign(entries.size(), Result<nats::PublishAck>(Unavailable("not answered")));
+  }
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const LogEntry& e = entries[i];
+    const std::string subject = options_.subject_prefix + "." + e.ns;
+    const std::string msg_id = id_prefix_ + std::to_string(next_msg_++);
+    nats_->JsPublishAsync(subject, EncodeLogEntry(e), msg_id, [acks, i](Result<nats::PublishAck> r) {
+      MutexLock lock(acks->mu);
+      acks->results[i] = std::move(r);
+      if (--acks->left == 0) acks->cv.NotifyAll();
+    });
+  }
+  std::vector<Result<nats::PublishAck>> results;
+  {
+    MutexLock lock(acks->mu);
+    acks->cv.Wait(acks->mu, [&]() REQUIRES(acks->mu) { return acks->left == 0; });
+    results = std::move(acks->results);
+  }
+  std::vector<LogEntry> direct;  // not acknowledged by the stream
+  std::vector<size_t> direct_index;
+  Status first_error;
+  uint64_t highest = 0;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (results[i].ok()) {
+      entries[i].seq = results[i]->stream_seq;
+      highest = std::max(highest, entries[i].seq);
+      continue;
+    }
+    if (first_error.ok()) first_error = results[i].status();
+    LogEntry copy = entries[i];
+    copy.seq = 0;
+    direct.push_back(std::move(copy));
+    direct_index.push_back(i);
+  }
+  if (highest > 0) {
+    uint64_t seen = last_appended_.load(std::memory_order_relaxed);
+    while (highest > seen && !last_appended_.compare_exchange_weak(seen, highest)) {
+    }
+  }
+  if (direct.empty()) {
+    falling_back_.store(false, std::memory_order_release);
+    return Status::Ok();
+  }
+  {
+    MutexLock lock(mu_);
+    last_error_ = "jetstream: " + first_error.message();
+  }
+  if (!options_.sync_fallback) {
+    return Unavailable("likes queue (JetStream): " + first_error.message());
+  }
+  // The seed's fallback: write to the database directly. Entries queued earlier for the same
+  // records are older and lose to these when the job applies them (SqlLikeStore's time guard).
+  falling_back_.store(true, std::memory_order_release);
+  if (Status s = db_->Apply(direct); !s.ok()) {
+    MutexLock lock(mu_);
+    last_error_ = "jetstream: " + first_error.message() + "; database: " + s.message();
+    return Unavailable("likes queue (JetStream) and database both failed: " + s.message());
+  }
+  for (size_t i : direct_index) entries[i].seq = 0;  // applied at once
+  sync_applied_.fetch_add(direct.size(), std::memory_order_relaxed);
+  return Status::Ok();
+}
+
+Status ClusterLikeStore::Apply(std::span<const LogEntry>) {
+  return FailedPrecondition("cluster likes store: entries are applied by `chorus likes job`");
+}
+
+Result<std::vector<LogEntry>> ClusterLikeStore::PendingLog() { return std::vector<LogEntry>{}; }
+
+Status ClusterLikeStore::GetRecords(std::string_view ns, std::string_view user, std::span<const std::string> entities,
+                                    std::vector<std::optional<Record>>* out) {
+  return db_->GetRecords(ns, user, entities, out);
+}
+
+Status ClusterLikeStore::GetCounts(std::string_view ns, std::span<const std::string> entities,
+                                   std::vector<Counts>* out) {
+  return db_->GetCounts(ns, entities, out);
+}
+
+Status ClusterLikeStore::GetCountsAsOf(std::string_view ns, std::span<const std::string> entities,
+                                       std::vector<Counts>* out, std::vector<uint64_t>* as_of) {
+  uint64_t offset = 0;
+  CHORUS_RETURN_IF_ERROR(db_->GetCountsWithOffset(ns, entities, options_.stream, out, &offset));
+  Advance(offset);
+  as_of->assign(entities.size(), offset);
+  return Status::Ok();
+}
+
+Result<int64_t> ClusterLikeStore::GetReceived(std::string_view ns, std::string_view owner) {
+  return db_->GetReceived(ns, owner);
+}
+
+Result<ListPage> ClusterLikeStore::UserLikes(std::string_view ns, std::string_view user, std::string_view cursor,
+                                             size_t limit) {
+  return db_->UserLikes(ns, user, cursor, limit);
+}
+
+Result<ListPage> ClusterLikeStore::Likers(std::string_view ns, std::string_view entity, std::string_view cursor,
+                                          size_t limit) {
+  return db_->Likers(ns, entity, cursor, limit);
+}
+
+Status ClusterLikeStore::TrimUserList(std::string_view ns, std::string_view user, size_t keep) {
+  return db_->TrimUserList(ns, user, keep);
+}
+
+Result<VerifyReport> ClusterLikeStore::Verify(bool repair) { return db_->Verify(repair); }
+
+ClusterLikeStore::Health ClusterLikeStore::health() const {
+  Health h;
+  h.queue_connected = nats_->connected();
+  h.falling_back = falling_back_.load(std::memory_order_acquire);
+  h.applied_through = applied_through_.load(std::memory_order_acquire);
+  h.last_appended = last_appended_.load(std::memory_order_acquire);
+  h.sync_applied = sync_applied_.load(std::memory_order_relaxed);
+  MutexLock lock(mu_);
+  h.last_error = last_error_;
+  return h;
+}
+
+}  // namespace chorus::likes
