@@ -59,17 +59,37 @@ class LikesClusterTest : public ::testing::Test {
     // Idempotent.
     std::tie(code, out) = Run({"likes", "migrate"});
     ASSERT_EQ(code, 0) << out;
-    auto [tcode, tout] = Run({"token", "--data-dir", DataDir(), "--service", "loader", "--scope", "likes.write"});
+    auto [tcode, tout] =
+        Run({"token", "--data-dir", DataDir(), "--service", "loader", "--scope", "likes.write"});
     ASSERT_EQ(tcode, 0) << tout;
     token_ = tout.substr(0, tout.find('\n'));
   }
 
   std::string DataDir() const { return dir_->path() + "/data"; }
 
+  // The Redis cache in front of the database: one server, or a 3-master Redis Cluster.
+  void UseRedis(bool cluster) {
+    std::string seeds;
+    if (cluster) {
+      auto c = RedisClusterServer::Start(3);
+      ASSERT_TRUE(c.ok()) << c.status().ToString();
+      redis_cluster_ = std::move(*c);
+      for (const std::string& a : redis_cluster_->addresses()) seeds += (seeds.empty() ? "" : ",") + a;
+      extra_ = {"--set", "likes.redis.cluster=true"};
+    } else {
+      auto r = RedisServer::Start();
+      ASSERT_TRUE(r.ok()) << r.status().ToString();
+      redis_ = std::move(*r);
+      seeds = "127.0.0.1:" + std::to_string(redis_->port());
+    }
+    extra_.insert(extra_.end(), {"--set", "likes.redis.seeds=[" + seeds + "]"});
+  }
+
   std::pair<int, std::string> Run(std::vector<std::string> args) {
     args.insert(args.begin(), CHORUS_BIN);
     if (args[1] == "likes") {
       args.insert(args.end(), {"--config", config_, "--data-dir", DataDir()});
+      args.insert(args.end(), extra_.begin(), extra_.end());
     }
     auto p = Subprocess::Start(args, {});
     if (!p.ok()) return {-100, p.status().ToString()};
@@ -81,8 +101,9 @@ class LikesClusterTest : public ::testing::Test {
   Result<Proc> Start(const std::string& node_id, bool job = false) {
     std::vector<std::string> argv = {CHORUS_BIN, "likes"};
     if (job) argv.push_back("job");
-    argv.insert(argv.end(), {"--config", config_, "--data-dir", DataDir(), "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-                             "--set", "likes.node_id=" + node_id});
+    argv.insert(argv.end(), {"--config", config_, "--data-dir", DataDir(), "--http", "127.0.0.1:0", "--grpc",
+                             "127.0.0.1:0", "--set", "likes.node_id=" + node_id});
+    argv.insert(argv.end(), extra_.begin(), extra_.end());
     Proc p;
     CHORUS_ASSIGN_OR_RETURN(p.process, Subprocess::Start(argv, {}));
     CHORUS_ASSIGN_OR_RETURN(std::string line, p.process->WaitForLine("http listening on", 30s));
@@ -104,10 +125,14 @@ class LikesClusterTest : public ::testing::Test {
     job_ = std::move(*j);
   }
 
-  std::vector<std::pair<std::string, std::string>> Auth() const { return {{"Authorization", "Bearer " + token_}}; }
+  std::vector<std::pair<std::string, std::string>> Auth() const {
+    return {{"Authorization", "Bearer " + token_}};
+  }
 
-  Result<HttpReply> Act(HttpClient& c, const std::string& user, const std::string& entity, const std::string& action) {
-    json body = {{"business", "video"}, {"user", user}, {"entity", entity}, {"owner", "author"}, {"action", action}};
+  Result<HttpReply> Act(HttpClient& c, const std::string& user, const std::string& entity,
+                        const std::string& action) {
+    json body = {
+        {"business", "video"}, {"user", user}, {"entity", entity}, {"owner", "author"}, {"action", action}};
     return c.Request("POST", "/v1/likes", body.dump(),
                      {{"Authorization", "Bearer " + token_}, {"Content-Type", "application/json"}});
   }
@@ -196,7 +221,7 @@ class LikesClusterTest : public ::testing::Test {
       const std::string key = user + "/" + entity;
       const std::string current = load.acked.count(key) ? load.acked[key] : "none";
       const int pick = static_cast<int>(rng() % 4);
-      const std::string action = current == "liked" ? (pick < 2 ? "unlike" : "dislike")
+      const std::string action = current == "liked"      ? (pick < 2 ? "unlike" : "dislike")
                                  : current == "disliked" ? (pick < 2 ? "undislike" : "like")
                                                          : (pick < 3 ? "like" : "dislike");
       const std::string target = action == "like" ? "liked" : action == "dislike" ? "disliked" : "none";
@@ -205,7 +230,8 @@ class LikesClusterTest : public ::testing::Test {
       if (!r.ok() || r->status != 200) {
         ++load.failures;
         if (!tolerate_failures) {
-          ADD_FAILURE() << "write failed: " << (r.ok() ? std::to_string(r->status) + " " + r->body : r.status().ToString());
+          ADD_FAILURE() << "write failed: "
+                        << (r.ok() ? std::to_string(r->status) + " " + r->body : r.status().ToString());
           return;
         }
         // The outcome is unknown (may or may not have been applied): stop touching this key.
@@ -238,15 +264,33 @@ class LikesClusterTest : public ::testing::Test {
       ASSERT_TRUE(c.ok());
       std::string list;
       for (int e = 0; e < entities; ++e) list += (e ? ",e" : "e") + std::to_string(e);
-      auto r = c->Request("GET", "/v1/likes/counts?business=video&entities=" + list, "", Auth());
+      // Hot entities' counts come from the node's in-process cache, which may lag other nodes'
+      // writes by up to likes.cache.ttl (2 s): wait that out, then compare exactly.
+      Result<HttpReply> r = Internal("not read");
+      auto matches = [&] {
+        r = c->Request("GET", "/v1/likes/counts?business=video&entities=" + list, "", Auth());
+        if (!r.ok() || r->status != 200) return false;
+        json counts = json::parse(r->body)["counts"];
+        for (int e = 0; e < entities; ++e) {
+          const std::string entity = "e" + std::to_string(e);
+          if (counts[entity].value("likes", -1) != expected[entity].first ||
+              counts[entity].value("dislikes", -1) != expected[entity].second) {
+            return false;
+          }
+        }
+        return true;
+      };
+      (void)Eventually(matches, 5s);
       ASSERT_TRUE(r.ok());
       ASSERT_EQ(r->status, 200) << r->body;
       json counts = json::parse(r->body)["counts"];
       for (int e = 0; e < entities; ++e) {
         const std::string entity = "e" + std::to_string(e);
         EXPECT_EQ(counts[entity].value("likes", -1), expected[entity].first)
-            << "node " << n << " " << entity << " " << r->body << "\n" << nodes_[n].process->OutputTail(20);
-        EXPECT_EQ(counts[entity].value("dislikes", -1), expected[entity].second) << "node " << n << " " << entity;
+            << "node " << n << " " << entity << " " << r->body << "\n"
+            << nodes_[n].process->OutputTail(20);
+        EXPECT_EQ(counts[entity].value("dislikes", -1), expected[entity].second)
+            << "node " << n << " " << entity;
       }
       // Spot-check states of one writer's users on this node.
       int checked = 0;
@@ -254,7 +298,8 @@ class LikesClusterTest : public ::testing::Test {
         if (++checked > 40) break;
         const std::string user = key.substr(0, key.find('/'));
         const std::string entity = key.substr(key.find('/') + 1);
-        auto s = c->Request("GET", "/v1/likes/state?business=video&user=" + user + "&entities=" + entity, "", Auth());
+        auto s = c->Request("GET", "/v1/likes/state?business=video&user=" + user + "&entities=" + entity, "",
+                            Auth());
         ASSERT_TRUE(s.ok());
         ASSERT_EQ(s->status, 200) << s->body;
         EXPECT_EQ(json::parse(s->body)["states"].value(entity, "?"), state) << key << " on node " << n;
@@ -269,9 +314,51 @@ class LikesClusterTest : public ::testing::Test {
     EXPECT_NE(out.find("consistent"), std::string::npos) << out;
   }
 
+  // Three writers plus a reader and users acting on the same likes from two nodes at once, then
+  // the checks: every node's counts equal the acknowledged states, `chorus likes verify` is clean.
+  void MixedLoadIsConsistent() {
+    StartFleet();
+    if (HasFatalFailure()) return;
+    constexpr int kEntities = 12;
+    Writers writers;
+    StartWriters(writers, 3, /*users=*/30, kEntities, /*tolerate_failures=*/false);
+    std::atomic<bool>& stop = writers.stop;
+    std::vector<std::thread> threads;
+    // Readers on every node meanwhile, and users acting on the same likes from two nodes at once
+    // (stale views: the database's authoritative apply must keep counts equal to the records).
+    std::atomic<int> reads{0};
+    threads.emplace_back([&] {
+      std::vector<HttpClient> clients;
+      for (const Proc& n : nodes_) {
+        auto c = HttpClient::Connect(n.http_port);
+        if (!c.ok()) return;
+        clients.push_back(std::move(*c));
+      }
+      for (int i = 0; !stop.load(); ++i) {
+        auto r = clients[i % 3].Request("GET", "/v1/likes/counts?business=video&entities=e0,e1,e2,x0,x1", "",
+                                        Auth());
+        if (r.ok() && r->status == 200) ++reads;
+        auto a = Act(clients[i % 3], "shared" + std::to_string(i % 7), "x" + std::to_string(i % 2),
+                     i % 3 == 0 ? "unlike" : "like");
+        (void)a;
+      }
+    });
+    ASSERT_TRUE(Eventually([&] { return writers.acks() > 3000; }, 120s));
+    writers.Join();
+    for (auto& t : threads) t.join();
+    EXPECT_GT(reads.load(), 0);
+    ASSERT_TRUE(Eventually([&] { return Drained(); }, 60s)) << job_.process->OutputTail();
+    EXPECT_GT(Metric(job_.http_port, "chorus_likes_job_applied"), 3000);
+    CheckStates(writers.loads, kEntities);
+    ExpectVerifyClean();
+  }
+
   std::unique_ptr<TempDir> dir_;
   std::unique_ptr<MariaDbServer> db_;
   std::unique_ptr<NatsServer> nats_;
+  std::unique_ptr<RedisServer> redis_;
+  std::unique_ptr<RedisClusterServer> redis_cluster_;
+  std::vector<std::string> extra_;  // flags for every chorus likes command (the Redis cache)
   std::string config_;
   std::string token_;
   std::vector<Proc> nodes_;
@@ -280,38 +367,73 @@ class LikesClusterTest : public ::testing::Test {
 
 // Three service processes + one job under a mixed load of writes and reads: every acknowledged
 // action is applied exactly once, all nodes agree, `chorus likes verify` reports no difference.
-TEST_F(LikesClusterTest, FleetUnderMixedLoadIsConsistent) {
+TEST_F(LikesClusterTest, FleetUnderMixedLoadIsConsistent) { MixedLoadIsConsistent(); }
+
+// The same with the Redis cache in front of the database, refreshed by the job.
+TEST_F(LikesClusterTest, FleetWithRedisCacheIsConsistent) {
+  UseRedis(/*cluster=*/false);
+  MixedLoadIsConsistent();
+  EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_redis_hits"), 0);
+}
+
+// The same on a real 3-master Redis Cluster (slot routing, keys on every master).
+TEST_F(LikesClusterTest, FleetWithRedisClusterIsConsistent) {
+  UseRedis(/*cluster=*/true);
+  MixedLoadIsConsistent();
+  EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_redis_hits"), 0);
+}
+
+// Redis stops mid-load: reads and writes go to the database, rate-limited (likes.redis.db_read_rate),
+// visible in /readyz and the metrics; when Redis is back (empty) it refills. Consistent after.
+TEST_F(LikesClusterTest, RedisDownReadsTheDatabaseBehindALimit) {
+  UseRedis(/*cluster=*/false);
   StartFleet();
-  constexpr int kEntities = 12;
   Writers writers;
-  StartWriters(writers, 3, /*users=*/30, kEntities, /*tolerate_failures=*/false);
-  std::atomic<bool>& stop = writers.stop;
-  std::vector<std::thread> threads;
-  // Readers on every node meanwhile, and users acting on the same likes from two nodes at once
-  // (stale views: the database's authoritative apply must keep counts equal to the records).
-  std::atomic<int> reads{0};
-  threads.emplace_back([&] {
-    std::vector<HttpClient> clients;
-    for (const Proc& n : nodes_) {
-      auto c = HttpClient::Connect(n.http_port);
-      if (!c.ok()) return;
-      clients.push_back(std::move(*c));
-    }
-    for (int i = 0; !stop.load(); ++i) {
-      auto r = clients[i % 3].Request("GET", "/v1/likes/counts?business=video&entities=e0,e1,e2,x0,x1", "", Auth());
-      if (r.ok() && r->status == 200) ++reads;
-      auto a = Act(clients[i % 3], "shared" + std::to_string(i % 7), "x" + std::to_string(i % 2),
-                   i % 3 == 0 ? "unlike" : "like");
-      (void)a;
-    }
-  });
-  ASSERT_TRUE(Eventually([&] { return writers.acks() > 3000; }, 120s));
+  StartWriters(writers, 2, /*users=*/20, /*entities=*/8, /*tolerate_failures=*/false);
+  auto acks = [&] { return writers.acks(); };
+  ASSERT_TRUE(Eventually([&] { return acks() > 300; }, 60s));
+  redis_->Stop();
+  const int before = acks();
+  ASSERT_TRUE(Eventually([&] { return acks() > before + 300; }, 60s)) << nodes_[0].process->OutputTail();
+  EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_db_fallback_reads"), 0);
+  EXPECT_TRUE(Eventually(
+      [&] { return ReadyDetail(nodes_[0].http_port, "likes").find("cache=down") != std::string::npos; }, 10s))
+      << Readyz(nodes_[0].http_port).dump();
+  ASSERT_TRUE(redis_->Restart().ok());
+  EXPECT_TRUE(Eventually([&] { return Metric(nodes_[0].http_port, "chorus_likes_redis_up") == 1; }, 30s));
+  const int after = acks();
+  ASSERT_TRUE(Eventually([&] { return acks() > after + 300; }, 60s));
   writers.Join();
-  for (auto& t : threads) t.join();
-  EXPECT_GT(reads.load(), 0);
   ASSERT_TRUE(Eventually([&] { return Drained(); }, 60s)) << job_.process->OutputTail();
-  EXPECT_GT(Metric(job_.http_port, "chorus_likes_job_applied"), 3000);
-  CheckStates(writers.loads, kEntities);
+  CheckStates(writers.loads, /*entities=*/8);
+  ExpectVerifyClean();
+}
+
+// The database stops: counts and states the cache holds are still served (not degraded), and
+// writes keep being acknowledged.
+TEST_F(LikesClusterTest, DatabaseDownServesReadsFromRedis) {
+  UseRedis(/*cluster=*/false);
+  StartFleet();
+  Writers writers;
+  StartWriters(writers, 2, /*users=*/20, /*entities=*/8, /*tolerate_failures=*/false);
+  ASSERT_TRUE(Eventually([&] { return writers.acks() > 300; }, 60s));
+  // Reads fill the cache.
+  auto c = HttpClient::Connect(nodes_[1].http_port);
+  ASSERT_TRUE(c.ok());
+  const std::string target = "/v1/likes/counts?business=video&entities=e0,e1,e2,e3,e4,e5,e6,e7";
+  ASSERT_TRUE(c->Request("GET", target, "", Auth()).ok());
+  db_->Stop();
+  const int before = writers.acks();
+  ASSERT_TRUE(Eventually([&] { return writers.acks() > before + 300; }, 60s))
+      << nodes_[0].process->OutputTail();
+  auto r = c->Request("GET", target, "", Auth());
+  ASSERT_TRUE(r.ok());
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_FALSE(json::parse(r->body).value("degraded", false)) << r->body;  // present only when true
+  ASSERT_TRUE(db_->Restart().ok());
+  writers.Join();
+  ASSERT_TRUE(Eventually([&] { return Drained(); }, 60s)) << job_.process->OutputTail();
+  CheckStates(writers.loads, /*entities=*/8);
   ExpectVerifyClean();
 }
 
@@ -329,13 +451,18 @@ TEST_F(LikesClusterTest, QueueDownFallsBackToSynchronousWrites) {
   ASSERT_TRUE(Eventually([&] { return acks() > before + 500; }, 60s)) << nodes_[0].process->OutputTail();
   EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_sync_applied"), 0);
   // /readyz names the mode (refreshed every second); the node stays ready.
-  EXPECT_TRUE(Eventually([&] {
-    const std::string d = ReadyDetail(nodes_[0].http_port, "likes");
-    return d.find("queue=down") != std::string::npos && d.find("writes=sync-fallback") != std::string::npos;
-  }, 10s)) << Readyz(nodes_[0].http_port).dump();
+  EXPECT_TRUE(Eventually(
+      [&] {
+        const std::string d = ReadyDetail(nodes_[0].http_port, "likes");
+        return d.find("queue=down") != std::string::npos &&
+               d.find("writes=sync-fallback") != std::string::npos;
+      },
+      10s))
+      << Readyz(nodes_[0].http_port).dump();
   EXPECT_EQ(Readyz(nodes_[0].http_port).value("ready", false), true);
   ASSERT_TRUE(nats_->Restart().ok());
-  ASSERT_TRUE(Eventually([&] { return Metric(nodes_[0].http_port, "chorus_likes_sync_fallback") == 0; }, 30s));
+  ASSERT_TRUE(
+      Eventually([&] { return Metric(nodes_[0].http_port, "chorus_likes_sync_fallback") == 0; }, 30s));
   const int after = acks();
   ASSERT_TRUE(Eventually([&] { return acks() > after + 500; }, 60s));
   writers.Join();
@@ -357,7 +484,8 @@ TEST_F(LikesClusterTest, QueueDownFallsBackToSynchronousWrites) {
         if (++checked > 30) break;
         const std::string user = key.substr(0, key.find('/'));
         const std::string entity = key.substr(key.find('/') + 1);
-        auto s = c->Request("GET", "/v1/likes/state?business=video&user=" + user + "&entities=" + entity, "", Auth());
+        auto s = c->Request("GET", "/v1/likes/state?business=video&user=" + user + "&entities=" + entity, "",
+                            Auth());
         ASSERT_TRUE(s.ok());
         EXPECT_EQ(json::parse(s->body)["states"].value(entity, "?"), state) << key;
       }
@@ -378,8 +506,10 @@ TEST_F(LikesClusterTest, DatabaseDownQueuesAndJobRestartAppliesOnce) {
   const int before = acks();
   ASSERT_TRUE(Eventually([&] { return acks() > before + 300; }, 60s)) << nodes_[0].process->OutputTail();
   ASSERT_TRUE(Eventually([&] { return Metric(job_.http_port, "chorus_likes_job_database_up") == 0; }, 30s));
-  EXPECT_TRUE(Eventually([&] { return ReadyDetail(job_.http_port, "likes.job").find("database=down") !=
-                                      std::string::npos; }, 10s)) << Readyz(job_.http_port).dump();
+  EXPECT_TRUE(Eventually(
+      [&] { return ReadyDetail(job_.http_port, "likes.job").find("database=down") != std::string::npos; },
+      10s))
+      << Readyz(job_.http_port).dump();
   EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_queue_lag"), 0);
   ASSERT_TRUE(db_->Restart().ok());
   ASSERT_TRUE(Eventually([&] { return Metric(job_.http_port, "chorus_likes_job_database_up") == 1; }, 30s));
@@ -396,7 +526,8 @@ TEST_F(LikesClusterTest, DatabaseDownQueuesAndJobRestartAppliesOnce) {
   ASSERT_TRUE(Eventually([&] { return acks() > later + 300; }, 60s));
   writers.Join();
   ASSERT_TRUE(Eventually([&] { return Drained(); }, 60s)) << job_.process->OutputTail();
-  for (const Load& l : writers.loads) EXPECT_EQ(l.failures, 0) << "writes failed while only the database was down";
+  for (const Load& l : writers.loads)
+    EXPECT_EQ(l.failures, 0) << "writes failed while only the database was down";
   CheckStates(writers.loads, /*entities=*/8);
   ExpectVerifyClean();
 }

@@ -8,7 +8,8 @@
 
 namespace chorus::likes {
 
-std::string EncodeAppliedNotice(std::string_view stream, uint64_t through, const std::vector<EntityCounts>& counts) {
+std::string EncodeAppliedNotice(std::string_view stream, uint64_t through,
+                                const std::vector<EntityCounts>& counts) {
   nlohmann::json j;
   j["stream"] = stream;
   j["through"] = through;
@@ -52,15 +53,17 @@ Result<std::unique_ptr<ClusterLikeStore>> ClusterLikeStore::Create(std::shared_p
                                                                    ClusterStoreOptions options) {
   if (!db || !nats) return InvalidArgument("cluster likes store: needs a database and a NATS client");
   if (options.node_id.empty()) return InvalidArgument("cluster likes store: node_id is empty");
-  std::unique_ptr<ClusterLikeStore> store(new ClusterLikeStore(std::move(db), std::move(nats), std::move(options)));
+  std::unique_ptr<ClusterLikeStore> store(
+      new ClusterLikeStore(std::move(db), std::move(nats), std::move(options)));
   ClusterLikeStore* self = store.get();
-  auto sub = self->nats_->Subscribe(self->options_.changes_subject, [self](std::string_view, std::string_view data) {
-    self->Advance(DecodeAppliedThrough(self->options_.stream, data));
-  });
+  auto sub =
+      self->nats_->Subscribe(self->options_.changes_subject, [self](std::string_view, std::string_view data) {
+        self->Advance(DecodeAppliedThrough(self->options_.stream, data));
+      });
   if (!sub.ok()) return sub.status();
   store->notices_ = std::move(*sub);
-  // Start from the database's offset when it answers; the poller keeps trying otherwise.
-  if (auto through = store->db_->AppliedThrough(store->options_.stream); through.ok()) store->Advance(*through);
+  // Start from where the job is when it answers; the poller keeps trying otherwise.
+  if (auto through = store->PolledOffset(); through.ok()) store->Advance(*through);
   store->poller_ = std::thread([self] { self->PollOffsets(); });
   return store;
 }
@@ -77,7 +80,8 @@ ClusterLikeStore::~ClusterLikeStore() {
 
 void ClusterLikeStore::Advance(uint64_t through) {
   uint64_t seen = applied_through_.load(std::memory_order_relaxed);
-  while (through > seen && !applied_through_.compare_exchange_weak(seen, through, std::memory_order_acq_rel)) {
+  while (through > seen &&
+         !applied_through_.compare_exchange_weak(seen, through, std::memory_order_acq_rel)) {
   }
 }
 
@@ -87,8 +91,34 @@ void ClusterLikeStore::PollOffsets() {
       MutexLock lock(mu_);
       if (stop_cv_.WaitFor(mu_, options_.offset_poll, [this]() REQUIRES(mu_) { return stopping_; })) return;
     }
-    if (auto through = db_->AppliedThrough(options_.stream); through.ok()) Advance(*through);
+    if (auto through = PolledOffset(); through.ok()) Advance(*through);
   }
+}
+
+Result<uint64_t> ClusterLikeStore::PolledOffset() {
+  // With a cache, entries are applied for readers once the cache holds them: the job records
+  // that offset in Redis after each refresh. Without one, the database's offset.
+  if (options_.cache) return options_.cache->RefreshedThrough(options_.stream);
+  return db_->AppliedThrough(options_.stream);
+}
+
+void ClusterLikeStore::AdvanceFromDatabase(uint64_t offset) {
+  if (!options_.cache) Advance(offset);
+}
+
+Status ClusterLikeStore::GetRecordsForUpdate(std::string_view ns, std::string_view user,
+                                             std::span<const std::string> entities,
+                                             std::vector<std::optional<Record>>* out) {
+  // The database decides a transition; the cache only when the database cannot answer.
+  Status s = db_->GetRecords(ns, user, entities, out);
+  if (s.ok() || !options_.cache) return s;
+  std::vector<std::optional<std::optional<Record>>> cached;
+  if (!options_.cache->GetRecords(ns, user, entities, &cached).ok()) return s;
+  for (size_t i = 0; i < entities.size(); ++i) {
+    if (!cached[i]) return s;  // not all known: the caller writes blind
+    (*out)[i] = *cached[i];
+  }
+  return Status::Ok();
 }
 
 Status ClusterLikeStore::AppendLog(std::span<LogEntry> entries) {
@@ -163,6 +193,13 @@ Status ClusterLikeStore::AppendLog(std::span<LogEntry> entries) {
     return Unavailable("likes queue (JetStream) and database both failed: " + s.message());
   }
   for (size_t i : direct_index) entries[i].seq = 0;  // applied at once
+  if (options_.cache) {
+    // Written outside the stream: the cached values of these keys are stale now.
+    if (Status s = options_.cache->Invalidate(direct); !s.ok()) {
+      GetLogger("likes")->warn("likes: cache invalidation after a synchronous write failed: {}",
+                               s.ToString());
+    }
+  }
   sync_applied_.fetch_add(direct.size(), std::memory_order_relaxed);
   return Status::Ok();
 }
@@ -173,22 +210,112 @@ Status ClusterLikeStore::Apply(std::span<const LogEntry>) {
 
 Result<std::vector<LogEntry>> ClusterLikeStore::PendingLog() { return std::vector<LogEntry>{}; }
 
-Status ClusterLikeStore::GetRecords(std::string_view ns, std::string_view user, std::span<const std::string> entities,
+bool ClusterLikeStore::AdmitDatabaseRead(const Status& cache_error) {
+  cache_ok_.store(false, std::memory_order_release);
+  MutexLock lock(mu_);
+  last_error_ = "redis: " + cache_error.message();
+  const SteadyTime now = SystemClock::Instance().Now();
+  const double rate = options_.db_read_rate;
+  if (read_refill_ != SteadyTime{}) {
+    read_tokens_ += rate * std::chrono::duration<double>(now - read_refill_).count();
+  } else {
+    read_tokens_ = rate;
+  }
+  read_tokens_ = std::min(read_tokens_, std::max(1.0, rate));
+  read_refill_ = now;
+  if (read_tokens_ < 1) {
+    db_fallback_refused_.fetch_add(1, std::memory_order_relaxed);
+    return false;
+  }
+  read_tokens_ -= 1;
+  db_fallback_reads_.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+Status ClusterLikeStore::GetRecords(std::string_view ns, std::string_view user,
+                                    std::span<const std::string> entities,
                                     std::vector<std::optional<Record>>* out) {
-  return db_->GetRecords(ns, user, entities, out);
+  RedisLikeCache* cache = options_.cache.get();
+  if (!cache) return db_->GetRecords(ns, user, entities, out);
+  std::vector<std::optional<std::optional<Record>>> cached;
+  if (Status s = cache->GetRecords(ns, user, entities, &cached); !s.ok()) {
+    if (!AdmitDatabaseRead(s)) return Unavailable("likes: cache down and the database read budget is spent");
+    return db_->GetRecords(ns, user, entities, out);
+  }
+  cache_ok_.store(true, std::memory_order_release);
+  out->assign(entities.size(), std::nullopt);
+  std::vector<std::string> missing;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < entities.size(); ++i) {
+    if (cached[i]) {
+      (*out)[i] = std::move(*cached[i]);
+    } else {
+      missing.push_back(entities[i]);
+      where.push_back(i);
+    }
+  }
+  cache_hits_.fetch_add(entities.size() - missing.size(), std::memory_order_relaxed);
+  if (missing.empty()) return Status::Ok();
+  cache_misses_.fetch_add(missing.size(), std::memory_order_relaxed);
+  std::vector<std::optional<Record>> loaded;
+  uint64_t offset = 0;
+  CHORUS_RETURN_IF_ERROR(db_->GetRecordsWithOffset(ns, user, missing, options_.stream, &loaded, &offset));
+  AdvanceFromDatabase(offset);
+  (void)cache->PutRecords(ns, user, missing, loaded, offset);  // a failed refill is the next read's miss
+  for (size_t k = 0; k < missing.size(); ++k) (*out)[where[k]] = std::move(loaded[k]);
+  return Status::Ok();
 }
 
 Status ClusterLikeStore::GetCounts(std::string_view ns, std::span<const std::string> entities,
                                    std::vector<Counts>* out) {
-  return db_->GetCounts(ns, entities, out);
+  if (!options_.cache) return db_->GetCounts(ns, entities, out);
+  std::vector<uint64_t> as_of;
+  return GetCountsAsOf(ns, entities, out, &as_of);
 }
 
 Status ClusterLikeStore::GetCountsAsOf(std::string_view ns, std::span<const std::string> entities,
                                        std::vector<Counts>* out, std::vector<uint64_t>* as_of) {
+  RedisLikeCache* cache = options_.cache.get();
   uint64_t offset = 0;
-  CHORUS_RETURN_IF_ERROR(db_->GetCountsWithOffset(ns, entities, options_.stream, out, &offset));
-  Advance(offset);
-  as_of->assign(entities.size(), offset);
+  if (!cache) {
+    CHORUS_RETURN_IF_ERROR(db_->GetCountsWithOffset(ns, entities, options_.stream, out, &offset));
+    AdvanceFromDatabase(offset);
+    as_of->assign(entities.size(), offset);
+    return Status::Ok();
+  }
+  std::vector<std::optional<RedisLikeCache::CachedCounts>> cached;
+  if (Status s = cache->GetCounts(ns, entities, &cached); !s.ok()) {
+    if (!AdmitDatabaseRead(s)) return Unavailable("likes: cache down and the database read budget is spent");
+    CHORUS_RETURN_IF_ERROR(db_->GetCountsWithOffset(ns, entities, options_.stream, out, &offset));
+    AdvanceFromDatabase(offset);
+    as_of->assign(entities.size(), offset);
+    return Status::Ok();
+  }
+  cache_ok_.store(true, std::memory_order_release);
+  out->assign(entities.size(), Counts{});
+  as_of->assign(entities.size(), 0);
+  std::vector<std::string> missing;
+  std::vector<size_t> where;
+  for (size_t i = 0; i < entities.size(); ++i) {
+    if (cached[i]) {
+      (*out)[i] = cached[i]->counts;
+      (*as_of)[i] = cached[i]->seq;
+    } else {
+      missing.push_back(entities[i]);
+      where.push_back(i);
+    }
+  }
+  cache_hits_.fetch_add(entities.size() - missing.size(), std::memory_order_relaxed);
+  if (missing.empty()) return Status::Ok();
+  cache_misses_.fetch_add(missing.size(), std::memory_order_relaxed);
+  std::vector<Counts> loaded;
+  CHORUS_RETURN_IF_ERROR(db_->GetCountsWithOffset(ns, missing, options_.stream, &loaded, &offset));
+  AdvanceFromDatabase(offset);
+  (void)cache->PutCounts(ns, missing, loaded, offset);
+  for (size_t k = 0; k < missing.size(); ++k) {
+    (*out)[where[k]] = loaded[k];
+    (*as_of)[where[k]] = offset;
+  }
   return Status::Ok();
 }
 
@@ -196,13 +323,13 @@ Result<int64_t> ClusterLikeStore::GetReceived(std::string_view ns, std::string_v
   return db_->GetReceived(ns, owner);
 }
 
-Result<ListPage> ClusterLikeStore::UserLikes(std::string_view ns, std::string_view user, std::string_view cursor,
-                                             size_t limit) {
+Result<ListPage> ClusterLikeStore::UserLikes(std::string_view ns, std::string_view user,
+                                             std::string_view cursor, size_t limit) {
   return db_->UserLikes(ns, user, cursor, limit);
 }
 
-Result<ListPage> ClusterLikeStore::Likers(std::string_view ns, std::string_view entity, std::string_view cursor,
-                                          size_t limit) {
+Result<ListPage> ClusterLikeStore::Likers(std::string_view ns, std::string_view entity,
+                                          std::string_view cursor, size_t limit) {
   return db_->Likers(ns, entity, cursor, limit);
 }
 
@@ -219,6 +346,12 @@ ClusterLikeStore::Health ClusterLikeStore::health() const {
   h.applied_through = applied_through_.load(std::memory_order_acquire);
   h.last_appended = last_appended_.load(std::memory_order_acquire);
   h.sync_applied = sync_applied_.load(std::memory_order_relaxed);
+  h.cache_configured = options_.cache != nullptr;
+  h.cache_ok = cache_ok_.load(std::memory_order_acquire);
+  h.cache_hits = cache_hits_.load(std::memory_order_relaxed);
+  h.cache_misses = cache_misses_.load(std::memory_order_relaxed);
+  h.db_fallback_reads = db_fallback_reads_.load(std::memory_order_relaxed);
+  h.db_fallback_refused = db_fallback_refused_.load(std::memory_order_relaxed);
   MutexLock lock(mu_);
   h.last_error = last_error_;
   return h;

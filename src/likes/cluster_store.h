@@ -12,8 +12,12 @@
 //              the database and advances job_offsets[stream]; AppliedThrough() is that offset,
 //              learnt from the job's notices on `changes_subject` and, as a backstop, read from
 //              the database every offset_poll.
-//   Reads      from the database (SqlLikeStore); GetCountsAsOf reads counts and the job offset
-//              in one snapshot, so the service adds exactly the entries the value lacks.
+//   Reads      records (states) and counts: the Redis cache (redis_cache.h) when configured,
+//              refilled on a miss from one database snapshot with its job offset (so the value
+//              carries the offset it is valid at, and GetCountsAsOf lets the service add exactly
+//              the entries the value lacks). Redis unreachable: the database directly, at most
+//              db_read_rate reads per second (beyond: kUnavailable, answered degraded). Lists
+//              and received totals: the database.
 //   PendingLog empty: what is not applied yet is in the stream, and the job applies it.
 //
 // Threads: every method is safe from any thread. AppendLog is called by the service's one
@@ -28,6 +32,7 @@
 #include "base/clock.h"
 #include "base/mutex.h"
 #include "likes/like_store.h"
+#include "likes/redis_cache.h"
 #include "likes/sql_store.h"
 
 namespace chorus::nats {
@@ -39,11 +44,13 @@ namespace chorus::likes {
 
 struct ClusterStoreOptions {
   std::string stream = "LIKES";
-  std::string subject_prefix = "likes.log";        // entries go to <prefix>.<namespace>
+  std::string subject_prefix = "likes.log";       // entries go to <prefix>.<namespace>
   std::string changes_subject = "likes.changes";  // the job's notices (job.h)
   std::string node_id;                            // message id prefix; distinct per process
   bool sync_fallback = true;
   Duration offset_poll = std::chrono::seconds(1);
+  std::shared_ptr<RedisLikeCache> cache;  // null: reads go to the database
+  double db_read_rate = 2000;             // database reads/s while the cache is down
 };
 
 class ClusterLikeStore final : public LikeStore {
@@ -51,8 +58,8 @@ class ClusterLikeStore final : public LikeStore {
   // Subscribes to the job's notices and starts the offset poller. `nats` may be disconnected
   // (it reconnects in the background).
   static Result<std::unique_ptr<ClusterLikeStore>> Create(std::shared_ptr<SqlLikeStore> db,
-                                                           std::shared_ptr<nats::NatsClient> nats,
-                                                           ClusterStoreOptions options);
+                                                          std::shared_ptr<nats::NatsClient> nats,
+                                                          ClusterStoreOptions options);
   ~ClusterLikeStore() override;
 
   std::string_view name() const override { return "cluster"; }
@@ -61,7 +68,10 @@ class ClusterLikeStore final : public LikeStore {
   Result<std::vector<LogEntry>> PendingLog() override;
   Status GetRecords(std::string_view ns, std::string_view user, std::span<const std::string> entities,
                     std::vector<std::optional<Record>>* out) override;
-  Status GetCounts(std::string_view ns, std::span<const std::string> entities, std::vector<Counts>* out) override;
+  Status GetRecordsForUpdate(std::string_view ns, std::string_view user, std::span<const std::string> entities,
+                             std::vector<std::optional<Record>>* out) override;
+  Status GetCounts(std::string_view ns, std::span<const std::string> entities,
+                   std::vector<Counts>* out) override;
   Result<int64_t> GetReceived(std::string_view ns, std::string_view owner) override;
   Result<ListPage> UserLikes(std::string_view ns, std::string_view user, std::string_view cursor,
                              size_t limit) override;
@@ -78,10 +88,13 @@ class ClusterLikeStore final : public LikeStore {
   // For metrics and /readyz.
   struct Health {
     bool queue_connected = false;
-    bool falling_back = false;     // the last append went (partly) to the database directly
+    bool falling_back = false;  // the last append went (partly) to the database directly
     uint64_t applied_through = 0;
-    uint64_t last_appended = 0;    // highest stream seq this process appended
-    uint64_t sync_applied = 0;     // entries applied synchronously since start
+    uint64_t last_appended = 0;  // highest stream seq this process appended
+    uint64_t sync_applied = 0;   // entries applied synchronously since start
+    bool cache_configured = false;
+    bool cache_ok = true;  // the last cache call succeeded
+    uint64_t cache_hits = 0, cache_misses = 0, db_fallback_reads = 0, db_fallback_refused = 0;
     std::string last_error;
   };
   Health health() const;
@@ -90,7 +103,11 @@ class ClusterLikeStore final : public LikeStore {
   ClusterLikeStore(std::shared_ptr<SqlLikeStore> db, std::shared_ptr<nats::NatsClient> nats,
                    ClusterStoreOptions options);
   void Advance(uint64_t through);
+  void AdvanceFromDatabase(uint64_t offset);  // only without a cache (see PolledOffset)
+  Result<uint64_t> PolledOffset();
   void PollOffsets();
+  // The cache failed: may this read go to the database? (token bucket, db_read_rate)
+  bool AdmitDatabaseRead(const Status& cache_error);
 
   std::shared_ptr<SqlLikeStore> db_;
   std::shared_ptr<nats::NatsClient> nats_;
@@ -101,6 +118,10 @@ class ClusterLikeStore final : public LikeStore {
   std::atomic<uint64_t> last_appended_{0};
   std::atomic<uint64_t> sync_applied_{0};
   std::atomic<bool> falling_back_{false};
+  std::atomic<bool> cache_ok_{true};
+  std::atomic<uint64_t> cache_hits_{0}, cache_misses_{0}, db_fallback_reads_{0}, db_fallback_refused_{0};
+  double read_tokens_ GUARDED_BY(mu_) = 0;
+  SteadyTime read_refill_ GUARDED_BY(mu_){};
   mutable Mutex mu_;
   std::string last_error_ GUARDED_BY(mu_);
   CondVar stop_cv_;

@@ -7,6 +7,7 @@
 #include "base/logging.h"
 #include "likes/cluster_store.h"
 #include "likes/job.h"
+#include "likes/redis_cache.h"
 #include "likes/rocksdb_store.h"
 #include "likes/sql_store.h"
 #include "nats/nats_client.h"
@@ -47,9 +48,23 @@ Result<std::shared_ptr<nats::NatsClient>> ConnectNats(const Config& c, const std
   return std::shared_ptr<nats::NatsClient>(std::move(client));
 }
 
+// The Redis cache likes.redis.* configures, or null.
+Result<std::shared_ptr<RedisLikeCache>> CacheFromConfig(const Config& c) {
+  const auto& seeds = c.GetStringList("likes.redis.seeds");
+  if (seeds.empty()) return std::shared_ptr<RedisLikeCache>();
+  RedisLikeCache::Options o;
+  o.seeds = seeds;
+  o.cluster = c.GetBool("likes.redis.cluster");
+  o.password = c.GetString("likes.redis.password");
+  o.ttl = c.GetDuration("likes.redis.ttl");
+  CHORUS_ASSIGN_OR_RETURN(std::unique_ptr<RedisLikeCache> cache, RedisLikeCache::Create(o));
+  return std::shared_ptr<RedisLikeCache>(std::move(cache));
+}
+
 void AddGauge(std::vector<CallbackHandle>& out, std::string_view name, std::string_view help,
               std::function<double()> fn) {
-  if (auto h = DefaultMetrics().GaugeCallback(name, help, std::move(fn)); h.ok()) out.push_back(std::move(*h));
+  if (auto h = DefaultMetrics().GaugeCallback(name, help, std::move(fn)); h.ok())
+    out.push_back(std::move(*h));
 }
 
 }  // namespace
@@ -75,12 +90,14 @@ Result<LikesEngine> OpenLikesEngine(const Config& config) {
   CHORUS_ASSIGN_OR_RETURN(std::unique_ptr<SqlLikeStore> opened, SqlLikeStore::Open(MySqlFromConfig(config)));
   std::shared_ptr<SqlLikeStore> db = std::move(opened);
   const std::string node = NodeId(config);
-  CHORUS_ASSIGN_OR_RETURN(std::shared_ptr<nats::NatsClient> nats, ConnectNats(config, "chorus-likes-" + node));
+  CHORUS_ASSIGN_OR_RETURN(std::shared_ptr<nats::NatsClient> nats,
+                          ConnectNats(config, "chorus-likes-" + node));
   const std::string stream = config.GetString("likes.nats.stream");
   const std::string prefix = config.GetString("likes.nats.subject_prefix");
   // The job creates the stream too; whoever starts first does. Not reachable now: the service
   // falls back to the database until it is (sync_fallback).
-  if (Status s = EnsureLikesStream(*nats, stream, prefix, config.GetDuration("likes.nats.max_age")); !s.ok()) {
+  if (Status s = EnsureLikesStream(*nats, stream, prefix, config.GetDuration("likes.nats.max_age"));
+      !s.ok()) {
     GetLogger("likes")->warn("likes: JetStream stream {} not ensured yet: {}", stream, s.ToString());
   }
   ClusterStoreOptions o;
@@ -89,6 +106,8 @@ Result<LikesEngine> OpenLikesEngine(const Config& config) {
   o.changes_subject = config.GetString("likes.nats.changes_subject");
   o.node_id = node;
   o.sync_fallback = config.GetBool("likes.sync_fallback");
+  CHORUS_ASSIGN_OR_RETURN(o.cache, CacheFromConfig(config));
+  o.db_read_rate = config.GetDouble("likes.redis.db_read_rate");
   CHORUS_ASSIGN_OR_RETURN(std::unique_ptr<ClusterLikeStore> created, ClusterLikeStore::Create(db, nats, o));
   std::shared_ptr<ClusterLikeStore> store = std::move(created);
   engine.store = store;
@@ -99,30 +118,49 @@ Result<LikesEngine> OpenLikesEngine(const Config& config) {
     EngineHealth out;
     out.detail = "store=cluster, queue=" + std::string(h.queue_connected ? "jetstream" : "down") +
                  (h.falling_back ? ", writes=sync-fallback" : "") +
+                 (h.cache_configured ? std::string(", cache=") + (h.cache_ok ? "redis" : "down") : "") +
                  ", applied_through=" + std::to_string(h.applied_through) +
                  (h.last_error.empty() ? "" : ", last_error=" + h.last_error);
     return out;
   };
   AddGauge(engine.metrics, "chorus_likes_queue_connected", "1 while the JetStream queue is connected",
            [s] { return s->health().queue_connected ? 1.0 : 0.0; });
-  AddGauge(engine.metrics, "chorus_likes_sync_fallback", "1 while writes go to the database directly (queue down)",
+  AddGauge(engine.metrics, "chorus_likes_sync_fallback",
+           "1 while writes go to the database directly (queue down)",
            [s] { return s->health().falling_back ? 1.0 : 0.0; });
-  AddGauge(engine.metrics, "chorus_likes_sync_applied", "Actions applied synchronously (queue down) since start",
+  AddGauge(engine.metrics, "chorus_likes_sync_applied",
+           "Actions applied synchronously (queue down) since start",
            [s] { return static_cast<double>(s->health().sync_applied); });
+  if (o.cache) {
+    AddGauge(engine.metrics, "chorus_likes_redis_up", "1 while the Redis cache answers",
+             [s] { return s->health().cache_ok ? 1.0 : 0.0; });
+    AddGauge(engine.metrics, "chorus_likes_redis_hits", "Counts and states read from the Redis cache",
+             [s] { return static_cast<double>(s->health().cache_hits); });
+    AddGauge(engine.metrics, "chorus_likes_redis_misses", "Counts and states refilled from the database",
+             [s] { return static_cast<double>(s->health().cache_misses); });
+    AddGauge(engine.metrics, "chorus_likes_db_fallback_reads",
+             "Database reads while Redis was down (rate-limited)",
+             [s] { return static_cast<double>(s->health().db_fallback_reads); });
+    AddGauge(engine.metrics, "chorus_likes_db_fallback_refused",
+             "Reads refused while Redis was down (over likes.redis.db_read_rate)",
+             [s] { return static_cast<double>(s->health().db_fallback_refused); });
+  }
   AddGauge(engine.metrics, "chorus_likes_job_applied_through", "Stream sequence the job has applied through",
            [s] { return static_cast<double>(s->health().applied_through); });
   AddGauge(engine.metrics, "chorus_likes_queue_lag",
            "Actions this process appended that the job has not applied yet (stream sequences)", [s] {
              const auto h = s->health();
-             return h.last_appended > h.applied_through ? static_cast<double>(h.last_appended - h.applied_through)
-                                                        : 0.0;
+             return h.last_appended > h.applied_through
+                        ? static_cast<double>(h.last_appended - h.applied_through)
+                        : 0.0;
            });
   return engine;
 }
 
 Result<LikesJobProcess> OpenLikesJob(const Config& config) {
   if (!Cluster(config)) {
-    return FailedPrecondition("`chorus likes job` needs likes.engine=cluster (the embedded engine applies in-process)");
+    return FailedPrecondition(
+        "`chorus likes job` needs likes.engine=cluster (the embedded engine applies in-process)");
   }
   CHORUS_ASSIGN_OR_RETURN(std::unique_ptr<SqlLikeStore> opened, SqlLikeStore::Open(MySqlFromConfig(config)));
   std::shared_ptr<SqlLikeStore> db = std::move(opened);
@@ -136,6 +174,7 @@ Result<LikesJobProcess> OpenLikesJob(const Config& config) {
   o.window = config.GetDuration("likes.job.window");
   o.ack_wait = config.GetDuration("likes.job.ack_wait");
   o.stream_max_age = config.GetDuration("likes.nats.max_age");
+  CHORUS_ASSIGN_OR_RETURN(o.cache, CacheFromConfig(config));
   LikesJobProcess p;
   CHORUS_ASSIGN_OR_RETURN(p.job, LikesJob::Create(db, nats, o));
   p.keep_alive = nats;
@@ -145,7 +184,8 @@ Result<LikesJobProcess> OpenLikesJob(const Config& config) {
     EngineHealth out;
     out.ready = st.database_ok && st.queue_ok;
     out.detail = std::string("database=") + (st.database_ok ? "up" : "down") +
-                 ", queue=" + (st.queue_ok ? "up" : "down") + ", through=" + std::to_string(st.through) +
+                 ", queue=" + (st.queue_ok ? "up" : "down") + (st.cache_ok ? "" : ", cache=down") +
+                 ", through=" + std::to_string(st.through) +
                  (st.last_error.empty() ? "" : ", last_error=" + st.last_error);
     return out;
   };
@@ -163,6 +203,14 @@ Result<LikesJobProcess> OpenLikesJob(const Config& config) {
            [job] { return static_cast<double>(job->stats().failures); });
   AddGauge(p.metrics, "chorus_likes_job_duplicates", "Redelivered actions skipped as already applied",
            [job] { return static_cast<double>(job->stats().duplicates); });
+  AddGauge(p.metrics, "chorus_likes_cache_lag_seconds",
+           "Age of the oldest committed change not yet in the Redis cache (0 when none waits)",
+           [job] { return job->stats().cache_lag_seconds; });
+  AddGauge(p.metrics, "chorus_likes_cache_backlog", "Committed changes waiting for the Redis cache",
+           [job] { return static_cast<double>(job->stats().cache_backlog); });
+  AddGauge(p.metrics, "chorus_likes_cache_refreshed_through",
+           "Stream sequence the Redis cache is refreshed through",
+           [job] { return static_cast<double>(job->stats().cache_refreshed_through); });
   AddGauge(p.metrics, "chorus_likes_job_database_up", "1 while the job's database answers",
            [job] { return job->stats().database_ok ? 1.0 : 0.0; });
   return p;

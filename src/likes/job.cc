@@ -5,6 +5,7 @@
 
 #include "base/logging.h"
 #include "likes/cluster_store.h"
+#include "likes/redis_cache.h"
 #include "likes/sql_store.h"
 #include "nats/nats_client.h"
 
@@ -20,11 +21,63 @@ Status EnsureLikesStream(nats::NatsClient& nats, const std::string& stream, cons
   return nats.EnsureStream(config);
 }
 
-LikesJob::LikesJob(std::shared_ptr<SqlLikeStore> db, std::shared_ptr<nats::NatsClient> nats, JobOptions options)
+struct LikesJob::Pending {
+  ApplyOutcome outcome;
+  uint64_t seq = 0;
+  SteadyTime since;
+  size_t items() const { return outcome.counts.size() + outcome.records.size(); }
+};
+
+bool LikesJob::RefreshCache(std::optional<ApplyOutcome> outcome, uint64_t seq) {
+  if (!options_.cache) return true;
+  if (outcome) {
+    backlog_.push_back(Pending{std::move(*outcome), seq, std::chrono::steady_clock::now()});
+    backlog_items_ += backlog_.back().items();
+  }
+  uint64_t dropped = 0;
+  while (backlog_items_ > options_.cache_backlog_max && backlog_.size() > 1) {
+    backlog_items_ -= backlog_.front().items();
+    dropped += backlog_.front().items();
+    backlog_.pop_front();
+  }
+  Status status;
+  uint64_t refreshed = 0;
+  while (!backlog_.empty()) {
+    status = options_.cache->Refresh(options_.stream, backlog_.front().outcome, backlog_.front().seq);
+    if (!status.ok()) break;
+    refreshed = backlog_.front().seq;
+    backlog_items_ -= backlog_.front().items();
+    backlog_.pop_front();
+  }
+  MutexLock lock(mu_);
+  stats_.cache_dropped += dropped;
+  if (refreshed) stats_.cache_refreshed_through = refreshed;
+  stats_.cache_backlog = backlog_items_;
+  stats_.cache_lag_seconds =
+      backlog_.empty()
+          ? 0
+          : std::chrono::duration<double>(std::chrono::steady_clock::now() - backlog_.front().since).count();
+  const bool was_ok = stats_.cache_ok;
+  stats_.cache_ok = status.ok();
+  if (!status.ok() && was_ok) {
+    stats_.last_error = "refreshing the cache: " + status.ToString();
+    GetLogger("likes")->warn("likes job: cache refresh failed, {} changes kept for retry: {}", backlog_items_,
+                             status.ToString());
+  }
+  if (refreshed) {
+    // The backlog just caught up: tell the services how far the cache now is.
+    (void)nats_->Publish(options_.changes_subject, EncodeAppliedNotice(options_.stream, refreshed, {}));
+  }
+  return status.ok();
+}
+
+LikesJob::LikesJob(std::shared_ptr<SqlLikeStore> db, std::shared_ptr<nats::NatsClient> nats,
+                   JobOptions options)
     : db_(std::move(db)), nats_(std::move(nats)), options_(std::move(options)) {}
 
 Result<std::unique_ptr<LikesJob>> LikesJob::Create(std::shared_ptr<SqlLikeStore> db,
-                                                   std::shared_ptr<nats::NatsClient> nats, JobOptions options) {
+                                                   std::shared_ptr<nats::NatsClient> nats,
+                                                   JobOptions options) {
   if (!db || !nats) return InvalidArgument("likes job: needs a database and a NATS client");
   if (options.batch_max == 0) return InvalidArgument("likes job: batch_max must be at least 1");
   if (options.durable.empty() || options.durable.find('.') != std::string::npos) {
@@ -70,8 +123,9 @@ void LikesJob::Fail(const std::string& what, const Status& s, bool database) {
     (database ? stats_.database_ok : stats_.queue_ok) = false;
     stats_.last_error = message;
   }
-  if (first) GetLogger("likes")->warn("likes job: {} (retrying every {} ms)", message,
-                                      std::chrono::duration_cast<std::chrono::milliseconds>(options_.retry).count());
+  if (first)
+    GetLogger("likes")->warn("likes job: {} (retrying every {} ms)", message,
+                             std::chrono::duration_cast<std::chrono::milliseconds>(options_.retry).count());
 }
 
 void LikesJob::Run() {
@@ -167,7 +221,10 @@ void LikesJob::Run() {
       MutexLock lock(mu_);
       stats_.duplicates += duplicates;
     }
-    if (run.empty()) continue;
+    if (run.empty()) {
+      if (!backlog_.empty()) RefreshCache(std::nullopt, 0);
+      continue;
+    }
 
     // 4. Apply the run with the offset, retrying from memory until it commits.
     std::vector<LogEntry> entries;
@@ -177,8 +234,8 @@ void LikesJob::Run() {
       auto e = DecodeLogEntry(m.data);
       if (!e.ok()) {
         ++corrupt;
-        log->error("likes job: stream {} seq {} is not a log entry ({}); skipped", options_.stream, m.stream_seq,
-                   e.status().message());
+        log->error("likes job: stream {} seq {} is not a log entry ({}); skipped", options_.stream,
+                   m.stream_seq, e.status().message());
         continue;
       }
       e->seq = 0;  // not a like_log row
@@ -206,8 +263,12 @@ void LikesJob::Run() {
       stats_.through = last;
       stats_.database_ok = true;
     }
-    // 5. Tell the services, then ack. A lost notice only delays them to their next offset poll.
-    (void)nats_->Publish(options_.changes_subject, EncodeAppliedNotice(options_.stream, last, outcome->counts));
+    // 5. Refresh the cache, then tell the services (they drop their overlays of these entries,
+    // so the cache must hold them first), then ack. A lost notice only delays them to their
+    // next offset poll. While the cache cannot be refreshed the services are not told: they keep
+    // their overlays, which stay correct.
+    std::string notice = EncodeAppliedNotice(options_.stream, last, outcome->counts);
+    if (RefreshCache(std::move(*outcome), last)) (void)nats_->Publish(options_.changes_subject, notice);
     for (nats::JsMessage& m : run) (void)m.Ack();
     if (auto info = nats_->GetStreamInfo(options_.stream); info.ok()) {
       MutexLock lock(mu_);

@@ -23,7 +23,9 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -38,17 +40,24 @@ class NatsClient;
 namespace chorus::likes {
 
 class SqlLikeStore;
+class RedisLikeCache;
+struct ApplyOutcome;
 
 struct JobOptions {
   std::string stream = "LIKES";
   std::string subject_prefix = "likes.log";
   std::string durable = "likes-job";
   std::string changes_subject = "likes.changes";
-  size_t batch_max = 5000;                                // entries per transaction
+  size_t batch_max = 5000;                               // entries per transaction
   Duration window = std::chrono::milliseconds(200);      // longest wait for a batch to fill
   Duration ack_wait = std::chrono::seconds(10);          // redelivery after a job died
   Duration stream_max_age = std::chrono::hours(24 * 7);  // how long the stream keeps entries
   Duration retry = std::chrono::milliseconds(500);       // backoff after an engine failed
+  // The services' shared cache, refreshed from every committed batch (null: none). Refreshes
+  // that fail (Redis down) are kept, up to cache_backlog_max changes, and retried before the
+  // next batch; beyond that the oldest are dropped (the cache's TTL bounds their staleness).
+  std::shared_ptr<RedisLikeCache> cache;
+  size_t cache_backlog_max = 200000;
 };
 
 // The stream the services publish to and the job consumes; both sides ensure it exists.
@@ -67,16 +76,21 @@ class LikesJob {
   void Stop();
 
   struct Stats {
-    uint64_t applied = 0;         // entries applied
-    uint64_t batches = 0;         // transactions committed
-    uint64_t duplicates = 0;      // redelivered entries already applied (acked, skipped)
-    uint64_t corrupt = 0;         // undecodable messages (acked, skipped)
-    uint64_t lost = 0;            // sequences removed from the stream before being applied
-    uint64_t failures = 0;        // failed attempts (database or stream)
-    uint64_t through = 0;         // the database's offset
-    uint64_t stream_last = 0;     // the stream's last sequence at the last check
+    uint64_t applied = 0;      // entries applied
+    uint64_t batches = 0;      // transactions committed
+    uint64_t duplicates = 0;   // redelivered entries already applied (acked, skipped)
+    uint64_t corrupt = 0;      // undecodable messages (acked, skipped)
+    uint64_t lost = 0;         // sequences removed from the stream before being applied
+    uint64_t failures = 0;     // failed attempts (database or stream)
+    uint64_t through = 0;      // the database's offset
+    uint64_t stream_last = 0;  // the stream's last sequence at the last check
     bool database_ok = false;
     bool queue_ok = false;
+    bool cache_ok = true;
+    uint64_t cache_refreshed_through = 0;  // stream seq of the newest batch the cache has
+    uint64_t cache_backlog = 0;            // changes waiting for the cache (Redis down)
+    uint64_t cache_dropped = 0;            // changes dropped from a full backlog
+    double cache_lag_seconds = 0;          // age of the oldest change waiting for the cache
     std::string last_error;
   };
   Stats stats() const;
@@ -86,6 +100,9 @@ class LikesJob {
   void Run();
   void Fail(const std::string& what, const Status& s, bool database);
   bool SleepUnlessStopping(Duration d);
+  // Refreshes the cache with the backlog, then `outcome` (committed at `seq`); true when the
+  // cache holds everything committed (or there is no cache).
+  bool RefreshCache(std::optional<ApplyOutcome> outcome, uint64_t seq);
 
   std::shared_ptr<SqlLikeStore> db_;
   std::shared_ptr<nats::NatsClient> nats_;
@@ -95,6 +112,9 @@ class LikesJob {
   bool stopping_ GUARDED_BY(mu_) = false;
   Stats stats_ GUARDED_BY(mu_);
   std::thread thread_;
+  struct Pending;
+  std::deque<Pending> backlog_;  // worker thread only
+  size_t backlog_items_ = 0;
 };
 
 }  // namespace chorus::likes

@@ -68,6 +68,14 @@ class LikeStore {
   virtual Status GetCounts(std::string_view ns, std::span<const std::string> entities, std::vector<Counts>* out) = 0;
   virtual Result<int64_t> GetReceived(std::string_view ns, std::string_view owner) = 0;
 
+  // GetRecords for deciding a transition (the write path): the authoritative copy, where a
+  // store also has a cache that may lag.
+  virtual Status GetRecordsForUpdate(std::string_view ns, std::string_view user,
+                                     std::span<const std::string> entities,
+                                     std::vector<std::optional<Record>>* out) {
+    return GetRecords(ns, user, entities, out);
+  }
+
   // Newest first. `cursor` is empty or a next_cursor from the same list; InvalidArgument if bad.
   virtual Result<ListPage> UserLikes(std::string_view ns, std::string_view user, std::string_view cursor,
                                      size_t limit) = 0;

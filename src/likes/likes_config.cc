@@ -72,6 +72,12 @@ void AddConfigKeys(ConfigSchema& s) {
       .String("likes.node_id", "", "This process's name in message ids (default: hostname-pid); distinct per process.")
       .Bool("likes.sync_fallback", true,
             "When JetStream is unreachable, apply actions to the database synchronously instead of failing them.")
+      .StringList("likes.redis.seeds", {},
+                  "Redis cache of the cluster engine (host:port; several with likes.redis.cluster). Empty: no cache.")
+      .Bool("likes.redis.cluster", false, "likes.redis.seeds are Redis Cluster nodes (slot routing, MOVED/ASK).")
+      .String("likes.redis.password", "", "Redis password (prefer CHORUS_LIKES_REDIS_PASSWORD).")
+      .Duration("likes.redis.ttl", "10m", "Cached counts and states expire after this (bounds staleness).")
+      .Double("likes.redis.db_read_rate", 2000, "Database reads/s per process while Redis is unreachable.", 0)
       .String("likes.job.durable", "likes-job", "The job's durable consumer name.")
       .Int("likes.job.batch_max", 5000, "Most actions the job applies in one transaction.", 1, 100000)
       .Duration("likes.job.window", "200ms", "Longest the job waits for a batch to fill.")

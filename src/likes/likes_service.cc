@@ -229,7 +229,7 @@ class LikesService::Impl {
   Record StoredRecord(const Business& b, const ActRequest& r, Status* error) {
     std::vector<std::optional<Record>> out;
     const std::string entity[1] = {r.entity};
-    Status s = store_->GetRecords(b.ns, r.user, entity, &out);
+    Status s = store_->GetRecordsForUpdate(b.ns, r.user, entity, &out);
     if (!s.ok()) {
       *error = s;
       return {};

@@ -1,6 +1,7 @@
 #include "likes/sql_store.h"
 
 #include <algorithm>
+#include <functional>
 #include <unordered_map>
 #include <utility>
 
@@ -557,12 +558,12 @@ void AppendInList(std::span<const std::string> ids, std::string* sql, std::vecto
 }
 }  // namespace
 
-Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
-                                std::span<const std::string> entities,
-                                std::vector<std::optional<Record>>* out) {
+namespace {
+
+// The records of `user` on `entities` (nullopt for none) on `c`, 100 per statement.
+Status ReadRecords(Connection& c, std::string_view ns, std::string_view user, std::span<const std::string> entities,
+                   std::vector<std::optional<Record>>* out) {
   out->assign(entities.size(), std::nullopt);
-  if (entities.empty()) return Status::Ok();
-  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
   std::unordered_map<std::string_view, std::vector<size_t>> positions;
   for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
   for (size_t at = 0; at < entities.size(); at += kRowsPerStatement) {
@@ -570,7 +571,7 @@ Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
     std::vector<Value> values = {Bytes(ns), Bytes(user)};
     std::string sql = "SELECT entity, state, time_ms, owner FROM likes WHERE business = ? AND user = ? AND entity";
     AppendInList(entities.subspan(at, n), &sql, &values);
-    CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
+    CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c.Query(sql, values));
     for (const Row& row : rows) {
       CHORUS_ASSIGN_OR_RETURN(LikeState state, StateOf(row[1]));
       if (state == LikeState::kNone) continue;  // a row kept for its owner: no record
@@ -581,6 +582,17 @@ Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
     }
   }
   return Status::Ok();
+}
+
+}  // namespace
+
+Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
+                                std::span<const std::string> entities,
+                                std::vector<std::optional<Record>>* out) {
+  out->assign(entities.size(), std::nullopt);
+  if (entities.empty()) return Status::Ok();
+  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
+  return ReadRecords(*c, ns, user, entities, out);
 }
 
 namespace {
@@ -617,12 +629,11 @@ Status SqlLikeStore::GetCounts(std::string_view ns, std::span<const std::string>
   return ReadCounts(*c, ns, entities, out);
 }
 
-Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities,
-                                         std::string_view stream, std::vector<Counts>* out, uint64_t* offset) {
-  out->assign(entities.size(), Counts{});
+Status SqlLikeStore::WithOffset(std::string_view stream, uint64_t* offset,
+                                const std::function<Status(Connection&)>& reads) {
   *offset = 0;
   CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
-  // One read view for the offset and every count (REPEATABLE READ: the view is taken by the
+  // One read view for the offset and every read (REPEATABLE READ: the view is taken by the
   // first read and kept to the end of the transaction).
   CHORUS_RETURN_IF_ERROR(c->Execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"));
   CHORUS_RETURN_IF_ERROR(c->Begin());
@@ -632,13 +643,26 @@ Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const st
     if (!rows.empty()) {
       CHORUS_ASSIGN_OR_RETURN(*offset, rows[0][0].ToUint64());
     }
-    return ReadCounts(*c, ns, entities, out);
+    return reads(*c);
   }();
   if (!status.ok()) {
     (void)c->Rollback();
     return status;
   }
   return c->Commit();
+}
+
+Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities,
+                                         std::string_view stream, std::vector<Counts>* out, uint64_t* offset) {
+  out->assign(entities.size(), Counts{});
+  return WithOffset(stream, offset, [&](Connection& c) { return ReadCounts(c, ns, entities, out); });
+}
+
+Status SqlLikeStore::GetRecordsWithOffset(std::string_view ns, std::string_view user,
+                                          std::span<const std::string> entities, std::string_view stream,
+                                          std::vector<std::optional<Record>>* out, uint64_t* offset) {
+  out->assign(entities.size(), std::nullopt);
+  return WithOffset(stream, offset, [&](Connection& c) { return ReadRecords(c, ns, user, entities, out); });
 }
 
 Result<int64_t> SqlLikeStore::GetReceived(std::string_view ns, std::string_view owner) {

@@ -42,6 +42,7 @@
 // totals moving together). index_differences is always 0: the database maintains its indexes.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -122,11 +123,15 @@ class SqlLikeStore final : public LikeStore {
   // stream's entries up to `*offset`.
   Status GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities, std::string_view stream,
                              std::vector<Counts>* out, uint64_t* offset);
+  // The same for GetRecords.
+  Status GetRecordsWithOffset(std::string_view ns, std::string_view user, std::span<const std::string> entities,
+                              std::string_view stream, std::vector<std::optional<Record>>* out, uint64_t* offset);
 
  private:
   explicit SqlLikeStore(std::unique_ptr<sql::ConnectionPool> pool);
   Status ApplyWithRetries(std::span<const LogEntry> entries, std::string_view stream, uint64_t through_seq,
                           ApplyOutcome* outcome);
+  Status WithOffset(std::string_view stream, uint64_t* offset, const std::function<Status(sql::Connection&)>& reads);
   Result<ListPage> List(std::string_view ns, std::string_view id, bool likers, std::string_view cursor,
                         size_t limit);
 

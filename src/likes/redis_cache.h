@@ -1,0 +1,80 @@
+// RedisLikeCache: the likes cluster engine's shared cache (docs/scale-out.md), on Redis or a
+// Redis Cluster through redis::SyncRedis.
+//
+// Keys (no hash tags, so a cluster spreads them over every master):
+//   count:<ns>:<entity>   string "likes,dislikes,seq"
+//   state:<ns>:<user>     hash entity -> "state,time_ms,seq,owner" (state 0 = known: no record)
+// `seq` is the likes stream offset the value is valid at: the job's offset for the values it
+// writes after a commit, the database snapshot's offset for values refilled after a miss. A
+// write carrying an older seq than the stored value is ignored (a Lua script compares them), so
+// a slow refill never overwrites a newer refresh. Every key expires after `ttl` (also the bound
+// on staleness if a refresh is lost).
+//
+// Threads: every method is safe from any thread (SyncRedis is) and blocks for about one round
+// trip per node touched.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "base/clock.h"
+#include "base/status.h"
+#include "likes/model.h"
+#include "likes/sql_store.h"
+
+namespace chorus::redis {
+class SyncRedis;
+struct SyncRedisOptions;
+}  // namespace chorus::redis
+
+namespace chorus::likes {
+
+class RedisLikeCache {
+ public:
+  struct Options {
+    std::vector<std::string> seeds;  // host:port
+    bool cluster = false;            // Redis Cluster (slot routing, MOVED/ASK)
+    std::string password;
+    Duration ttl = std::chrono::hours(1);
+    Duration timeout = std::chrono::milliseconds(500);
+  };
+  static Result<std::unique_ptr<RedisLikeCache>> Create(const Options& options);
+  ~RedisLikeCache();
+
+  struct CachedCounts {
+    Counts counts;
+    uint64_t seq = 0;
+  };
+  // out[i]: the cached counts of entities[i], or nullopt on a miss. An error: Redis unreachable.
+  Status GetCounts(std::string_view ns, std::span<const std::string> entities,
+                   std::vector<std::optional<CachedCounts>>* out);
+  Status PutCounts(std::string_view ns, std::span<const std::string> entities, std::span<const Counts> counts,
+                   uint64_t seq);
+
+  // out[i]: nullopt on a miss, else the cached record (itself nullopt for "no record").
+  Status GetRecords(std::string_view ns, std::string_view user, std::span<const std::string> entities,
+                    std::vector<std::optional<std::optional<Record>>>* out);
+  Status PutRecords(std::string_view ns, std::string_view user, std::span<const std::string> entities,
+                    std::span<const std::optional<Record>> records, uint64_t seq);
+
+  // What one job batch committed, at stream offset `seq`: every count and changed record; then
+  // records `seq` as how far the cache is refreshed for `stream`.
+  Status Refresh(std::string_view stream, const ApplyOutcome& outcome, uint64_t seq);
+  // How far the job refreshed the cache for `stream` (0 if never).
+  Result<uint64_t> RefreshedThrough(std::string_view stream);
+  // Drops the cached counts and records these entries touch (written outside the stream).
+  Status Invalidate(std::span<const LogEntry> entries);
+
+ private:
+  explicit RedisLikeCache(std::unique_ptr<redis::SyncRedis> redis, Options options);
+  Status Run(std::vector<std::vector<std::string>> commands);
+
+  std::unique_ptr<redis::SyncRedis> redis_;
+  const Options options_;
+};
+
+}  // namespace chorus::likes
