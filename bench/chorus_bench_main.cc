@@ -215,8 +215,18 @@ CommandMain SetupLiveFanout(CLI::App& cmd) {
   cmd.add_option("--warmup", flags->warmup.text, "publishing before the window opens")->capture_default_str();
   cmd.add_option("--ready-timeout", flags->ready_timeout.text, "time allowed to connect everybody")
       ->capture_default_str();
-  cmd.add_option("--server-pid", f.server_pid, "server process whose CPU time is measured (0: none)")
-      ->capture_default_str();
+  cmd.add_option("--server-pid", f.server_pids,
+                 "server process whose CPU time is measured; repeat (or comma-separate) for the nodes of a fleet, "
+                 "summed (none or 0: not measured)")
+      ->delimiter(',');
+  cmd.add_option("--subscriber-url", f.subscriber_urls,
+                 "http://host:port subscribers connect to instead of --url; repeat (or comma-separate) to spread "
+                 "the subscriber processes round-robin over the nodes of a fleet (their /metrics are summed)")
+      ->delimiter(',');
+  cmd.add_option("--infra-pid", f.infra_pids,
+                 "supporting server (nats-server, redis-server) whose CPU is reported apart (infra_cpu_s); "
+                 "repeatable")
+      ->delimiter(',');
   cmd.add_option("--seed", f.seed, "message mix seed")->capture_default_str();
   flags->report.Add(cmd, "live-fanout", "chorus");
 
@@ -245,6 +255,11 @@ CommandMain SetupLiveFanout(CLI::App& cmd) {
     report.name = flags->report.name;
     report.params = {
         {"url", f.url},
+        {"subscriber_urls", [&f] {
+           std::string out;
+           for (const std::string& u : f.subscriber_urls) out += (out.empty() ? "" : ",") + u;
+           return out.empty() ? f.url : out;
+         }()},
         {"room", f.room},
         {"subscribers", std::to_string(f.subscribers)},
         {"procs", std::to_string(f.procs)},
@@ -269,7 +284,7 @@ CommandMain SetupLikes(CLI::App& cmd) {
   struct Flags {
     LikesRunOptions run;
     std::string target = "chorus";
-    std::string url;
+    std::vector<std::string> urls;
     std::string token;
     std::string redis = "127.0.0.1:6379";
     LikesRedisOptions redis_options;
@@ -284,7 +299,10 @@ CommandMain SetupLikes(CLI::App& cmd) {
   cmd.add_option("--target", flags->target, "chorus (the likes HTTP API) or redis (the Redis peer)")
       ->capture_default_str()
       ->check(CLI::IsMember({"chorus", "redis"}));
-  cmd.add_option("--url", flags->url, "chorus: base URL, http://host:port");
+  cmd.add_option("--url", flags->urls,
+                 "chorus: base URL, http://host:port; repeat it (or comma-separate) to spread the connections "
+                 "round-robin over several nodes")
+      ->delimiter(',');
   cmd.add_option("--token", flags->token, "chorus: bearer token (scopes likes.write,likes.read)");
   cmd.add_option("--redis", flags->redis, "redis: host:port")->capture_default_str();
   cmd.add_option("--pipeline", flags->redis_options.pipeline, "redis: operations in flight per connection")
@@ -390,12 +408,15 @@ CommandMain SetupLikes(CLI::App& cmd) {
       params["pipeline"] = std::to_string(flags->redis_options.pipeline);
       params["redis_likers"] = flags->redis_options.likers ? "true" : "false";
     } else {
-      if (flags->url.empty()) {
+      if (flags->urls.empty()) {
         std::fprintf(stderr, "chorus-bench likes: --target chorus needs --url\n");
         return 2;
       }
-      driver = MakeLikesHttpDriver(flags->url, flags->token, run.workload);
-      params["url"] = flags->url;
+      driver = MakeLikesHttpDriver(flags->urls, flags->token, run.workload);
+      std::string urls;
+      for (const std::string& u : flags->urls) urls += (urls.empty() ? "" : ",") + u;
+      params["url"] = urls;
+      params["nodes"] = std::to_string(flags->urls.size());
     }
     if (!driver.ok()) {
       std::fprintf(stderr, "chorus-bench likes: %s\n", driver.status().ToString().c_str());

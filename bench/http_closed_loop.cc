@@ -194,7 +194,8 @@ void Loop::Connect(Conn& c, int64_t now) {
   }
   const int one = 1;
   setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  const int rc = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&o_.addr), sizeof o_.addr);
+  const sockaddr_in& addr = o_.addrs.empty() ? o_.addr : o_.addrs[c.index % o_.addrs.size()];
+  const int rc = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
   if (rc != 0 && errno != EINPROGRESS) {
     ++counters_.connect_errors;
     CloseFd(c);

@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/status.h"
 
@@ -69,6 +70,9 @@ struct HttpLoopCounters {
 
 struct HttpLoopOptions {
   sockaddr_in addr{};
+  // When not empty, connection i connects to addrs[i % addrs.size()] instead of addr (one load
+  // spread over several servers, e.g. the nodes of a fleet without a load balancer in front).
+  std::vector<sockaddr_in> addrs;
   int connections = 1;
   // Steady-clock nanoseconds (SteadyNowNanos): responses count from record_from_ns; the loop
   // stops at end_ns even if connections still have requests in flight.

@@ -465,15 +465,16 @@ namespace {
 
 class LikesHttpWorkload final : public HttpWorkload {
  public:
-  LikesHttpWorkload(LikesOpGenerator& generator, const LikesHttpTarget& target, int connections,
+  // Connection i talks to targets[i % targets.size()] (the closed loop connects it there).
+  LikesHttpWorkload(LikesOpGenerator& generator, const std::vector<LikesHttpTarget>& targets, int connections,
                     LikesPhaseResult* result)
-      : generator_(generator), target_(target), pending_(static_cast<size_t>(connections)), result_(result) {}
+      : generator_(generator), targets_(targets), pending_(static_cast<size_t>(connections)), result_(result) {}
 
   bool NextRequest(size_t conn, int64_t now_ns, std::string* request) override {
     if (!generator_.Next(now_ns, &op_)) return false;
     pending_[conn] = {op_.kind, op_.spike, static_cast<uint32_t>(op_.items()),
                       op_.kind == LikesOpKind::kWrite && op_.actions.size() > 1};
-    BuildLikesHttpRequest(op_, target_, request);
+    BuildLikesHttpRequest(op_, targets_[conn % targets_.size()], request);
     return true;
   }
 
@@ -498,7 +499,7 @@ class LikesHttpWorkload final : public HttpWorkload {
     bool batch = false;
   };
   LikesOpGenerator& generator_;
-  const LikesHttpTarget& target_;
+  const std::vector<LikesHttpTarget>& targets_;
   std::vector<Pending> pending_;  // by connection
   LikesOp op_;                    // reused to keep its vectors' capacity
   LikesPhaseResult* result_;
@@ -506,13 +507,15 @@ class LikesHttpWorkload final : public HttpWorkload {
 
 class LikesHttpDriver final : public LikesDriver {
  public:
-  LikesHttpDriver(sockaddr_in addr, LikesHttpTarget target) : addr_(addr), target_(std::move(target)) {}
+  LikesHttpDriver(std::vector<sockaddr_in> addrs, std::vector<LikesHttpTarget> targets)
+      : addrs_(std::move(addrs)), targets_(std::move(targets)) {}
 
   void RunThread(LikesOpGenerator& generator, int connections, const LikesWindow& window,
                  LikesPhaseResult* result) override {
-    LikesHttpWorkload workload(generator, target_, connections, result);
+    LikesHttpWorkload workload(generator, targets_, connections, result);
     HttpLoopOptions options;
-    options.addr = addr_;
+    options.addr = addrs_.front();
+    if (addrs_.size() > 1) options.addrs = addrs_;
     options.connections = connections;
     options.record_from_ns = window.record_from_ns;
     options.end_ns = window.end_ns;
@@ -523,25 +526,37 @@ class LikesHttpDriver final : public LikesDriver {
   }
 
  private:
-  const sockaddr_in addr_;
-  const LikesHttpTarget target_;
+  const std::vector<sockaddr_in> addrs_;
+  const std::vector<LikesHttpTarget> targets_;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::string& url, const std::string& token,
                                                          const LikesWorkload& workload) {
-  CHORUS_ASSIGN_OR_RETURN(HttpUrl parsed, ParseHttpUrl(url));
-  if (parsed.target != "/") {
-    return InvalidArgument("--url is the server's base URL (http://host:port), got '" + url + "'");
+  return MakeLikesHttpDriver(std::vector<std::string>{url}, token, workload);
+}
+
+Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::vector<std::string>& urls,
+                                                         const std::string& token, const LikesWorkload& workload) {
+  if (urls.empty()) return InvalidArgument("no --url");
+  std::vector<sockaddr_in> addrs;
+  std::vector<LikesHttpTarget> targets;
+  for (const std::string& url : urls) {
+    CHORUS_ASSIGN_OR_RETURN(HttpUrl parsed, ParseHttpUrl(url));
+    if (parsed.target != "/") {
+      return InvalidArgument("--url is the server's base URL (http://host:port), got '" + url + "'");
+    }
+    CHORUS_ASSIGN_OR_RETURN(sockaddr_in addr, ResolveIpv4(parsed.host, parsed.port));
+    addrs.push_back(addr);
+    LikesHttpTarget target;
+    target.host = parsed.host + ":" + std::to_string(parsed.port);
+    target.token = token;
+    target.business = workload.business;
+    target.owners = workload.owners;
+    targets.push_back(std::move(target));
   }
-  CHORUS_ASSIGN_OR_RETURN(sockaddr_in addr, ResolveIpv4(parsed.host, parsed.port));
-  LikesHttpTarget target;
-  target.host = parsed.host + ":" + std::to_string(parsed.port);
-  target.token = token;
-  target.business = workload.business;
-  target.owners = workload.owners;
-  return std::unique_ptr<LikesDriver>(new LikesHttpDriver(addr, std::move(target)));
+  return std::unique_ptr<LikesDriver>(new LikesHttpDriver(std::move(addrs), std::move(targets)));
 }
 
 // ---------------------------------------------------------------------------------------------

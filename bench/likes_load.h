@@ -274,6 +274,11 @@ class LikesDriver {
 // chorus (or anything speaking the likes HTTP API) over closed-loop keep-alive connections.
 Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::string& url, const std::string& token,
                                                          const LikesWorkload& workload);
+// The same spread over several servers (the nodes of a fleet, no load balancer in front): each
+// load thread's connection i talks to urls[i % urls.size()], so connections split evenly and a
+// user's successive operations may land on different nodes, as behind a round-robin balancer.
+Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::vector<std::string>& urls,
+                                                         const std::string& token, const LikesWorkload& workload);
 
 struct LikesRunOptions {
   LikesWorkload workload;

@@ -451,6 +451,8 @@ class FakeLikesServer {
   }
   std::string Url() const { return "http://127.0.0.1:" + std::to_string(port_); }
   int unauthorized() const { return unauthorized_; }
+  int requests() const { return requests_; }
+  int wrong_host() const { return wrong_host_; }
 
  private:
   struct Conn {
@@ -500,6 +502,8 @@ class FakeLikesServer {
       const std::string body = c.in.substr(head_end + 4, body_len);
       c.in.erase(0, head_end + 4 + body_len);
       if (head.find("Authorization: Bearer tok\r\n") == std::string::npos) ++unauthorized_;
+      ++requests_;
+      if (head.find("Host: 127.0.0.1:" + std::to_string(port_) + "\r\n") == std::string::npos) ++wrong_host_;
       std::string answer;
       int status = 200;
       if (head.rfind("POST /v1/likes/batch ", 0) == 0) {
@@ -544,6 +548,8 @@ class FakeLikesServer {
   uint16_t port_ = 0;
   std::atomic<bool> stop_{false};
   std::atomic<int> unauthorized_{0};
+  std::atomic<int> requests_{0};
+  std::atomic<int> wrong_host_{0};
   std::thread thread_;
   std::vector<Conn> conns_;
 };
@@ -594,6 +600,28 @@ TEST(LikesHttpDriverTest, PhasesRunAgainstTheApiAndCountWhatTheyGet) {
     const Measurement m = r.ToMeasurement("fake");
     EXPECT_EQ(m.ErrorCount(), 0u) << LikesPhaseName(r.phase);
   }
+}
+
+// Several --url (the nodes of a fleet): every node gets its share of the connections, each request
+// carries its own node's Host header, and the results add up as against one server.
+TEST(LikesHttpDriverTest, SeveralUrlsSpreadTheConnections) {
+  FakeLikesServer a, b, c;
+  LikesRunOptions o = SmallRun({LikesPhase::kRead});
+  o.connections = 6;  // 3 per load thread: one to each server
+  auto driver = MakeLikesHttpDriver(std::vector<std::string>{a.Url(), b.Url(), c.Url()}, "tok", o.workload);
+  ASSERT_TRUE(driver.ok()) << driver.status().ToString();
+  auto results = RunLikesPhases(o, **driver);
+  ASSERT_TRUE(results.ok()) << results.status().ToString();
+  const LikesKindStats& state = (*results)[0].kind(LikesOpKind::kState);
+  EXPECT_GT(state.requests, 0u);
+  EXPECT_EQ(state.non_2xx, 0u);
+  for (const FakeLikesServer* s : {&a, &b, &c}) {
+    EXPECT_GT(s->requests(), 0);
+    EXPECT_EQ(s->wrong_host(), 0);
+    EXPECT_EQ(s->unauthorized(), 0);
+  }
+  EXPECT_FALSE(MakeLikesHttpDriver(std::vector<std::string>{}, "", o.workload).ok());
+  EXPECT_FALSE(MakeLikesHttpDriver(std::vector<std::string>{a.Url(), "http://127.0.0.1:1/x"}, "", o.workload).ok());
 }
 
 TEST(LikesHttpDriverTest, BatchResultErrorsAreCountedPerAction) {

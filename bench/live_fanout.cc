@@ -23,6 +23,7 @@
 #include <deque>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 #include <thread>
 #include <vector>
@@ -1076,6 +1077,8 @@ class Publisher {
 
 struct Snapshot {
   double server_cpu = 0;
+  double infra_cpu = 0;
+  std::vector<double> node_cpu;  // by o.server_pids
   double clients_cpu = 0;
   MachineCpu machine;
   std::map<std::string, double> metrics;
@@ -1084,7 +1087,11 @@ struct Snapshot {
 
 void ReadCpu(const LiveFanoutOptions& o, const std::vector<Child>& children, Snapshot* s) {
   s->at = SteadyNanos();
-  s->server_cpu = ProcessCpu(o.server_pid);
+  for (const pid_t pid : o.server_pids) {
+    s->node_cpu.push_back(ProcessCpu(pid));
+    s->server_cpu += s->node_cpu.back();
+  }
+  for (const pid_t pid : o.infra_pids) s->infra_cpu += ProcessCpu(pid);
   for (const Child& c : children) s->clients_cpu += ProcessCpu(c.pid);
   s->machine = ReadMachineCpu();
 }
@@ -1101,6 +1108,34 @@ Result<Measurement> RunLiveFanout(const LiveFanoutOptions& o) {
     return InvalidArgument("--ws-target must start with /");
   CHORUS_ASSIGN_OR_RETURN(sockaddr_in addr, Resolve(url.host, url.port));
   const std::string host = url.host + ":" + std::to_string(url.port);
+  // Where subscribers connect (process i: subscriber_urls[i % n]), and every distinct node whose
+  // /metrics are summed.
+  std::vector<HttpUrl> sub_urls;
+  for (const std::string& u : o.subscriber_urls) {
+    CHORUS_ASSIGN_OR_RETURN(HttpUrl parsed, ParseHttpUrl(u));
+    sub_urls.push_back(std::move(parsed));
+  }
+  if (sub_urls.empty()) sub_urls.push_back(url);
+  std::vector<std::pair<sockaddr_in, std::string>> nodes;
+  {
+    std::set<std::string> seen;
+    auto add_node = [&](const HttpUrl& u) -> Status {
+      const std::string h = u.host + ":" + std::to_string(u.port);
+      if (!seen.insert(h).second) return Status::Ok();
+      CHORUS_ASSIGN_OR_RETURN(sockaddr_in a, Resolve(u.host, u.port));
+      nodes.emplace_back(a, h);
+      return Status::Ok();
+    };
+    CHORUS_RETURN_IF_ERROR(add_node(url));
+    for (const HttpUrl& u : sub_urls) CHORUS_RETURN_IF_ERROR(add_node(u));
+  }
+  auto scrape_all = [&nodes] {
+    std::map<std::string, double> sum;
+    for (const auto& [a, h] : nodes) {
+      for (const auto& [k, v] : ScrapeMetrics(a, h)) sum[k] += v;
+    }
+    return sum;
+  };
   signal(SIGPIPE, SIG_IGN);
 
   // 1. Subscribers.
@@ -1111,9 +1146,10 @@ Result<Measurement> RunLiveFanout(const LiveFanoutOptions& o) {
   } cleanup{children};
   for (int i = 0; i < o.procs; ++i) {
     const int k = o.subscribers / o.procs + (i < o.subscribers % o.procs ? 1 : 0);
+    const HttpUrl& sub = sub_urls[static_cast<size_t>(i) % sub_urls.size()];
     CHORUS_ASSIGN_OR_RETURN(
         Child child,
-        SpawnClient(o.self_exe, {"live-clients", "--host", url.host, "--port", std::to_string(url.port),
+        SpawnClient(o.self_exe, {"live-clients", "--host", sub.host, "--port", std::to_string(sub.port),
                                  "--target", o.ws_target, "--room", o.room, "--connections",
                                  std::to_string(k), "--index", std::to_string(i)}));
     children.push_back(std::move(child));
@@ -1140,7 +1176,7 @@ Result<Measurement> RunLiveFanout(const LiveFanoutOptions& o) {
   std::this_thread::sleep_for(o.warmup);
   // The scrapes sit outside the CPU window: before it opens and after it closes.
   Snapshot before, after;
-  before.metrics = ScrapeMetrics(addr, host);
+  before.metrics = scrape_all();
   ReadCpu(o, children, &before);
   for (Child& c : children) WriteAll(c.to, "start\n");
   for (Child& c : children) {
@@ -1150,7 +1186,7 @@ Result<Measurement> RunLiveFanout(const LiveFanoutOptions& o) {
   std::this_thread::sleep_for(o.duration);
   for (Child& c : children) WriteAll(c.to, "stop\n");
   ReadCpu(o, children, &after);
-  after.metrics = ScrapeMetrics(addr, host);
+  after.metrics = scrape_all();
   publisher.Stop();
 
   // 5. Collect.
@@ -1219,11 +1255,26 @@ Result<Measurement> RunLiveFanout(const LiveFanoutOptions& o) {
       {"clients_cpu_s", after.clients_cpu - before.clients_cpu},
       {"machine_busy_pct", all > 0 ? 100.0 * busy / all : 0},
   };
-  if (o.server_pid > 0) {
+  const bool measured = std::any_of(o.server_pids.begin(), o.server_pids.end(), [](pid_t p) { return p > 0; });
+  if (measured) {
     m.figures["server_cpu_s"] = server_cpu;
     m.figures["server_cpu_pct"] = window_s > 0 ? 100.0 * server_cpu / window_s : 0;
     m.figures["server_cpu_s_per_million_deliveries"] =
         total.messages > 0 ? server_cpu / (static_cast<double>(total.messages) / 1e6) : 0;
+    if (o.server_pids.size() > 1) {
+      for (size_t i = 0; i < o.server_pids.size() && i < after.node_cpu.size(); ++i) {
+        m.figures["server_cpu_s_node" + std::to_string(i)] = after.node_cpu[i] - before.node_cpu[i];
+      }
+    }
+  }
+  m.figures["server_nodes"] = static_cast<double>(nodes.size());
+  if (!o.infra_pids.empty()) {
+    const double infra_cpu = after.infra_cpu - before.infra_cpu;
+    m.figures["infra_cpu_s"] = infra_cpu;
+    m.figures["infra_cpu_s_per_million_deliveries"] =
+        total.messages > 0 ? infra_cpu / (static_cast<double>(total.messages) / 1e6) : 0;
+    m.figures["total_cpu_s_per_million_deliveries"] =
+        total.messages > 0 ? (server_cpu + infra_cpu) / (static_cast<double>(total.messages) / 1e6) : 0;
   }
   m.latency = total.latency;
   return m;

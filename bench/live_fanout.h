@@ -45,6 +45,7 @@
 #include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "base/status.h"
 #include "latency_histogram.h"
@@ -121,7 +122,11 @@ int RunLiveClients(const LiveClientsOptions& options, int control_in, std::FILE*
 // ---- live-fanout ----
 
 struct LiveFanoutOptions {
-  std::string url;            // http://127.0.0.1:PORT of the live server
+  std::string url;            // http://127.0.0.1:PORT of the live server (the publisher's node)
+  // Several nodes serving one room (live.cluster): subscriber process i connects to
+  // subscriber_urls[i % size] (empty: all to `url`), and /metrics counters are summed over `url`
+  // and these (each distinct node once).
+  std::vector<std::string> subscriber_urls;
   std::string ws_target;      // WebSocket target incl. query ("/v1/ws?format=json&token=...")
   std::string publish_token;  // bearer token for POST; empty = no Authorization header
   std::string room = "r1";
@@ -131,7 +136,10 @@ struct LiveFanoutOptions {
   std::chrono::nanoseconds warmup = std::chrono::seconds(3);
   std::chrono::nanoseconds duration = std::chrono::seconds(20);
   std::chrono::nanoseconds ready_timeout = std::chrono::seconds(300);
-  pid_t server_pid = 0;  // whose CPU to measure; 0 = do not measure
+  // Whose CPU to measure, summed (the nodes of a fleet); empty or 0 = do not measure.
+  std::vector<pid_t> server_pids;
+  // Supporting servers (nats-server, redis-server) whose CPU is reported apart, summed.
+  std::vector<pid_t> infra_pids;
   uint64_t seed = 1;
   std::string self_exe;  // this binary, spawned as live-clients
 };

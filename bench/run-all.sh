@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # run-all.sh — every benchmark in bench/ (what `make bench` runs).
 #
-#   bench/run-all.sh [all|http|live|likes|compute|lb|micro]
+#   bench/run-all.sh [all|http|live|likes|cluster|compute|lb|micro]
 #
 # Builds the release preset (chorus, chorus-bench and every *_benchmark target), then runs the
 # peer comparisons — http_vs_nginx.sh (http), live_fanout.sh against the Bun peer and
-# live_poll.sh against nginx (live), likes.sh against Redis (likes), compute_cluster.sh (compute:
+# live_poll.sh against nginx (live), likes.sh against Redis (likes), likes_cluster.sh and
+# live_fanout_cluster.sh (cluster: the scale-out fleets on MariaDB, NATS JetStream and Redis
+# against the embedded processes), compute_cluster.sh (compute:
 # real resource servers and schedulers against 2,000 simulated nodes), compute_lb.sh (lb: the
 # compute router's policies on simulated heterogeneous nodes) — and each Google Benchmark binary
 # (micro), writing JSON into bench/results/. Keeps going after a failing benchmark and exits
@@ -18,7 +20,7 @@ set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT" || exit 2
 WHAT=${1:-all}
-case $WHAT in all | http | live | likes | compute | lb | micro) ;; *) echo "usage: $0 [all|http|live|likes|compute|lb|micro]" >&2; exit 2 ;; esac
+case $WHAT in all | http | live | likes | cluster | compute | lb | micro) ;; *) echo "usage: $0 [all|http|live|likes|cluster|compute|lb|micro]" >&2; exit 2 ;; esac
 BENCH_RESULTS_DIR=${BENCH_RESULTS_DIR:-$ROOT/bench/results}
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 STATUS=0
@@ -50,6 +52,15 @@ if [[ $WHAT == all || $WHAT == likes ]]; then
   echo "== likes" >&2
   CHORUS_BIN=$ROOT/build/release/src/chorus/chorus BENCH_BIN=$ROOT/build/release/bench/chorus-bench \
     BENCH_RESULTS_DIR=$BENCH_RESULTS_DIR "$ROOT/bench/likes.sh" || STATUS=1
+fi
+
+if [[ $WHAT == all || $WHAT == cluster ]]; then
+  echo "== likes_cluster" >&2
+  CHORUS_BIN=$ROOT/build/release/src/chorus/chorus BENCH_BIN=$ROOT/build/release/bench/chorus-bench \
+    BENCH_RESULTS_DIR=$BENCH_RESULTS_DIR "$ROOT/bench/likes_cluster.sh" || STATUS=1
+  echo "== live_fanout_cluster" >&2
+  CHORUS_BIN=$ROOT/build/release/src/chorus/chorus BENCH_BIN=$ROOT/build/release/bench/chorus-bench \
+    BENCH_RESULTS_DIR=$BENCH_RESULTS_DIR "$ROOT/bench/live_fanout_cluster.sh" || STATUS=1
 fi
 
 if [[ $WHAT == all || $WHAT == compute ]]; then
