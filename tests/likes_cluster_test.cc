@@ -437,6 +437,24 @@ TEST_F(LikesClusterTest, DatabaseDownServesReadsFromRedis) {
   ExpectVerifyClean();
 }
 
+// likes.job.rate: the job applies at most that many actions per second; the rest waits in
+// JetStream (a backlog shows on the services) and is applied in the end.
+TEST_F(LikesClusterTest, JobRateLimitKeepsABacklogInTheStream) {
+  extra_ = {"--set", "likes.job.rate=300"};
+  StartFleet();
+  Writers writers;
+  StartWriters(writers, 3, /*users=*/30, /*entities=*/8, /*tolerate_failures=*/false);
+  ASSERT_TRUE(Eventually([&] { return writers.acks() > 2000; }, 60s));
+  writers.Join();
+  // 2000+ actions at 300/s take the job seconds: the backlog is visible right after the load.
+  double lag = 0;
+  for (const Proc& n : nodes_) lag += Metric(n.http_port, "chorus_likes_queue_lag");
+  EXPECT_GT(lag, 0);
+  ASSERT_TRUE(Eventually([&] { return Drained(); }, 60s)) << job_.process->OutputTail();
+  CheckStates(writers.loads, /*entities=*/8);
+  ExpectVerifyClean();
+}
+
 // JetStream stops mid-load: writes keep succeeding, applied to the database synchronously (the
 // seed's fallback from the queue to RPC), visible in /readyz and the metrics; when it is back,
 // writes queue again. Nothing acknowledged is lost and the store stays consistent.

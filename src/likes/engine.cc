@@ -174,6 +174,7 @@ Result<LikesJobProcess> OpenLikesJob(const Config& config) {
   o.window = config.GetDuration("likes.job.window");
   o.ack_wait = config.GetDuration("likes.job.ack_wait");
   o.stream_max_age = config.GetDuration("likes.nats.max_age");
+  o.rate = config.GetDouble("likes.job.rate");
   CHORUS_ASSIGN_OR_RETURN(o.cache, CacheFromConfig(config));
   LikesJobProcess p;
   CHORUS_ASSIGN_OR_RETURN(p.job, LikesJob::Create(db, nats, o));

@@ -152,7 +152,11 @@ void LikesJob::Run() {
     MutexLock lock(mu_);
     return stopping_;
   };
+  SteadyTime next_batch = std::chrono::steady_clock::now();  // likes.job.rate
   while (!stopping()) {
+    if (options_.rate > 0 && std::chrono::steady_clock::now() < next_batch) {
+      if (!SleepUnlessStopping(next_batch - std::chrono::steady_clock::now())) break;
+    }
     // 2. The stream and the consumer (both survive us in the server).
     if (!consumer) {
       Status s = EnsureLikesStream(*nats_, options_.stream, options_.subject_prefix, options_.stream_max_age);
@@ -255,6 +259,11 @@ void LikesJob::Run() {
       if (!SleepUnlessStopping(options_.retry)) break;
     }
     if (!outcome.ok()) break;  // stopping: the messages are redelivered to the next job
+    if (options_.rate > 0) {
+      next_batch = std::max(next_batch, std::chrono::steady_clock::now()) +
+                   std::chrono::duration_cast<Duration>(
+                       std::chrono::duration<double>(static_cast<double>(run.size()) / options_.rate));
+    }
     {
       MutexLock lock(mu_);
       stats_.applied += entries.size();

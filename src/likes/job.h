@@ -53,6 +53,7 @@ struct JobOptions {
   Duration ack_wait = std::chrono::seconds(10);          // redelivery after a job died
   Duration stream_max_age = std::chrono::hours(24 * 7);  // how long the stream keeps entries
   Duration retry = std::chrono::milliseconds(500);       // backoff after an engine failed
+  double rate = 0;  // most entries applied per second (protects the database); 0 = no limit
   // The services' shared cache, refreshed from every committed batch (null: none). Refreshes
   // that fail (Redis down) are kept, up to cache_backlog_max changes, and retried before the
   // next batch; beyond that the oldest are dropped (the cache's TTL bounds their staleness).

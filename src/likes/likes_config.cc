@@ -81,7 +81,8 @@ void AddConfigKeys(ConfigSchema& s) {
       .String("likes.job.durable", "likes-job", "The job's durable consumer name.")
       .Int("likes.job.batch_max", 5000, "Most actions the job applies in one transaction.", 1, 100000)
       .Duration("likes.job.window", "200ms", "Longest the job waits for a batch to fill.")
-      .Duration("likes.job.ack_wait", "10s", "Redelivery delay of actions a dead job had fetched.");
+      .Duration("likes.job.ack_wait", "10s", "Redelivery delay of actions a dead job had fetched.")
+      .Double("likes.job.rate", 0, "Most actions the job applies per second (protects the database); 0 = no limit.", 0);
 }
 
 Result<LikesOptions> OptionsFromConfig(const Config& c) {
