@@ -52,6 +52,9 @@ void AddConfigKeys(ConfigSchema& s) {
       .Int("likes.hot.top_k", 64, "Hot keys tracked per shard.", 1, 100'000)
       .Int("likes.cache.capacity", 10000, "Hot entities' counts cached per shard (W-TinyLFU).", 1, 10'000'000)
       .Duration("likes.cache.ttl", "2s", "How long a cached count may be served.")
+      .Int("likes.io_threads", 16,
+           "likes.engine=cluster: threads for the blocking Redis/database calls (reads, a write's record reads).", 1,
+           1024)
       .Int("likes.block_cache_bytes", 64 << 20, "RocksDB block cache.", 1 << 20, 1LL << 40)
       // Scale-out (docs/scale-out.md): MariaDB/TiDB + NATS JetStream, `chorus likes job`.
       .String("likes.engine", "embedded",
@@ -146,6 +149,7 @@ Result<LikesOptions> OptionsFromConfig(const Config& c) {
   o.hot_top_k = static_cast<size_t>(c.GetInt("likes.hot.top_k"));
   o.cache_capacity = static_cast<size_t>(c.GetInt("likes.cache.capacity"));
   o.cache_ttl = c.GetDuration("likes.cache.ttl");
+  o.io_threads = static_cast<size_t>(c.GetInt("likes.io_threads"));
   if (o.cache_ttl <= Duration::zero()) return InvalidArgument("likes.cache.ttl must be > 0");
   return o;
 }

@@ -9,6 +9,7 @@
 
 #include "base/logging.h"
 #include "base/metrics.h"
+#include "likes/blocking_pool.h"
 #include "likes/committer.h"
 #include "likes/count_cache.h"
 #include "likes/hot_keys.h"
@@ -84,6 +85,7 @@ class LikesService::Impl {
       by_id_.emplace(b.id, &b);
       by_ns_.emplace(b.ns, &b);
     }
+    if (applies_elsewhere_) io_pool_ = std::make_unique<BlockingPool>(options_.io_threads);
     for (uint32_t i = 0; i < runtime_.size(); ++i) {
       auto st = std::make_unique<ShardState>();
       st->index = i;
@@ -192,6 +194,11 @@ class LikesService::Impl {
     std::vector<Result<ActResult>> results;  // each index written by its owner shard only
     std::atomic<size_t> left{0};
     ActCallback done;
+    // Cluster engine: each request's stored record (or the read's error), read on the I/O pool
+    // before the owners run. An owner uses it only if its apply_epoch is still the one read
+    // before the prefetch (no overlay of it was dropped since), else it reads again.
+    std::vector<std::optional<Result<Record>>> prefetched;
+    std::vector<uint64_t> prefetch_epochs;
     void Finish() {
       if (left.fetch_sub(1, std::memory_order_acq_rel) == 1) done(std::move(results));
     }
@@ -217,12 +224,49 @@ class LikesService::Impl {
       return;
     }
     gather->left.store(by_owner.size());
+    if (io_pool_ && !io_pool_->IsCurrent()) {
+      io_pool_->Submit([this, gather, by_owner = std::move(by_owner)]() mutable {
+        Prefetch(*gather);
+        DispatchActs(gather, std::move(by_owner));
+      });
+      return;
+    }
+    DispatchActs(gather, std::move(by_owner));
+  }
+
+  void DispatchActs(const std::shared_ptr<ActGather>& gather, std::map<uint32_t, std::vector<size_t>> by_owner) {
     for (auto& group : by_owner) {
       const uint32_t owner = group.first;  // (clang 14 cannot capture structured bindings)
       auto& indices = group.second;
       runtime_.shard(owner).Dispatch([this, owner, indices = std::move(indices), gather] {
         ActOnOwner(*shards_[owner], indices, gather);
       });
+    }
+  }
+
+  // Reads every request's stored record, one store call per (business, user).
+  void Prefetch(ActGather& g) {
+    g.prefetch_epochs.resize(runtime_.size());
+    for (uint32_t s = 0; s < runtime_.size(); ++s) {
+      g.prefetch_epochs[s] = shards_[s]->apply_epoch.load(std::memory_order_seq_cst);
+    }
+    g.prefetched.assign(g.requests.size(), std::nullopt);
+    std::map<std::pair<std::string_view, std::string_view>, std::vector<size_t>> by_user;
+    for (size_t i = 0; i < g.requests.size(); ++i) {
+      if (g.biz[i]) by_user[{g.biz[i]->ns, g.requests[i].user}].push_back(i);
+    }
+    for (const auto& [key, indices] : by_user) {
+      std::vector<std::string> entities;
+      for (size_t i : indices) entities.push_back(g.requests[i].entity);
+      std::vector<std::optional<Record>> out;
+      Status s = store_->GetRecordsForUpdate(key.first, key.second, entities, &out);
+      for (size_t k = 0; k < indices.size(); ++k) {
+        if (s.ok()) {
+          g.prefetched[indices[k]] = Result<Record>(out[k] ? *out[k] : Record{});
+        } else {
+          g.prefetched[indices[k]] = Result<Record>(s);
+        }
+      }
     }
   }
 
@@ -261,7 +305,18 @@ class LikesService::Impl {
         current = it->second.latest;
       } else {
         Status error;
-        current = StoredRecord(b, r, &error);
+        const uint64_t epoch = st.apply_epoch.load(std::memory_order_seq_cst);
+        if (i < gather->prefetched.size() && gather->prefetched[i] && !(epoch & 1) &&
+            epoch == gather->prefetch_epochs[st.index]) {
+          const Result<Record>& pre = *gather->prefetched[i];
+          if (pre.ok()) {
+            current = *pre;
+          } else {
+            error = pre.status();
+          }
+        } else {
+          current = StoredRecord(b, r, &error);
+        }
         if (!error.ok()) {
           if (!applies_elsewhere_) {
             gather->results[i] = Unavailable("likes store: " + error.message());
@@ -597,6 +652,13 @@ class LikesService::Impl {
               std::function<void(Result<StatesResult>)> done) {
     const Business* b = FindBusiness(business);
     if (!b) return done(InvalidArgument("unknown business '" + business + "'"));
+    if (io_pool_ && !io_pool_->IsCurrent()) {
+      io_pool_->Submit([this, business = std::move(business), user = std::move(user),
+                        entities = std::move(entities), done = std::move(done)]() mutable {
+        States(std::move(business), std::move(user), std::move(entities), std::move(done));
+      });
+      return;
+    }
     struct Gather {
       StatesResult result;
       std::atomic<size_t> left{0};
@@ -677,27 +739,17 @@ class LikesService::Impl {
     }
     const uint32_t origin = here->index();
     ShardState& st = *shards_[origin];
-    struct Gather {
-      CountsResult result;
-      size_t left = 0;  // touched on the origin shard only
-      std::function<void(Result<CountsResult>)> done;
-    };
-    auto g = std::make_shared<Gather>();
+    auto g = std::make_shared<CountsGather>();
     g->result.counts.assign(entities.size(), Counts{});
     g->done = std::move(done);
     auto& m = GetMetrics();
-    struct Miss {
-      size_t index;
-      std::string key;
-      bool hot;
-    };
-    std::map<uint32_t, std::vector<Miss>> by_owner;
+    std::map<uint32_t, std::vector<CountsMiss>> by_owner;
     // Cold misses are read from the store here unless they may be pending (see States); hot
     // ones always go to the owner, which then keeps this shard's cached copy fresh.
     std::vector<uint64_t> epochs(runtime_.size());
     for (uint32_t s = 0; s < runtime_.size(); ++s) epochs[s] = shards_[s]->apply_epoch.load(std::memory_order_seq_cst);
     std::vector<std::string> cold;
-    std::vector<Miss> cold_misses;
+    std::vector<CountsMiss> cold_misses;
     for (size_t i = 0; i < entities.size(); ++i) {
       std::string ek = EntityKey(b->ns, entities[i]);
       const bool hot = st.hot->Record(ek);
@@ -714,21 +766,64 @@ class LikesService::Impl {
         cold_misses.push_back({i, std::move(ek), hot});
       }
     }
+    if (!cold.empty() && io_pool_) {
+      // The cluster engine: read the cold ones on the I/O pool, then carry on here.
+      io_pool_->Submit([this, origin, b, g, cold = std::move(cold), cold_misses = std::move(cold_misses),
+                        epochs = std::move(epochs), by_owner = std::move(by_owner)]() mutable {
+        std::vector<Counts> values;
+        const bool read = store_->GetCounts(b->ns, cold, &values).ok();
+        runtime_.shard(origin).Post([this, origin, b, g, cold = std::move(cold), cold_misses = std::move(cold_misses),
+                                     epochs = std::move(epochs), by_owner = std::move(by_owner),
+                                     values = std::move(values), read]() mutable {
+          CountsFromOwners(origin, g, ColdToOwners(b, g, cold, cold_misses, epochs, values, read, std::move(by_owner)));
+        });
+      });
+      return;
+    }
     if (!cold.empty()) {
       std::vector<Counts> values;
       const bool read = store_->GetCounts(b->ns, cold, &values).ok();
-      for (size_t k = 0; k < cold.size(); ++k) {
-        const uint32_t owner = OwnerOf(b->ns, cold[k]);
-        if (read && !MayBePending(*shards_[owner], cold_misses[k].key, epochs[owner])) {
-          g->result.counts[cold_misses[k].index] = values[k];
-        } else {
-          by_owner[owner].push_back(std::move(cold_misses[k]));
-        }
+      by_owner = ColdToOwners(b, g, cold, cold_misses, epochs, values, read, std::move(by_owner));
+    }
+    CountsFromOwners(origin, g, std::move(by_owner));
+  }
+
+  struct CountsGather {
+    CountsResult result;
+    size_t left = 0;  // touched on the origin shard only
+    std::function<void(Result<CountsResult>)> done;
+  };
+  struct CountsMiss {
+    size_t index;
+    std::string key;
+    bool hot;
+  };
+
+  // Cold misses read from the store: answered when nothing may be pending for them here, else
+  // left to their owners (added to `by_owner`).
+  std::map<uint32_t, std::vector<CountsMiss>> ColdToOwners(const Business* b, const std::shared_ptr<CountsGather>& g,
+                                                           const std::vector<std::string>& cold,
+                                                           std::vector<CountsMiss>& cold_misses,
+                                                           const std::vector<uint64_t>& epochs,
+                                                           const std::vector<Counts>& values, bool read,
+                                                           std::map<uint32_t, std::vector<CountsMiss>> by_owner) {
+    for (size_t k = 0; k < cold.size(); ++k) {
+      const uint32_t owner = OwnerOf(b->ns, cold[k]);
+      if (read && !MayBePending(*shards_[owner], cold_misses[k].key, epochs[owner])) {
+        g->result.counts[cold_misses[k].index] = values[k];
+      } else {
+        by_owner[owner].push_back(std::move(cold_misses[k]));
       }
     }
+    return by_owner;
+  }
+
+  // The misses their owners answer (hot ones, and those that may be pending); on the origin shard.
+  void CountsFromOwners(uint32_t origin, const std::shared_ptr<CountsGather>& g,
+                        std::map<uint32_t, std::vector<CountsMiss>> by_owner) {
     if (by_owner.empty()) return g->done(std::move(g->result));
     g->left = by_owner.size();
-    auto finish_part = [this, origin, g](std::vector<Miss> part, std::vector<Counts> values, bool degraded) {
+    auto finish_part = [this, origin, g](std::vector<CountsMiss> part, std::vector<Counts> values, bool degraded) {
       ShardState& o = *shards_[origin];
       for (size_t k = 0; k < part.size(); ++k) {
         g->result.counts[part[k].index] = values[k];
@@ -745,11 +840,11 @@ class LikesService::Impl {
     for (auto& group : by_owner) {
       const uint32_t owner = group.first;
       auto& part = group.second;
-      auto compute = [this, owner](const std::vector<Miss>& part, bool* degraded) {
+      auto compute = [this, owner](const std::vector<CountsMiss>& part, bool* degraded) {
         ShardState& os = *shards_[owner];
         std::vector<Counts> values;
         values.reserve(part.size());
-        for (const Miss& miss : part) {
+        for (const CountsMiss& miss : part) {
           values.push_back(VisibleCountsByKey(os, miss.key, degraded));
           if (miss.hot) os.watched[miss.key] = clock_.Now() + options_.cache_ttl;
         }
@@ -796,6 +891,7 @@ class LikesService::Impl {
   }
 
   void Stop() {
+    if (io_pool_) io_pool_->Stop();
     committer_.Drain();
     for (uint32_t s = 0; s < runtime_.size(); ++s) {
       std::promise<void> stopped;
@@ -823,6 +919,9 @@ class LikesService::Impl {
   const Clock& clock_;
   LogCommitter committer_;
   const bool applies_elsewhere_;
+  // The cluster engine's store calls block on the network: reads and a write's record reads run
+  // here, not on the shard threads (null for the embedded engine, whose reads are local).
+  std::unique_ptr<BlockingPool> io_pool_;
   RateLimiter limiter_;
   std::unordered_map<std::string, const Business*> by_id_;
   std::unordered_map<std::string, const Business*> by_ns_;

@@ -57,6 +57,9 @@ struct LikesOptions {
   Duration hot_window = std::chrono::seconds(1);
   size_t hot_top_k = 64;
   size_t cache_capacity = 10000;
+  // Threads for the cluster engine's blocking store calls (Redis, MariaDB round trips), so the
+  // shards never wait on the network. Unused by the embedded engine.
+  size_t io_threads = 16;
   Duration cache_ttl = std::chrono::seconds(2);
 };
 
