@@ -11,6 +11,7 @@
 #include <deque>
 #include <fstream>
 #include <map>
+#include <set>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <regex>
@@ -291,6 +292,24 @@ class LikesClusterTest : public ::testing::Test {
             << nodes_[n].process->OutputTail(20);
         EXPECT_EQ(counts[entity].value("dislikes", -1), expected[entity].second)
             << "node " << n << " " << entity;
+      }
+      // Each user's like list (first page: the cached list with a Redis cache) is exactly the
+      // entities the user was last told are liked.
+      std::map<std::string, std::set<std::string>> liked_by_user;
+      for (const auto& [key, state] : loads[n % loads.size()].acked) {
+        auto& set = liked_by_user[key.substr(0, key.find('/'))];
+        if (state == "liked") set.insert(key.substr(key.find('/') + 1));
+      }
+      for (const auto& [user, want] : liked_by_user) {
+        for (int pass = 0; pass < 2; ++pass) {  // a refill from the database, then a cache hit
+          auto l = c->Request("GET", "/v1/users/" + user + "/likes?business=video&limit=100", "", Auth());
+          ASSERT_TRUE(l.ok());
+          ASSERT_EQ(l->status, 200) << l->body;
+          std::set<std::string> got;
+          const json list = json::parse(l->body);
+          for (const auto& item : list["items"]) got.insert(item.value("entity", "?"));
+          EXPECT_EQ(got, want) << user << " on node " << n << " (read " << pass << "): " << l->body;
+        }
       }
       // Spot-check states of one writer's users on this node.
       int checked = 0;

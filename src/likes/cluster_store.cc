@@ -325,7 +325,33 @@ Result<int64_t> ClusterLikeStore::GetReceived(std::string_view ns, std::string_v
 
 Result<ListPage> ClusterLikeStore::UserLikes(std::string_view ns, std::string_view user,
                                              std::string_view cursor, size_t limit) {
-  return db_->UserLikes(ns, user, cursor, limit);
+  RedisLikeCache* cache = options_.cache.get();
+  // The first page comes from the cached list; later pages (a cursor) from the database index.
+  if (!cache || !cursor.empty() || cache->ListMax(ns) == 0) return db_->UserLikes(ns, user, cursor, limit);
+  std::optional<ListPage> cached;
+  if (Status s = cache->GetUserLikes(ns, user, limit, &cached); !s.ok()) {
+    if (!AdmitDatabaseRead(s)) return Unavailable("likes: cache down and the database read budget is spent");
+    return db_->UserLikes(ns, user, cursor, limit);
+  }
+  cache_ok_.store(true, std::memory_order_release);
+  if (cached) {
+    cache_hits_.fetch_add(1, std::memory_order_relaxed);
+    return std::move(*cached);
+  }
+  cache_misses_.fetch_add(1, std::memory_order_relaxed);
+  ListPage newest;
+  uint64_t offset = 0;
+  CHORUS_RETURN_IF_ERROR(
+      db_->UserLikesWithOffset(ns, user, cache->ListMax(ns), options_.stream, &newest, &offset));
+  AdvanceFromDatabase(offset);
+  const bool capped = !newest.next_cursor.empty();
+  (void)cache->PutUserLikes(ns, user, newest.items, capped, offset);
+  ListPage page;
+  for (size_t i = 0; i < newest.items.size() && i < limit; ++i) page.items.push_back(newest.items[i]);
+  if (!page.items.empty() && (newest.items.size() > page.items.size() || capped)) {
+    page.next_cursor = SqlLikeStore::ListCursor(page.items.back().time_ms, page.items.back().id);
+  }
+  return page;
 }
 
 Result<ListPage> ClusterLikeStore::Likers(std::string_view ns, std::string_view entity,

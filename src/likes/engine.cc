@@ -7,6 +7,7 @@
 #include "base/logging.h"
 #include "likes/cluster_store.h"
 #include "likes/job.h"
+#include "likes/likes_service.h"
 #include "likes/redis_cache.h"
 #include "likes/rocksdb_store.h"
 #include "likes/sql_store.h"
@@ -57,6 +58,13 @@ Result<std::shared_ptr<RedisLikeCache>> CacheFromConfig(const Config& c) {
   o.cluster = c.GetBool("likes.redis.cluster");
   o.password = c.GetString("likes.redis.password");
   o.ttl = c.GetDuration("likes.redis.ttl");
+  // Users' like lists are cached up to each business's user_list_max.
+  auto businesses = OptionsFromConfig(c);
+  if (!businesses.ok()) return businesses.status();
+  const auto cap = static_cast<size_t>(c.GetInt("likes.redis.list_max"));
+  for (const Business& b : businesses->businesses) {
+    if (cap > 0) o.list_max[b.ns] = std::min(cap, b.user_list_max);
+  }
   CHORUS_ASSIGN_OR_RETURN(std::unique_ptr<RedisLikeCache> cache, RedisLikeCache::Create(o));
   return std::shared_ptr<RedisLikeCache>(std::move(cache));
 }

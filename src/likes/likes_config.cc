@@ -81,6 +81,10 @@ void AddConfigKeys(ConfigSchema& s) {
       .String("likes.redis.password", "", "Redis password (prefer CHORUS_LIKES_REDIS_PASSWORD).")
       .Duration("likes.redis.ttl", "10m", "Cached counts and states expire after this (bounds staleness).")
       .Double("likes.redis.db_read_rate", 2000, "Database reads/s per process while Redis is unreachable.", 0)
+      .Int("likes.redis.list_max", 128,
+           "Newest likes cached per user list (at most the business's user_list_max; 128 keeps Redis's compact "
+           "listpack encoding); older pages are read from the database. 0: lists not cached.",
+           0, 1'000'000)
       .String("likes.job.durable", "likes-job", "The job's durable consumer name.")
       .Int("likes.job.batch_max", 5000, "Most actions the job applies in one transaction.", 1, 100000)
       .Duration("likes.job.window", "200ms", "Longest the job waits for a batch to fill.")

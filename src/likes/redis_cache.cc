@@ -32,6 +32,48 @@ redis.call('EXPIRE', KEYS[1], ARGV[1])
 return 1
 )lua";
 
+// Replaces a user's cached list (KEYS[1] zset, KEYS[2] "seq,capped") unless the cached one is
+// newer. ARGV: ttl, seq, capped (0/1), then score, member pairs.
+constexpr const char* kPutList = R"lua(
+local cur = redis.call('GET', KEYS[2])
+local s = cur and tonumber(string.match(cur, '^(%d+)'))
+if s and s > tonumber(ARGV[2]) then return 0 end
+redis.call('DEL', KEYS[1])
+for i = 4, #ARGV, 2 do redis.call('ZADD', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('SET', KEYS[2], ARGV[2] .. ',' .. ARGV[3], 'EX', ARGV[1])
+if #ARGV >= 4 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+return 1
+)lua";
+
+// Applies the job's changes at ARGV[2] to a cached list (nothing when it is not cached or the
+// cached copy is from a newer snapshot). ARGV: ttl, seq, list max, then (liked 0/1, score,
+// member) triples. Trimming to the max marks the list capped.
+constexpr const char* kUpdateList = R"lua(
+local cur = redis.call('GET', KEYS[2])
+if not cur then return 0 end
+local s, capped = string.match(cur, '^(%d+),(%d)')
+if tonumber(s) > tonumber(ARGV[2]) then return 0 end
+for i = 4, #ARGV, 3 do
+  if ARGV[i] == '1' then redis.call('ZADD', KEYS[1], ARGV[i + 1], ARGV[i + 2])
+  else redis.call('ZREM', KEYS[1], ARGV[i + 2]) end
+end
+local max = tonumber(ARGV[3])
+if redis.call('ZCARD', KEYS[1]) > max then
+  redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(max + 1))
+  capped = '1'
+end
+redis.call('SET', KEYS[2], ARGV[2] .. ',' .. capped, 'EX', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+)lua";
+
+std::string ListKey(std::string_view ns, std::string_view user) {
+  return "ul:{" + std::string(ns) + ":" + std::string(user) + "}";
+}
+std::string ListStateKey(std::string_view ns, std::string_view user) {
+  return "uls:{" + std::string(ns) + ":" + std::string(user) + "}";
+}
+
 std::string CountsKey(std::string_view ns, std::string_view entity) {
   return "count:" + std::string(ns) + ":" + std::string(entity);
 }
@@ -177,6 +219,63 @@ Status RedisLikeCache::PutRecords(std::string_view ns, std::string_view user,
   return Run({std::move(args)});
 }
 
+size_t RedisLikeCache::ListMax(std::string_view ns) const {
+  auto it = options_.list_max.find(ns);
+  return it == options_.list_max.end() ? 0 : it->second;
+}
+
+Status RedisLikeCache::GetUserLikes(std::string_view ns, std::string_view user, size_t limit,
+                                    std::optional<ListPage>* out) {
+  out->reset();
+  if (ListMax(ns) == 0 || limit == 0) return Status::Ok();
+  CHORUS_ASSIGN_OR_RETURN(
+      auto replies,
+      redis_->Pipeline({{"GET", ListStateKey(ns, user)},
+                        {"ZREVRANGE", ListKey(ns, user), "0", std::to_string(limit - 1), "WITHSCORES"},
+                        {"ZCARD", ListKey(ns, user)}}));
+  for (auto& r : replies) {
+    if (!r.ok()) return r.status();
+  }
+  if (!replies[0]->is_string()) return Status::Ok();  // not cached
+  auto state = Fields(replies[0]->str, 2);
+  const bool capped = state.size() == 2 && state[1] == "1";
+  ListPage page;
+  const auto& items = replies[1]->elements;
+  for (size_t i = 0; i + 1 < items.size(); i += 2) {
+    int64_t time_ms = 0;
+    if (!Parse(items[i + 1].str, &time_ms)) return Status::Ok();  // unreadable: a miss
+    page.items.push_back({items[i].str, time_ms});
+  }
+  const size_t cached = static_cast<size_t>(replies[2]->integer);
+  // More exist after this page: in the cache (a full page and more cached) or only in the DB.
+  if (!page.items.empty() && (cached > page.items.size() || capped)) {
+    page.next_cursor = SqlLikeStore::ListCursor(page.items.back().time_ms, page.items.back().id);
+  }
+  *out = std::move(page);
+  return Status::Ok();
+}
+
+Status RedisLikeCache::PutUserLikes(std::string_view ns, std::string_view user,
+                                    const std::vector<ListItem>& newest, bool capped, uint64_t seq) {
+  const size_t max = ListMax(ns);
+  if (max == 0) return Status::Ok();
+  capped = capped || newest.size() > max;
+  std::vector<std::string> args = {
+      "EVAL",
+      kPutList,
+      "2",
+      ListKey(ns, user),
+      ListStateKey(ns, user),
+      std::to_string(std::chrono::duration_cast<std::chrono::seconds>(options_.ttl).count()),
+      std::to_string(seq),
+      capped ? "1" : "0"};
+  for (size_t i = 0; i < newest.size() && i < max; ++i) {
+    args.push_back(std::to_string(newest[i].time_ms));
+    args.push_back(newest[i].id);
+  }
+  return Run({std::move(args)});
+}
+
 Status RedisLikeCache::Refresh(std::string_view stream, const ApplyOutcome& outcome, uint64_t seq) {
   const std::string ttl =
       std::to_string(std::chrono::duration_cast<std::chrono::seconds>(options_.ttl).count());
@@ -197,6 +296,22 @@ Status RedisLikeCache::Refresh(std::string_view stream, const ApplyOutcome& outc
       args.push_back(RecordValue(Record{r->state, r->time_ms, r->owner}, seq));
     }
     commands.push_back(std::move(args));
+    if (const size_t max = ListMax(key.first); max > 0) {
+      std::vector<std::string> list = {"EVAL",
+                                       kUpdateList,
+                                       "2",
+                                       ListKey(key.first, key.second),
+                                       ListStateKey(key.first, key.second),
+                                       ttl,
+                                       std::to_string(seq),
+                                       std::to_string(max)};
+      for (const RecordChange* r : changes) {
+        list.push_back(r->state == LikeState::kLiked ? "1" : "0");
+        list.push_back(std::to_string(r->time_ms));
+        list.push_back(r->entity);
+      }
+      commands.push_back(std::move(list));
+    }
   }
   CHORUS_RETURN_IF_ERROR(Run(std::move(commands)));
   // After the values: a reader that sees this offset sees them.
@@ -204,9 +319,11 @@ Status RedisLikeCache::Refresh(std::string_view stream, const ApplyOutcome& outc
 }
 
 Result<uint64_t> RedisLikeCache::RefreshedThrough(std::string_view stream) {
-  CHORUS_ASSIGN_OR_RETURN(redis::RedisReply reply, redis_->Command({"GET", "refreshed:" + std::string(stream)}));
+  CHORUS_ASSIGN_OR_RETURN(redis::RedisReply reply,
+                          redis_->Command({"GET", "refreshed:" + std::string(stream)}));
   uint64_t seq = 0;
-  if (reply.is_string() && !Parse(reply.str, &seq)) return Internal("likes redis cache: bad refreshed offset");
+  if (reply.is_string() && !Parse(reply.str, &seq))
+    return Internal("likes redis cache: bad refreshed offset");
   return seq;
 }
 
@@ -215,6 +332,7 @@ Status RedisLikeCache::Invalidate(std::span<const LogEntry> entries) {
   for (const LogEntry& e : entries) {
     commands.push_back({"DEL", CountsKey(e.ns, e.entity)});
     commands.push_back({"HDEL", StateKey(e.ns, e.user), e.entity});
+    commands.push_back({"DEL", ListKey(e.ns, e.user), ListStateKey(e.ns, e.user)});
   }
   return Run(std::move(commands));
 }

@@ -4,6 +4,11 @@
 // Keys (no hash tags, so a cluster spreads them over every master):
 //   count:<ns>:<entity>   string "likes,dislikes,seq"
 //   state:<ns>:<user>     hash entity -> "state,time_ms,seq,owner" (state 0 = known: no record)
+//   ul:{<ns>:<user>}      zset entity -> time_ms: the newest likes of the user, at most the
+//                         business's user_list_max (Options::list_max; none: lists not cached)
+//   uls:{<ns>:<user>}     "seq,capped" for that list: present = the list is cached (an empty list
+//                         has no zset); capped = older likes exist beyond the cached ones
+//                         (the hash tag keeps the pair in one Redis Cluster slot for the scripts)
 // `seq` is the likes stream offset the value is valid at: the job's offset for the values it
 // writes after a commit, the database snapshot's offset for values refilled after a miss. A
 // write carrying an older seq than the stored value is ignored (a Lua script compares them), so
@@ -14,6 +19,7 @@
 // trip per node touched.
 #pragma once
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <span>
@@ -23,6 +29,7 @@
 
 #include "base/clock.h"
 #include "base/status.h"
+#include "likes/like_store.h"
 #include "likes/model.h"
 #include "likes/sql_store.h"
 
@@ -41,6 +48,7 @@ class RedisLikeCache {
     std::string password;
     Duration ttl = std::chrono::hours(1);
     Duration timeout = std::chrono::milliseconds(500);
+    std::map<std::string, size_t, std::less<>> list_max;  // namespace -> likes kept per user list
   };
   static Result<std::unique_ptr<RedisLikeCache>> Create(const Options& options);
   ~RedisLikeCache();
@@ -60,6 +68,15 @@ class RedisLikeCache {
                     std::vector<std::optional<std::optional<Record>>>* out);
   Status PutRecords(std::string_view ns, std::string_view user, std::span<const std::string> entities,
                     std::span<const std::optional<Record>> records, uint64_t seq);
+
+  // The first page (newest first) of a user's likes: nullopt on a miss. A page that reaches the
+  // end of what is cached while older likes exist carries a next_cursor (continue in the DB).
+  Status GetUserLikes(std::string_view ns, std::string_view user, size_t limit, std::optional<ListPage>* out);
+  // Caches a user's list from a database snapshot at `seq`: `newest` holds the newest likes (at
+  // most list_max are kept); `capped`: older ones exist.
+  Status PutUserLikes(std::string_view ns, std::string_view user, const std::vector<ListItem>& newest,
+                      bool capped, uint64_t seq);
+  size_t ListMax(std::string_view ns) const;  // 0: lists of `ns` are not cached
 
   // What one job batch committed, at stream offset `seq`: every count and changed record; then
   // records `seq` as how far the cache is refreshed for `stream`.

@@ -90,14 +90,68 @@ void Exercise(RedisLikeCache& cache) {
   EXPECT_TRUE(counts[2].has_value());
 }
 
+void ExerciseLists(RedisLikeCache& cache) {
+  std::optional<ListPage> page;
+  ASSERT_TRUE(cache.GetUserLikes("v", "alice", 10, &page).ok());
+  EXPECT_FALSE(page.has_value());  // not cached
+  ASSERT_TRUE(cache.GetUserLikes("x", "alice", 10, &page).ok());
+  EXPECT_FALSE(page.has_value());  // a namespace without list caching
+  // An empty list is cached too.
+  ASSERT_TRUE(cache.PutUserLikes("v", "nobody", {}, false, 3).ok());
+  ASSERT_TRUE(cache.GetUserLikes("v", "nobody", 10, &page).ok());
+  ASSERT_TRUE(page.has_value());
+  EXPECT_TRUE(page->items.empty());
+  EXPECT_TRUE(page->next_cursor.empty());
+
+  // list_max for "v" is 3: four newest given, three kept, capped (older exist in the DB).
+  std::vector<ListItem> newest = {{"e9", 900}, {"e8", 800}, {"e7", 700}, {"e6", 600}};
+  ASSERT_TRUE(cache.PutUserLikes("v", "alice", newest, false, 5).ok());
+  ASSERT_TRUE(cache.GetUserLikes("v", "alice", 10, &page).ok());
+  ASSERT_TRUE(page.has_value());
+  ASSERT_EQ(page->items.size(), 3u);
+  EXPECT_EQ(page->items[0].id, "e9");
+  EXPECT_EQ(page->items[0].time_ms, 900);
+  EXPECT_EQ(page->items[2].id, "e7");
+  EXPECT_EQ(page->next_cursor, SqlLikeStore::ListCursor(700, "e7"));  // continue in the DB
+  ASSERT_TRUE(cache.GetUserLikes("v", "alice", 2, &page).ok());
+  ASSERT_EQ(page->items.size(), 2u);
+  EXPECT_EQ(page->next_cursor, SqlLikeStore::ListCursor(800, "e8"));
+
+  // The job at seq 6: alice liked e10 (newest), unliked e8. Trimmed back to 3, still capped.
+  ApplyOutcome outcome;
+  outcome.records.push_back({"v", "alice", "e10", S::kLiked, 1000, ""});
+  outcome.records.push_back({"v", "alice", "e8", S::kNone, 1000, ""});
+  ASSERT_TRUE(cache.Refresh("LIKES", outcome, 6).ok());
+  ASSERT_TRUE(cache.GetUserLikes("v", "alice", 10, &page).ok());
+  ASSERT_EQ(page->items.size(), 3u);
+  EXPECT_EQ(page->items[0].id, "e10");
+  EXPECT_EQ(page->items[1].id, "e9");
+  EXPECT_EQ(page->items[2].id, "e7");
+  // A refill from an older snapshot is refused; the job's change for an uncached user is not
+  // cached (the next read refills).
+  ASSERT_TRUE(cache.PutUserLikes("v", "alice", {{"old", 1}}, false, 4).ok());
+  ASSERT_TRUE(cache.GetUserLikes("v", "alice", 10, &page).ok());
+  EXPECT_EQ(page->items[0].id, "e10");
+  ASSERT_TRUE(cache.GetUserLikes("v", "carol", 10, &page).ok());
+  EXPECT_FALSE(page.has_value());
+
+  // An uncapped list is complete: no cursor past its end.
+  ASSERT_TRUE(cache.PutUserLikes("v", "bob", {{"e1", 100}}, false, 6).ok());
+  ASSERT_TRUE(cache.GetUserLikes("v", "bob", 10, &page).ok());
+  ASSERT_EQ(page->items.size(), 1u);
+  EXPECT_TRUE(page->next_cursor.empty());
+}
+
 TEST(RedisLikeCacheTest, SingleServer) {
   auto server = RedisServer::Start();
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   RedisLikeCache::Options o;
   o.seeds = {"127.0.0.1:" + std::to_string((*server)->port())};
+  o.list_max = {{"v", 3}};
   auto cache = RedisLikeCache::Create(o);
   ASSERT_TRUE(cache.ok()) << cache.status().ToString();
   Exercise(**cache);
+  ExerciseLists(**cache);
   // Down: an error, not a miss.
   (*server)->Stop();
   std::vector<std::optional<RedisLikeCache::CachedCounts>> counts;
@@ -111,9 +165,11 @@ TEST(RedisLikeCacheTest, ThreeMasterCluster) {
   RedisLikeCache::Options o;
   o.seeds = (*cluster)->addresses();
   o.cluster = true;
+  o.list_max = {{"v", 3}};
   auto cache = RedisLikeCache::Create(o);
   ASSERT_TRUE(cache.ok()) << cache.status().ToString();
   Exercise(**cache);
+  ExerciseLists(**cache);
   // Many entities spread over every master in one batch read.
   std::vector<std::string> entities;
   std::vector<Counts> values;

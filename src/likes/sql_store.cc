@@ -674,10 +674,12 @@ Result<int64_t> SqlLikeStore::GetReceived(std::string_view ns, std::string_view 
   return rows[0][0].ToInt64();
 }
 
-Result<ListPage> SqlLikeStore::List(std::string_view ns, std::string_view id, bool likers,
-                                    std::string_view cursor, size_t limit) {
-  // Walks index user_likes (business, user, state, time_ms, entity) or likers (business, entity,
-  // state, time_ms, user) backwards from the cursor.
+namespace {
+
+// Walks index user_likes (business, user, state, time_ms, entity) or likers (business, entity,
+// state, time_ms, user) backwards from the cursor.
+Result<ListPage> ReadList(Connection& c, std::string_view ns, std::string_view id, bool likers,
+                          std::string_view cursor, size_t limit) {
   const char* const fixed = likers ? "entity" : "user";
   const char* const item = likers ? "user" : "entity";
   std::vector<Value> values = {Bytes(ns), Bytes(id)};
@@ -694,8 +696,7 @@ Result<ListPage> SqlLikeStore::List(std::string_view ns, std::string_view id, bo
   if (limit == 0) return page;
   sql += std::string(" ORDER BY time_ms DESC, ") + item + " DESC LIMIT ?";
   values.push_back(static_cast<uint64_t>(limit) + 1);  // one more says whether a next page exists
-  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
-  CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
+  CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c.Query(sql, values));
   for (const Row& row : rows) {
     if (page.items.size() == limit) {
       page.next_cursor = EncodeCursor(page.items.back().time_ms, page.items.back().id);
@@ -705,6 +706,24 @@ Result<ListPage> SqlLikeStore::List(std::string_view ns, std::string_view id, bo
     page.items.push_back({row[0].bytes(), time_ms});
   }
   return page;
+}
+
+}  // namespace
+
+std::string SqlLikeStore::ListCursor(int64_t time_ms, std::string_view id) { return EncodeCursor(time_ms, id); }
+
+Result<ListPage> SqlLikeStore::List(std::string_view ns, std::string_view id, bool likers,
+                                    std::string_view cursor, size_t limit) {
+  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
+  return ReadList(*c, ns, id, likers, cursor, limit);
+}
+
+Status SqlLikeStore::UserLikesWithOffset(std::string_view ns, std::string_view user, size_t limit,
+                                         std::string_view stream, ListPage* page, uint64_t* offset) {
+  return WithOffset(stream, offset, [&](Connection& c) -> Status {
+    CHORUS_ASSIGN_OR_RETURN(*page, ReadList(c, ns, user, /*likers=*/false, "", limit));
+    return Status::Ok();
+  });
 }
 
 Result<ListPage> SqlLikeStore::UserLikes(std::string_view ns, std::string_view user, std::string_view cursor,

@@ -123,6 +123,11 @@ class SqlLikeStore final : public LikeStore {
   // stream's entries up to `*offset`.
   Status GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities, std::string_view stream,
                              std::vector<Counts>* out, uint64_t* offset);
+  // The first page of `limit` of a user's likes, and the stream offset, in one snapshot.
+  Status UserLikesWithOffset(std::string_view ns, std::string_view user, size_t limit, std::string_view stream,
+                             ListPage* page, uint64_t* offset);
+  // The next_cursor of a list page that ends with (time_ms, id).
+  static std::string ListCursor(int64_t time_ms, std::string_view id);
   // The same for GetRecords.
   Status GetRecordsWithOffset(std::string_view ns, std::string_view user, std::span<const std::string> entities,
                               std::string_view stream, std::vector<std::optional<Record>>* out, uint64_t* offset);
