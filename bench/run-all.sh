@@ -61,6 +61,8 @@ if [[ $WHAT == all || $WHAT == cluster ]]; then
   echo "== live_fanout_cluster" >&2
   CHORUS_BIN=$ROOT/build/release/src/chorus/chorus BENCH_BIN=$ROOT/build/release/bench/chorus-bench \
     BENCH_RESULTS_DIR=$BENCH_RESULTS_DIR "$ROOT/bench/live_fanout_cluster.sh" || STATUS=1
+  echo "== redis_counter_layout" >&2
+  "$ROOT/bench/redis_counter_layout.sh" || STATUS=1
 fi
 
 if [[ $WHAT == all || $WHAT == compute ]]; then

@@ -61,6 +61,7 @@ Result<std::shared_ptr<RedisLikeCache>> CacheFromConfig(const Config& c) {
   // Users' like lists are cached up to each business's user_list_max.
   auto businesses = OptionsFromConfig(c);
   if (!businesses.ok()) return businesses.status();
+  o.count_buckets = static_cast<size_t>(c.GetInt("likes.redis.count_buckets"));
   const auto cap = static_cast<size_t>(c.GetInt("likes.redis.list_max"));
   for (const Business& b : businesses->businesses) {
     if (cap > 0) o.list_max[b.ns] = std::min(cap, b.user_list_max);

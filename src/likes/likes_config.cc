@@ -81,6 +81,10 @@ void AddConfigKeys(ConfigSchema& s) {
       .String("likes.redis.password", "", "Redis password (prefer CHORUS_LIKES_REDIS_PASSWORD).")
       .Duration("likes.redis.ttl", "10m", "Cached counts and states expire after this (bounds staleness).")
       .Double("likes.redis.db_read_rate", 2000, "Database reads/s per process while Redis is unreachable.", 0)
+      .Int("likes.redis.count_buckets", 0,
+           "0: one Redis key per entity's counts. N: N hashes per business holding the counts as fields "
+           "(fewer keys; size N so each holds at most ~128 entities to keep the compact encoding).",
+           0, 100'000'000)
       .Int("likes.redis.list_max", 128,
            "Newest likes cached per user list (at most the business's user_list_max; 128 keeps Redis's compact "
            "listpack encoding); older pages are read from the database. 0: lists not cached.",

@@ -74,6 +74,29 @@ std::string ListStateKey(std::string_view ns, std::string_view user) {
   return "uls:{" + std::string(ns) + ":" + std::string(user) + "}";
 }
 
+// The bucketed layout's field update: HSET KEYS[1] ARGV[2] = ARGV[3] .. "," .. ARGV[4] (the seq)
+// unless the field holds a newer seq; EXPIRE ARGV[1] (the whole bucket).
+constexpr const char* kSetCountField = R"lua(
+local cur = redis.call('HGET', KEYS[1], ARGV[2])
+if cur then
+  local s = tonumber(string.match(cur, '^[^,]*,[^,]*,(%d+)$'))
+  if s and s > tonumber(ARGV[4]) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[2], ARGV[3] .. ',' .. ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[1])
+return 1
+)lua";
+
+// FNV-1a: a bucket that is the same in every process and build.
+uint64_t Fnv1a(std::string_view s) {
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
+}
+
 std::string CountsKey(std::string_view ns, std::string_view entity) {
   return "count:" + std::string(ns) + ":" + std::string(entity);
 }
@@ -144,7 +167,7 @@ Status RedisLikeCache::GetCounts(std::string_view ns, std::span<const std::strin
   if (entities.empty()) return Status::Ok();
   std::vector<std::vector<std::string>> commands;
   commands.reserve(entities.size());
-  for (const std::string& e : entities) commands.push_back({"GET", CountsKey(ns, e)});
+  for (const std::string& e : entities) commands.push_back(GetCountCommand(ns, e));
   CHORUS_ASSIGN_OR_RETURN(auto replies, redis_->Pipeline(std::move(commands)));
   for (size_t i = 0; i < entities.size(); ++i) {
     if (!replies[i].ok()) return replies[i].status();
@@ -165,9 +188,7 @@ Status RedisLikeCache::PutCounts(std::string_view ns, std::span<const std::strin
       std::to_string(std::chrono::duration_cast<std::chrono::seconds>(options_.ttl).count());
   std::vector<std::vector<std::string>> commands;
   for (size_t i = 0; i < entities.size(); ++i) {
-    commands.push_back({"EVAL", kSetCounts, "1", CountsKey(ns, entities[i]),
-                        std::to_string(counts[i].likes) + "," + std::to_string(counts[i].dislikes),
-                        std::to_string(seq), ttl});
+    commands.push_back(SetCountCommand(ns, entities[i], counts[i], seq, ttl));
   }
   return Run(std::move(commands));
 }
@@ -217,6 +238,31 @@ Status RedisLikeCache::PutRecords(std::string_view ns, std::string_view user,
     args.push_back(RecordValue(records[i], seq));
   }
   return Run({std::move(args)});
+}
+
+std::string RedisLikeCache::BucketKey(std::string_view ns, std::string_view entity) const {
+  return "counts:" + std::string(ns) + ":" + std::to_string(Fnv1a(entity) % options_.count_buckets);
+}
+
+std::vector<std::string> RedisLikeCache::GetCountCommand(std::string_view ns, std::string_view entity) const {
+  if (options_.count_buckets == 0) return {"GET", CountsKey(ns, entity)};
+  return {"HGET", BucketKey(ns, entity), std::string(entity)};
+}
+
+std::vector<std::string> RedisLikeCache::SetCountCommand(std::string_view ns, std::string_view entity,
+                                                         const Counts& counts, uint64_t seq,
+                                                         const std::string& ttl) const {
+  std::string value = std::to_string(counts.likes) + "," + std::to_string(counts.dislikes);
+  if (options_.count_buckets == 0) {
+    return {"EVAL", kSetCounts, "1", CountsKey(ns, entity), std::move(value), std::to_string(seq), ttl};
+  }
+  return {"EVAL",           kSetCountField, "1", BucketKey(ns, entity), ttl, std::string(entity),
+          std::move(value), std::to_string(seq)};
+}
+
+std::vector<std::string> RedisLikeCache::DelCountCommand(std::string_view ns, std::string_view entity) const {
+  if (options_.count_buckets == 0) return {"DEL", CountsKey(ns, entity)};
+  return {"HDEL", BucketKey(ns, entity), std::string(entity)};
 }
 
 size_t RedisLikeCache::ListMax(std::string_view ns) const {
@@ -281,9 +327,7 @@ Status RedisLikeCache::Refresh(std::string_view stream, const ApplyOutcome& outc
       std::to_string(std::chrono::duration_cast<std::chrono::seconds>(options_.ttl).count());
   std::vector<std::vector<std::string>> commands;
   for (const EntityCounts& c : outcome.counts) {
-    commands.push_back({"EVAL", kSetCounts, "1", CountsKey(c.ns, c.entity),
-                        std::to_string(c.counts.likes) + "," + std::to_string(c.counts.dislikes),
-                        std::to_string(seq), ttl});
+    commands.push_back(SetCountCommand(c.ns, c.entity, c.counts, seq, ttl));
   }
   // Records grouped by user: one script per user's hash.
   std::map<std::pair<std::string_view, std::string_view>, std::vector<const RecordChange*>> by_user;
@@ -330,7 +374,7 @@ Result<uint64_t> RedisLikeCache::RefreshedThrough(std::string_view stream) {
 Status RedisLikeCache::Invalidate(std::span<const LogEntry> entries) {
   std::vector<std::vector<std::string>> commands;
   for (const LogEntry& e : entries) {
-    commands.push_back({"DEL", CountsKey(e.ns, e.entity)});
+    commands.push_back(DelCountCommand(e.ns, e.entity));
     commands.push_back({"HDEL", StateKey(e.ns, e.user), e.entity});
     commands.push_back({"DEL", ListKey(e.ns, e.user), ListStateKey(e.ns, e.user)});
   }

@@ -49,6 +49,10 @@ class RedisLikeCache {
     Duration ttl = std::chrono::hours(1);
     Duration timeout = std::chrono::milliseconds(500);
     std::map<std::string, size_t, std::less<>> list_max;  // namespace -> likes kept per user list
+    // 0: one key per entity's counts (count:<ns>:<entity>). N: N hashes per namespace,
+    // counts:<ns>:<fnv1a(entity) % N>, field entity (fewer keys, listpack-encoded small hashes;
+    // the TTL then applies to a whole bucket).
+    size_t count_buckets = 0;
   };
   static Result<std::unique_ptr<RedisLikeCache>> Create(const Options& options);
   ~RedisLikeCache();
@@ -89,6 +93,11 @@ class RedisLikeCache {
  private:
   explicit RedisLikeCache(std::unique_ptr<redis::SyncRedis> redis, Options options);
   Status Run(std::vector<std::vector<std::string>> commands);
+  std::string BucketKey(std::string_view ns, std::string_view entity) const;
+  std::vector<std::string> GetCountCommand(std::string_view ns, std::string_view entity) const;
+  std::vector<std::string> SetCountCommand(std::string_view ns, std::string_view entity, const Counts& counts,
+                                           uint64_t seq, const std::string& ttl) const;
+  std::vector<std::string> DelCountCommand(std::string_view ns, std::string_view entity) const;
 
   std::unique_ptr<redis::SyncRedis> redis_;
   const Options options_;

@@ -159,6 +159,17 @@ TEST(RedisLikeCacheTest, SingleServer) {
   EXPECT_EQ((*cache)->GetCounts("v", one, &counts).code(), StatusCode::kUnavailable);
 }
 
+TEST(RedisLikeCacheTest, BucketedCounts) {
+  auto server = RedisServer::Start();
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  RedisLikeCache::Options o;
+  o.seeds = {"127.0.0.1:" + std::to_string((*server)->port())};
+  o.count_buckets = 2;  // e1..e3 share buckets: fields must stay apart
+  auto cache = RedisLikeCache::Create(o);
+  ASSERT_TRUE(cache.ok()) << cache.status().ToString();
+  Exercise(**cache);
+}
+
 TEST(RedisLikeCacheTest, ThreeMasterCluster) {
   auto cluster = RedisClusterServer::Start(3);
   ASSERT_TRUE(cluster.ok()) << cluster.status().ToString();
