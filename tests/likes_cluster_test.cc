@@ -395,9 +395,11 @@ TEST_F(LikesClusterTest, FleetWithRedisCacheIsConsistent) {
   EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_redis_hits"), 0);
 }
 
-// The same on a real 3-master Redis Cluster (slot routing, keys on every master).
+// The same on a real 3-master Redis Cluster (slot routing, keys on every master), with the
+// bucketed count layout.
 TEST_F(LikesClusterTest, FleetWithRedisClusterIsConsistent) {
   UseRedis(/*cluster=*/true);
+  extra_.insert(extra_.end(), {"--set", "likes.redis.count_buckets=64"});
   MixedLoadIsConsistent();
   EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_redis_hits"), 0);
 }
