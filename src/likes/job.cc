@@ -1,5 +1,6 @@
 #include "likes/job.h"
 
+#include <algorithm>
 #include <map>
 #include <vector>
 
@@ -153,6 +154,10 @@ void LikesJob::Run() {
     return stopping_;
   };
   SteadyTime next_batch = std::chrono::steady_clock::now();  // likes.job.rate
+  // With a rate, batches of a tenth of a second's worth, so the rate holds over short spans too.
+  const size_t batch_max =
+      options_.rate > 0 ? std::clamp<size_t>(static_cast<size_t>(options_.rate / 10), 1, options_.batch_max)
+                        : options_.batch_max;
   while (!stopping()) {
     if (options_.rate > 0 && std::chrono::steady_clock::now() < next_batch) {
       if (!SleepUnlessStopping(next_batch - std::chrono::steady_clock::now())) break;
@@ -181,7 +186,7 @@ void LikesJob::Run() {
     }
 
     // 3. Fetch and order.
-    auto got = consumer->Fetch(options_.batch_max,
+    auto got = consumer->Fetch(batch_max,
                                std::chrono::duration_cast<std::chrono::milliseconds>(options_.window));
     if (!got.ok()) {
       Fail("fetching", got.status(), false);
@@ -216,7 +221,7 @@ void LikesJob::Run() {
       }
     }
     std::vector<nats::JsMessage> run;
-    while (!held.empty() && held.begin()->first == through + 1 && run.size() < options_.batch_max) {
+    while (!held.empty() && held.begin()->first == through + 1 && run.size() < batch_max) {
       run.push_back(std::move(held.begin()->second));
       held.erase(held.begin());
       ++through;
