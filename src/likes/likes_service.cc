@@ -653,12 +653,17 @@ class LikesService::Impl {
     const Business* b = FindBusiness(business);
     if (!b) return done(InvalidArgument("unknown business '" + business + "'"));
     if (io_pool_ && !io_pool_->IsCurrent()) {
-      io_pool_->Submit([this, business = std::move(business), user = std::move(user),
-                        entities = std::move(entities), done = std::move(done)]() mutable {
-        States(std::move(business), std::move(user), std::move(entities), std::move(done));
+      io_pool_->Submit([this, b, user = std::move(user), entities = std::move(entities),
+                        done = std::move(done)]() mutable {
+        StatesOf(b, std::move(user), std::move(entities), std::move(done));
       });
       return;
     }
+    StatesOf(b, std::move(user), std::move(entities), std::move(done));
+  }
+
+  void StatesOf(const Business* b, std::string user, std::vector<std::string> entities,
+                std::function<void(Result<StatesResult>)> done) {
     struct Gather {
       StatesResult result;
       std::atomic<size_t> left{0};
