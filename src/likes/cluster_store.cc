@@ -109,16 +109,10 @@ void ClusterLikeStore::AdvanceFromDatabase(uint64_t offset) {
 Status ClusterLikeStore::GetRecordsForUpdate(std::string_view ns, std::string_view user,
                                              std::span<const std::string> entities,
                                              std::vector<std::optional<Record>>* out) {
-  // The database decides a transition; the cache only when the database cannot answer.
-  Status s = db_->GetRecords(ns, user, entities, out);
-  if (s.ok() || !options_.cache) return s;
-  std::vector<std::optional<std::optional<Record>>> cached;
-  if (!options_.cache->GetRecords(ns, user, entities, &cached).ok()) return s;
-  for (size_t i = 0; i < entities.size(); ++i) {
-    if (!cached[i]) return s;  // not all known: the caller writes blind
-    (*out)[i] = *cached[i];
-  }
-  return Status::Ok();
+  // The database decides a transition. When it cannot answer, the caller writes blind (the job
+  // then decides against the stored row, LogEntry::if_state); a cached record is not used, as a
+  // stale one would turn e.g. an unlike into the removal of a dislike.
+  return db_->GetRecords(ns, user, entities, out);
 }
 
 Status ClusterLikeStore::AppendLog(std::span<LogEntry> entries) {

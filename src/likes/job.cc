@@ -171,11 +171,20 @@ void LikesJob::Run() {
         config.filter_subject = options_.subject_prefix + ".>";
         config.ack_wait = std::chrono::duration_cast<std::chrono::milliseconds>(options_.ack_wait);
         config.max_ack_pending = static_cast<int64_t>(options_.batch_max) * 4;
-        auto bound = nats_->PullSubscribe(options_.stream, config);
-        if (bound.ok()) {
-          consumer = std::move(*bound);
+        // A stream that ends before the database's offset was recreated or reset: its new
+        // entries would be taken for applied ones. Refuse until an operator sorts it out.
+        auto info = nats_->GetStreamInfo(options_.stream);
+        if (info.ok() && info->last_seq < through) {
+          s = FailedPrecondition("stream " + options_.stream + " ends at " + std::to_string(info->last_seq) +
+                                 ", before the database's offset " + std::to_string(through) +
+                                 " (stream recreated?); not applying");
         } else {
-          s = bound.status();
+          auto bound = nats_->PullSubscribe(options_.stream, config);
+          if (bound.ok()) {
+            consumer = std::move(*bound);
+          } else {
+            s = bound.status();
+          }
         }
       }
       if (!consumer) {
@@ -186,8 +195,8 @@ void LikesJob::Run() {
     }
 
     // 3. Fetch and order.
-    auto got = consumer->Fetch(batch_max,
-                               std::chrono::duration_cast<std::chrono::milliseconds>(options_.window));
+    auto got =
+        consumer->Fetch(batch_max, std::chrono::duration_cast<std::chrono::milliseconds>(options_.window));
     if (!got.ok()) {
       Fail("fetching", got.status(), false);
       if (!SleepUnlessStopping(options_.retry)) break;
@@ -204,9 +213,9 @@ void LikesJob::Run() {
         ++duplicates;
         continue;
       }
-      auto [it, inserted] = held.try_emplace(m.stream_seq);
-      if (!inserted) (void)it->second.Ack();  // an older delivery of the same message
-      it->second = std::move(m);
+      // A redelivery replaces the older delivery's handle (never ack that one: an ack is by
+      // stream sequence, and the message is not applied yet).
+      held[m.stream_seq] = std::move(m);
     }
     if (!held.empty() && held.begin()->first != through + 1) {
       // A gap: wait for its redelivery, unless the stream no longer has it.
@@ -281,7 +290,7 @@ void LikesJob::Run() {
     // so the cache must hold them first), then ack. A lost notice only delays them to their
     // next offset poll. While the cache cannot be refreshed the services are not told: they keep
     // their overlays, which stay correct.
-    std::string notice = EncodeAppliedNotice(options_.stream, last, outcome->counts);
+    std::string notice = EncodeAppliedNotice(options_.stream, last, {});  // small: services need `through`
     if (RefreshCache(std::move(*outcome), last)) (void)nats_->Publish(options_.changes_subject, notice);
     for (nats::JsMessage& m : run) (void)m.Ack();
     if (auto info = nats_->GetStreamInfo(options_.stream); info.ok()) {

@@ -137,6 +137,7 @@ RedisLikeCache::~RedisLikeCache() = default;
 
 Result<std::unique_ptr<RedisLikeCache>> RedisLikeCache::Create(const Options& options) {
   if (options.seeds.empty()) return InvalidArgument("likes redis cache: no seeds");
+  if (options.ttl < std::chrono::seconds(1)) return InvalidArgument("likes.redis.ttl must be at least 1s");
   redis::SyncRedisOptions o;
   o.seeds = options.seeds;
   o.mode =
@@ -256,7 +257,7 @@ std::vector<std::string> RedisLikeCache::SetCountCommand(std::string_view ns, st
   if (options_.count_buckets == 0) {
     return {"EVAL", kSetCounts, "1", CountsKey(ns, entity), std::move(value), std::to_string(seq), ttl};
   }
-  return {"EVAL",           kSetCountField, "1", BucketKey(ns, entity), ttl, std::string(entity),
+  return {"EVAL",           kSetCountField,     "1", BucketKey(ns, entity), ttl, std::string(entity),
           std::move(value), std::to_string(seq)};
 }
 

@@ -85,6 +85,9 @@ const std::vector<Migration>& Migrations() {
   return migrations;
 }
 
+// likes.source of a row written outside a stream (Apply, the synchronous path).
+constexpr std::string_view kDirectSource = "direct";
+
 // n groups of k placeholders: "(?,?),(?,?)".
 std::string Tuples(size_t n, size_t k) {
   std::string group = "(";
@@ -146,6 +149,7 @@ struct KeyState {
   int64_t time_ms = 0;
   std::string owner;
   bool changed = false;  // at least one real transition: the row is rewritten
+  bool direct = false;   // the stored row was written outside a stream (source = 'direct')
 };
 
 // An aggregated delta of one entity's counts or one owner's total.
@@ -185,11 +189,12 @@ Status ReadKeysForUpdate(Connection& c, ApplyPlan& plan) {
       values.push_back(Bytes(e.user));
       values.push_back(Bytes(e.entity));
     }
-    CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows,
-                            c.Query("SELECT business, user, entity, state, time_ms, owner FROM likes WHERE "
-                                    "(business, user, entity) IN (" +
-                                        Tuples(n, 3) + ") FOR UPDATE",
-                                    values));
+    CHORUS_ASSIGN_OR_RETURN(
+        std::vector<Row> rows,
+        c.Query("SELECT business, user, entity, state, time_ms, owner, source FROM likes WHERE "
+                "(business, user, entity) IN (" +
+                    Tuples(n, 3) + ") FOR UPDATE",
+                values));
     for (const Row& row : rows) {
       auto it = plan.key_index.find(RecordKey(row[0].bytes(), row[1].bytes(), row[2].bytes()));
       if (it == plan.key_index.end()) continue;  // cannot happen: the IN list names it
@@ -198,6 +203,7 @@ Status ReadKeysForUpdate(Connection& c, ApplyPlan& plan) {
       CHORUS_ASSIGN_OR_RETURN(k.state, StateOf(row[3]));
       CHORUS_ASSIGN_OR_RETURN(k.time_ms, row[4].ToInt64());
       k.owner = row[5].bytes();
+      k.direct = row[6].bytes() == kDirectSource;
     }
   }
   return Status::Ok();
@@ -304,9 +310,10 @@ Status ApplyOnce(Connection& c, std::span<const LogEntry> entries, std::string_v
     KeyState& k = plan.keys[plan.key_index.at(RecordKey(e.ns, e.user, e.entity))];
     if (k.state == e.to) continue;
     if (e.if_state && k.state != *e.if_state) continue;  // a blind un-action of another state
-    // Older than the stored row: a writer that had not seen it (e.g. an entry queued before a
-    // newer one was applied synchronously while the queue was down). The newer row wins.
-    if (k.stored && e.time_ms < k.time_ms) continue;
+    // A stream entry older than a row written outside the stream (the synchronous fallback while
+    // the queue was down): it was queued before that write, so the row wins. Between stream
+    // entries the stream's order decides, never the writers' clocks.
+    if (!stream.empty() && k.stored && k.direct && e.time_ms < k.time_ms) continue;
     const Counts d = DeltaOf(k.state, e.to);
     if (!k.stored) {
       k.stored = true;
@@ -315,6 +322,7 @@ Status ApplyOnce(Connection& c, std::span<const LogEntry> entries, std::string_v
     k.state = e.to;
     k.time_ms = e.time_ms;
     k.changed = true;
+    k.direct = stream.empty();
     Total(plan.entities, plan.entity_index, e.ns, e.entity).delta += d;
     if (!k.owner.empty() && d.likes != 0) {
       Total(plan.owners, plan.owner_index, e.ns, k.owner).delta.likes += d.likes;
@@ -329,7 +337,7 @@ Status ApplyOnce(Connection& c, std::span<const LogEntry> entries, std::string_v
   for (size_t at = 0; at < changed.size(); at += kRowsPerStatement) {
     const size_t n = std::min(kRowsPerStatement, changed.size() - at);
     std::vector<Value> values;
-    values.reserve(n * 6);
+    values.reserve(n * 7);
     for (size_t i = at; i < at + n; ++i) {
       const KeyState& k = *changed[i];
       values.push_back(Bytes(k.first->ns));
@@ -338,13 +346,15 @@ Status ApplyOnce(Connection& c, std::span<const LogEntry> entries, std::string_v
       values.push_back(Bytes(k.owner));
       values.push_back(static_cast<int64_t>(k.state));
       values.push_back(k.time_ms);
+      values.push_back(Bytes(k.direct ? kDirectSource : ""));
     }
-    CHORUS_RETURN_IF_ERROR(c.Run("INSERT INTO likes (business, user, entity, owner, state, time_ms) VALUES " +
-                                     Tuples(n, 6) +
-                                     " ON DUPLICATE KEY UPDATE owner = VALUES(owner), state = VALUES(state),"
-                                     " time_ms = VALUES(time_ms)",
-                                 values)
-                               .status());
+    CHORUS_RETURN_IF_ERROR(
+        c.Run("INSERT INTO likes (business, user, entity, owner, state, time_ms, source) VALUES " +
+                  Tuples(n, 7) +
+                  " ON DUPLICATE KEY UPDATE owner = VALUES(owner), state = VALUES(state),"
+                  " time_ms = VALUES(time_ms), source = VALUES(source)",
+              values)
+            .status());
   }
 
   std::vector<const TotalDelta*> entity_deltas;
@@ -561,15 +571,16 @@ void AppendInList(std::span<const std::string> ids, std::string* sql, std::vecto
 namespace {
 
 // The records of `user` on `entities` (nullopt for none) on `c`, 100 per statement.
-Status ReadRecords(Connection& c, std::string_view ns, std::string_view user, std::span<const std::string> entities,
-                   std::vector<std::optional<Record>>* out) {
+Status ReadRecords(Connection& c, std::string_view ns, std::string_view user,
+                   std::span<const std::string> entities, std::vector<std::optional<Record>>* out) {
   out->assign(entities.size(), std::nullopt);
   std::unordered_map<std::string_view, std::vector<size_t>> positions;
   for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
   for (size_t at = 0; at < entities.size(); at += kRowsPerStatement) {
     const size_t n = std::min(kRowsPerStatement, entities.size() - at);
     std::vector<Value> values = {Bytes(ns), Bytes(user)};
-    std::string sql = "SELECT entity, state, time_ms, owner FROM likes WHERE business = ? AND user = ? AND entity";
+    std::string sql =
+        "SELECT entity, state, time_ms, owner FROM likes WHERE business = ? AND user = ? AND entity";
     AppendInList(entities.subspan(at, n), &sql, &values);
     CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c.Query(sql, values));
     for (const Row& row : rows) {
@@ -598,7 +609,8 @@ Status SqlLikeStore::GetRecords(std::string_view ns, std::string_view user,
 namespace {
 
 // The counts of `entities` (zero for none) on `c`, 100 per statement.
-Status ReadCounts(Connection& c, std::string_view ns, std::span<const std::string> entities, std::vector<Counts>* out) {
+Status ReadCounts(Connection& c, std::string_view ns, std::span<const std::string> entities,
+                  std::vector<Counts>* out) {
   out->assign(entities.size(), Counts{});
   std::unordered_map<std::string_view, std::vector<size_t>> positions;
   for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
@@ -653,7 +665,8 @@ Status SqlLikeStore::WithOffset(std::string_view stream, uint64_t* offset,
 }
 
 Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities,
-                                         std::string_view stream, std::vector<Counts>* out, uint64_t* offset) {
+                                         std::string_view stream, std::vector<Counts>* out,
+                                         uint64_t* offset) {
   out->assign(entities.size(), Counts{});
   return WithOffset(stream, offset, [&](Connection& c) { return ReadCounts(c, ns, entities, out); });
 }
@@ -710,7 +723,9 @@ Result<ListPage> ReadList(Connection& c, std::string_view ns, std::string_view i
 
 }  // namespace
 
-std::string SqlLikeStore::ListCursor(int64_t time_ms, std::string_view id) { return EncodeCursor(time_ms, id); }
+std::string SqlLikeStore::ListCursor(int64_t time_ms, std::string_view id) {
+  return EncodeCursor(time_ms, id);
+}
 
 Result<ListPage> SqlLikeStore::List(std::string_view ns, std::string_view id, bool likers,
                                     std::string_view cursor, size_t limit) {

@@ -20,8 +20,10 @@
 // changed, the count deltas per entity and the received deltas per owner (the owner credited is
 // the row's stored owner; a new row takes the entry's), clamped at zero, and delete the applied
 // like_log rows. Applying the same entries again therefore changes nothing, and two writers'
-// stale entries converge (two "none -> liked" for one key count one like). An entry older
-// (time_ms) than the stored row is skipped: the newer row wins. A deadlock or lock
+// stale entries converge (two "none -> liked" for one key count one like). Rows written by Apply
+// (outside a stream: the synchronous fallback) are marked source = 'direct'; an ApplyBatch entry
+// older (time_ms) than such a row is skipped (it was queued before that write). Between stream
+// entries only the stream's order counts. A deadlock or lock
 // wait between concurrent applies is retried (the whole transaction) a few times, then
 // reported as kUnavailable. A lost connection is kUnavailable (nothing committed, or for a lost
 // COMMIT an unknown outcome; running the batch again is safe for the reason above).

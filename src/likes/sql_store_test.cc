@@ -515,6 +515,11 @@ TEST_F(SqlStoreTest, AnEntryOlderThanTheStoredRowLoses) {
   std::vector<LogEntry> newer = {Entry("v", "alice", "e1", S::kNone, S::kLiked, 250, "o1")};
   ASSERT_TRUE(store_->ApplyBatch(newer, "events", 2).ok());
   EXPECT_EQ(CountsOf("e1"), (Counts{1, 0}));
+  // Between stream entries the stream's order decides, not the writers' clocks: a dislike
+  // stamped 240 by a node whose clock lags, after the like stamped 250, still applies.
+  std::vector<LogEntry> skewed = {Entry("v", "alice", "e1", S::kLiked, S::kDisliked, 240, "o1")};
+  ASSERT_TRUE(store_->ApplyBatch(skewed, "events", 3).ok());
+  EXPECT_EQ(CountsOf("e1"), (Counts{0, 1}));
 }
 
 TEST_F(SqlStoreTest, BlindUnactionsApplyOnlyToTheStateTheyUndo) {
