@@ -10,6 +10,7 @@
 #include <csignal>
 #include <deque>
 #include <fstream>
+#include <iostream>
 #include <map>
 #include <set>
 #include <nlohmann/json.hpp>
@@ -454,6 +455,26 @@ TEST_F(LikesClusterTest, DatabaseDownServesReadsFromRedis) {
   ASSERT_TRUE(db_->Restart().ok());
   writers.Join();
   ASSERT_TRUE(Eventually([&] { return Drained(); }, 60s)) << job_.process->OutputTail();
+  CheckStates(writers.loads, /*entities=*/8);
+  ExpectVerifyClean();
+}
+
+// Two jobs at once (a standby left running, or a supervisor restarting one too early): each
+// applies only on top of the database's offset and reloads it when the other moved it, so every
+// action is still applied exactly once.
+TEST_F(LikesClusterTest, TwoJobsAtOnceStayExactlyOnce) {
+  StartFleet();
+  auto second = Start("job-b", /*job=*/true);
+  ASSERT_TRUE(second.ok()) << second.status().ToString();
+  Writers writers;
+  StartWriters(writers, 3, /*users=*/30, /*entities=*/8, /*tolerate_failures=*/false);
+  ASSERT_TRUE(Eventually([&] { return writers.acks() > 2000; }, 60s));
+  writers.Join();
+  ASSERT_TRUE(Eventually([&] { return Drained(); }, 90s))
+      << job_.process->OutputTail() << second->process->OutputTail();
+  const double a = Metric(job_.http_port, "chorus_likes_job_applied");
+  const double b = Metric(second->http_port, "chorus_likes_job_applied");
+  std::cout << "applied by job A " << a << ", by job B " << b << "\n";
   CheckStates(writers.loads, /*entities=*/8);
   ExpectVerifyClean();
 }

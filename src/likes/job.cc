@@ -218,7 +218,14 @@ void LikesJob::Run() {
       held[m.stream_seq] = std::move(m);
     }
     if (!held.empty() && held.begin()->first != through + 1) {
-      // A gap: wait for its redelivery, unless the stream no longer has it.
+      // A gap: another job may have applied it (its share of the durable consumer) ...
+      if (auto offset = db_->AppliedThrough(options_.stream); offset.ok() && *offset > through) {
+        through = *offset;
+        held.erase(held.begin(), held.upper_bound(through));  // not acked: redelivered, then skipped
+      }
+    }
+    if (!held.empty() && held.begin()->first != through + 1) {
+      // ... else wait for its redelivery, unless the stream no longer has it.
       auto info = nats_->GetStreamInfo(options_.stream);
       if (info.ok() && info->first_seq > through + 1) {
         const uint64_t lost = info->first_seq - (through + 1);
@@ -262,15 +269,32 @@ void LikesJob::Run() {
     const uint64_t last = run.back().stream_seq;
     Result<ApplyOutcome> outcome = Internal("not applied");
     SteadyTime last_progress = std::chrono::steady_clock::now();
+    bool moved = false;
     while (true) {
-      outcome = db_->ApplyBatch(entries, options_.stream, last);
+      // Only on top of the offset this run follows: another job that moved it wins.
+      outcome = db_->ApplyBatch(entries, options_.stream, last, run.front().stream_seq - 1);
       if (outcome.ok()) break;
+      if (outcome.status().code() == StatusCode::kFailedPrecondition) {
+        moved = true;
+        break;
+      }
       Fail("applying", outcome.status(), true);
       if (std::chrono::steady_clock::now() - last_progress > options_.ack_wait / 3) {
         for (nats::JsMessage& m : run) (void)m.InProgress();
         last_progress = std::chrono::steady_clock::now();
       }
       if (!SleepUnlessStopping(options_.retry)) break;
+    }
+    if (moved) {
+      // Reload the offset; what is still ahead of it goes back to wait its turn.
+      log->warn("likes job: {}; reloading the offset", outcome.status().message());
+      auto offset = db_->AppliedThrough(options_.stream);
+      through = offset.ok() ? *offset : run.front().stream_seq - 1;
+      for (nats::JsMessage& m : run) {
+        if (m.stream_seq > through) held[m.stream_seq] = std::move(m);
+      }
+      held.erase(held.begin(), held.upper_bound(through));
+      continue;
     }
     if (!outcome.ok()) break;  // stopping: the messages are redelivered to the next job
     if (options_.rate > 0) {

@@ -291,7 +291,7 @@ Status ReadTotals(Connection& c, const std::vector<TotalDelta>& totals, bool cou
 
 // One attempt: the whole authoritative apply in one transaction (see the header).
 Status ApplyOnce(Connection& c, std::span<const LogEntry> entries, std::string_view stream,
-                 uint64_t through_seq, ApplyOutcome* outcome) {
+                 uint64_t through_seq, std::optional<uint64_t> after, ApplyOutcome* outcome) {
   ApplyPlan plan;
   for (const LogEntry& e : entries) {
     auto [it, inserted] = plan.key_index.try_emplace(RecordKey(e.ns, e.user, e.entity), plan.keys.size());
@@ -304,6 +304,18 @@ Status ApplyOnce(Connection& c, std::span<const LogEntry> entries, std::string_v
   // applies could both see "no row" and both count the same new like.
   CHORUS_RETURN_IF_ERROR(c.Execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"));
   CHORUS_RETURN_IF_ERROR(c.Begin());
+  if (after) {
+    CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows,
+                            c.Query("SELECT seq FROM job_offsets WHERE stream = ? FOR UPDATE", {stream}));
+    uint64_t current = 0;
+    if (!rows.empty()) {
+      CHORUS_ASSIGN_OR_RETURN(current, rows[0][0].ToUint64());
+    }
+    if (current != *after) {
+      return FailedPrecondition("stream " + std::string(stream) + " is applied through " + std::to_string(current) +
+                                ", not " + std::to_string(*after) + " (another job?)");
+    }
+  }
   CHORUS_RETURN_IF_ERROR(ReadKeysForUpdate(c, plan));
 
   for (const LogEntry& e : entries) {
@@ -501,11 +513,12 @@ Status SqlLikeStore::AppendLog(std::span<LogEntry> entries) {
 }
 
 Status SqlLikeStore::ApplyWithRetries(std::span<const LogEntry> entries, std::string_view stream,
-                                      uint64_t through_seq, ApplyOutcome* outcome) {
+                                      uint64_t through_seq, std::optional<uint64_t> after,
+                                      ApplyOutcome* outcome) {
   CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
   for (int attempt = 1;; ++attempt) {
     if (outcome != nullptr) *outcome = ApplyOutcome{};
-    Status s = ApplyOnce(*c, entries, stream, through_seq, outcome);
+    Status s = ApplyOnce(*c, entries, stream, through_seq, after, outcome);
     if (s.ok()) return s;
     const unsigned code = c->last_error_code();
     if (c->in_transaction()) (void)c->Rollback();
@@ -515,14 +528,14 @@ Status SqlLikeStore::ApplyWithRetries(std::span<const LogEntry> entries, std::st
 
 Status SqlLikeStore::Apply(std::span<const LogEntry> entries) {
   if (entries.empty()) return Status::Ok();
-  return ApplyWithRetries(entries, "", 0, nullptr);
+  return ApplyWithRetries(entries, "", 0, std::nullopt, nullptr);
 }
 
 Result<ApplyOutcome> SqlLikeStore::ApplyBatch(std::span<const LogEntry> entries, std::string_view stream,
-                                              uint64_t through_seq) {
+                                              uint64_t through_seq, std::optional<uint64_t> after) {
   if (stream.empty() || stream.size() > 64) return InvalidArgument("likes: stream name must be 1-64 bytes");
   ApplyOutcome outcome;
-  CHORUS_RETURN_IF_ERROR(ApplyWithRetries(entries, stream, through_seq, &outcome));
+  CHORUS_RETURN_IF_ERROR(ApplyWithRetries(entries, stream, through_seq, after, &outcome));
   return outcome;
 }
 

@@ -46,6 +46,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -116,9 +117,12 @@ class SqlLikeStore final : public LikeStore {
   Result<VerifyReport> Verify(bool repair) override;
 
   // Apply, plus job_offsets[stream] = through_seq in the same transaction; returns what
-  // committed. For an external job that consumes a stream of entries (not the like_log).
+  // committed. For an external job that consumes a stream of entries (not the like_log). With
+  // `after`, only if job_offsets[stream] is exactly `after` (read FOR UPDATE in the
+  // transaction), else kFailedPrecondition and nothing is written: two jobs can never apply
+  // overlapping or out-of-order runs.
   Result<ApplyOutcome> ApplyBatch(std::span<const LogEntry> entries, std::string_view stream,
-                                  uint64_t through_seq);
+                                  uint64_t through_seq, std::optional<uint64_t> after = std::nullopt);
   // Where ApplyBatch last left `stream`; 0 if never.
   Result<uint64_t> AppliedThrough(std::string_view stream);
   // GetCounts and AppliedThrough(stream) read in one snapshot: `out` includes exactly the
@@ -137,7 +141,7 @@ class SqlLikeStore final : public LikeStore {
  private:
   explicit SqlLikeStore(std::unique_ptr<sql::ConnectionPool> pool);
   Status ApplyWithRetries(std::span<const LogEntry> entries, std::string_view stream, uint64_t through_seq,
-                          ApplyOutcome* outcome);
+                          std::optional<uint64_t> after, ApplyOutcome* outcome);
   Status WithOffset(std::string_view stream, uint64_t* offset, const std::function<Status(sql::Connection&)>& reads);
   Result<ListPage> List(std::string_view ns, std::string_view id, bool likers, std::string_view cursor,
                         size_t limit);

@@ -479,6 +479,17 @@ TEST_F(SqlStoreTest, ApplyBatchSetsTheOffsetAtomicallyAndReportsWhatCommitted) {
   // Offsets may move either way: the job owns them.
   ASSERT_TRUE(store_->ApplyBatch({}, "events", 7).ok());
   EXPECT_EQ(*store_->AppliedThrough("events"), 7u);
+  // With `after`, only on top of exactly that offset: a second job's overlapping run is refused
+  // and writes nothing.
+  std::vector<LogEntry> next = {Entry("v", "dave", "e1", S::kNone, S::kLiked, 300, "o1")};
+  auto refused = store_->ApplyBatch(next, "events", 9, /*after=*/6);
+  EXPECT_EQ(refused.status().code(), StatusCode::kFailedPrecondition) << refused.status().ToString();
+  EXPECT_EQ(*store_->AppliedThrough("events"), 7u);
+  EXPECT_EQ(CountsOf("e1"), (Counts{1, 1}));
+  ASSERT_TRUE(store_->ApplyBatch(next, "events", 9, /*after=*/7).ok());
+  EXPECT_EQ(*store_->AppliedThrough("events"), 9u);
+  EXPECT_EQ(CountsOf("e1"), (Counts{2, 1}));
+  EXPECT_TRUE(store_->ApplyBatch({}, "fresh", 3, /*after=*/0).ok());  // no row yet = 0
 }
 
 TEST_F(SqlStoreTest, CountsWithOffsetComeFromOneSnapshot) {
