@@ -571,6 +571,15 @@ TEST_F(LikesClusterTest, DatabaseDownQueuesAndJobRestartAppliesOnce) {
       10s))
       << Readyz(job_.http_port).dump();
   EXPECT_GT(Metric(nodes_[0].http_port, "chorus_likes_queue_lag"), 0);
+  {
+    // A write is still acknowledged (blind); its answer's counts could not be read: marked.
+    auto c = HttpClient::Connect(nodes_[2].http_port);
+    ASSERT_TRUE(c.ok());
+    auto r = Act(*c, "probe", "p0", "like");
+    ASSERT_TRUE(r.ok());
+    EXPECT_EQ(r->status, 200) << r->body;
+    EXPECT_TRUE(json::parse(r->body).value("degraded", false)) << r->body;
+  }
   ASSERT_TRUE(db_->Restart().ok());
   ASSERT_TRUE(Eventually([&] { return Metric(job_.http_port, "chorus_likes_job_database_up") == 1; }, 30s));
 

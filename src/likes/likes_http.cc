@@ -51,8 +51,10 @@ Result<ActRequest> ParseAct(const json& j) {
 }
 
 json ActJson(const ActRequest& r, const ActResult& res) {
-  return {{"business", r.business}, {"user", r.user},     {"entity", r.entity},
-          {"state", StateName(res.state)}, {"changed", res.changed}, {"counts", CountsJson(res.counts)}};
+  json out = {{"business", r.business}, {"user", r.user},     {"entity", r.entity},
+              {"state", StateName(res.state)}, {"changed", res.changed}, {"counts", CountsJson(res.counts)}};
+  if (res.degraded) out["degraded"] = true;  // as the counts and states reads: present only when true
+  return out;
 }
 
 class Handlers {

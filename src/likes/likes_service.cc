@@ -367,7 +367,8 @@ class LikesService::Impl {
         if (it != st.overlay.end() && it->second.inflight > 0) {
           fenced_items.push_back(i);
         } else {
-          gather->results[i] = ActResult{current.state, VisibleCounts(st, b.ns, r.entity, nullptr), false};
+          gather->results[i] = ActResult{current.state, {}, false};
+          FillCounts(st, b.ns, r.entity, &*gather->results[i]);
         }
         continue;
       }
@@ -474,7 +475,8 @@ class LikesService::Impl {
       const Business& b = *biz[i];
       const ActRequest& r = requests[i];
       auto ko = st.overlay.find(RecordKey(b.ns, r.user, r.entity));
-      gather->results[i] = ActResult{ko->second.visible.state, VisibleCounts(st, b.ns, r.entity, nullptr), true};
+      gather->results[i] = ActResult{ko->second.visible.state, {}, true};
+      FillCounts(st, b.ns, r.entity, &*gather->results[i]);
     }
     for (size_t i : fenced_items) {
       const Business& b = *biz[i];
@@ -485,13 +487,21 @@ class LikesService::Impl {
         Status error;
         state = StoredRecord(b, r, &error).state;
       }
-      gather->results[i] = ActResult{state, VisibleCounts(st, b.ns, r.entity, nullptr), false};
+      gather->results[i] = ActResult{state, {}, false};
+      FillCounts(st, b.ns, r.entity, &*gather->results[i]);
     }
     // Counts other shards cache: push the new value to them.
     std::sort(changed_entities.begin(), changed_entities.end());
     changed_entities.erase(std::unique(changed_entities.begin(), changed_entities.end()), changed_entities.end());
     for (const std::string& ek : changed_entities) RefreshCaches(st, ek);
     gather->Finish();
+  }
+
+  // An answer's counts; marked degraded when the store read failed (cache or overlay only).
+  void FillCounts(ShardState& st, std::string_view ns, std::string_view entity, ActResult* out) {
+    bool degraded = false;
+    out->counts = VisibleCounts(st, ns, entity, &degraded);
+    out->degraded = degraded;
   }
 
   // Store counts plus acknowledged-but-unapplied deltas. On the owner shard only.

@@ -80,6 +80,7 @@ struct ActResult {
   LikeState state = LikeState::kNone;
   Counts counts;
   bool changed = false;
+  bool degraded = false;  // the counts could not be read from the store (cache or overlay only)
 };
 
 struct StatesResult {
