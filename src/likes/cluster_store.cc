@@ -8,14 +8,10 @@
 
 namespace chorus::likes {
 
-std::string EncodeAppliedNotice(std::string_view stream, uint64_t through,
-                                const std::vector<EntityCounts>& counts) {
+std::string EncodeAppliedNotice(std::string_view stream, uint64_t through) {
   nlohmann::json j;
   j["stream"] = stream;
   j["through"] = through;
-  nlohmann::json rows = nlohmann::json::array();
-  for (const EntityCounts& c : counts) rows.push_back({c.ns, c.entity, c.counts.likes, c.counts.dislikes});
-  j["counts"] = std::move(rows);
   return j.dump();
 }
 

@@ -130,10 +130,9 @@ class ClusterLikeStore final : public LikeStore {
   std::thread poller_;
 };
 
-// The job's notice after each committed batch, on ClusterStoreOptions::changes_subject:
-// {"stream": "...", "through": N, "counts": [[ns, entity, likes, dislikes], ...]}.
-std::string EncodeAppliedNotice(std::string_view stream, uint64_t through,
-                                const std::vector<EntityCounts>& counts);
+// The job's notice once readers' copy (the database, or the cache when there is one) holds the
+// stream through N, on ClusterStoreOptions::changes_subject: {"stream": "...", "through": N}.
+std::string EncodeAppliedNotice(std::string_view stream, uint64_t through);
 // The `through` of a notice for `stream`; 0 when it is about another stream or malformed.
 uint64_t DecodeAppliedThrough(std::string_view stream, std::string_view notice);
 

@@ -67,7 +67,7 @@ bool LikesJob::RefreshCache(std::optional<ApplyOutcome> outcome, uint64_t seq) {
   }
   if (refreshed) {
     // The backlog just caught up: tell the services how far the cache now is.
-    (void)nats_->Publish(options_.changes_subject, EncodeAppliedNotice(options_.stream, refreshed, {}));
+    (void)nats_->Publish(options_.changes_subject, EncodeAppliedNotice(options_.stream, refreshed));
   }
   return status.ok();
 }
@@ -314,7 +314,7 @@ void LikesJob::Run() {
     // so the cache must hold them first), then ack. A lost notice only delays them to their
     // next offset poll. While the cache cannot be refreshed the services are not told: they keep
     // their overlays, which stay correct.
-    std::string notice = EncodeAppliedNotice(options_.stream, last, {});  // small: services need `through`
+    std::string notice = EncodeAppliedNotice(options_.stream, last);
     if (RefreshCache(std::move(*outcome), last)) (void)nats_->Publish(options_.changes_subject, notice);
     for (nats::JsMessage& m : run) (void)m.Ack();
     if (auto info = nats_->GetStreamInfo(options_.stream); info.ok()) {
