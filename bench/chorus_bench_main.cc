@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "base/clock.h"
+#include "net/process_tuning.h"
 #include "compute_cluster.h"
 #include "compute_lb.h"
 #include "http_load.h"
@@ -694,6 +695,7 @@ constexpr Command kCommands[] = {
 
 int main(int argc, char** argv) {
   using namespace chorus::bench;
+  chorus::net::TuneProcess();
   CLI::App app{"chorus-bench: Chorus load generators and peer comparisons (see bench/README.md)",
                "chorus-bench"};
   app.require_subcommand(1);

@@ -1231,7 +1231,7 @@ Result<ComputeClusterResult> RunComputeCluster(const ComputeClusterOptions& opti
   // taken from the processes under test.
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   mallopt(M_TOP_PAD, 64 << 20);
-  mallopt(M_MMAP_THRESHOLD, 64 << 20);
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);  // glibc's maximum (64 MiB was refused, silently)
   SignalGuard signals;
   ClusterRun run(options);
   Round one, two;

@@ -1,12 +1,12 @@
 // chorus: the command line. Parses flags (CLI11) and hands over to the app library.
 // Exit codes: 0 success, 1 runtime failure, 2 bad usage or bad configuration.
-#include <malloc.h>
 
 #include <CLI/CLI.hpp>
 #include <iostream>
 
 #include "base/logging.h"
 #include "chorus/app.h"
+#include "net/process_tuning.h"
 
 namespace {
 
@@ -27,11 +27,7 @@ std::vector<std::pair<std::string, std::string>> ParseSets(const std::vector<std
 }  // namespace
 
 int main(int argc, char** argv) {
-  // Fan-out allocates a burst of short-lived write operations on each shard thread every block
-  // interval. With glibc's default 128 KiB trim threshold each burst grows the thread's arena and
-  // each free gives the pages back (madvise), so the next burst page-faults them in again: that was
-  // ~6% of a live-fanout run's server CPU. Keep up to 64 MiB of freed memory per arena instead.
-  mallopt(M_TRIM_THRESHOLD, 64 << 20);
+  chorus::net::TuneProcess();
   CLI::App app{
       "Chorus: the real-time backbone of a live-streaming and video community.\n"
       "Three services (live, likes, compute) in one binary."};
