@@ -496,6 +496,11 @@ CommandMain SetupComputeCluster(CLI::App& cmd) {
                  "give up on a placement round after this")
       ->capture_default_str();
   cmd.add_option("--seed", c.seed, "which nodes are drained and killed")->capture_default_str();
+  cmd.add_option("--max-replicas-per-claim", c.max_replicas_per_claim,
+                 "the schedulers' compute.scheduler.max_replicas_per_claim (0: chorus's default; 1: one "
+                 "replica per claim)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 64));
   cmd.add_option("--work-dir", c.work_dir,
                  "data dir and logs here (default: a fresh /tmp/chorus-compute-cluster.*)");
   cmd.add_flag("--keep-work-dir", c.keep_work_dir, "keep the work dir (logs) after a clean run");

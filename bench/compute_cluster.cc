@@ -684,12 +684,13 @@ class ClusterRun {
       clusters += (j == 0 ? "" : "|") + resources_[(j + k) % resources_.size()];
     }
     const std::string name = "s" + std::to_string(k + 1);
-    CHORUS_ASSIGN_OR_RETURN(
-        auto child,
-        Child::Spawn("scheduler " + name,
-                     ChorusArgs({"compute", "scheduler", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
-                                 "--set", "compute.scheduler.clusters=" + clusters}),
-                     work_ + "/" + name + ".log"));
+    std::vector<std::string> args = {"compute", "scheduler", "--http", "127.0.0.1:0", "--grpc", "127.0.0.1:0",
+                                     "--set", "compute.scheduler.clusters=" + clusters};
+    if (o_.max_replicas_per_claim > 0) {
+      args.push_back("--set");
+      args.push_back("compute.scheduler.max_replicas_per_claim=" + std::to_string(o_.max_replicas_per_claim));
+    }
+    CHORUS_ASSIGN_OR_RETURN(auto child, Child::Spawn("scheduler " + name, ChorusArgs(args), work_ + "/" + name + ".log"));
     scheduler_procs_.push_back(std::move(child));
     return WaitForLog(*scheduler_procs_.back(), ": watching ", Now() + std::chrono::seconds(30));
   }
@@ -766,13 +767,16 @@ class ClusterRun {
       timeline += " " + std::to_string(b < received.size() ? received[b] : 0) + "/" +
                   std::to_string(b < round->timeline.size() ? round->timeline[b] : 0);
     }
-    std::fprintf(stderr, "compute-cluster: %s claims received/accepted per 250 ms:%s\n", app.c_str(),
+    std::fprintf(stderr, "compute-cluster: %s replicas claimed/accepted per 250 ms:%s\n", app.c_str(),
                  timeline.c_str());
     std::fprintf(stderr,
                  "compute-cluster: %s with %d scheduler(s): %lld replicas in %.2f s (%.0f placements/s), "
-                 "%llu claims, %llu aborted, peak %lld, settled after %.0f ms\n",
+                 "%llu claims (%.2f replicas per accepted claim), %llu aborted, peak %lld, settled after %.0f ms\n",
                  app.c_str(), round->schedulers, static_cast<long long>(want), round->elapsed_s,
                  round->placements_per_s, static_cast<unsigned long long>(round->claims.claims),
+                 round->claims.accepted == 0 ? 0.0
+                                             : static_cast<double>(round->claims.accepted_replicas) /
+                                                   static_cast<double>(round->claims.accepted),
                  static_cast<unsigned long long>(round->claims.aborted), static_cast<long long>(round->peak),
                  round->settled_ms);
     return Status::Ok();
@@ -1129,6 +1133,7 @@ ComputeClusterResult ClusterRun::Build(const Round& one, const Round& two) const
       {"resource_servers", std::to_string(kResourceServers)},
       {"heartbeat_interval", "1s"},
       {"seed", std::to_string(o_.seed)},
+      {"max_replicas_per_claim", o_.max_replicas_per_claim == 0 ? "default" : std::to_string(o_.max_replicas_per_claim)},
       {"chorus_bin", o_.chorus_bin},
       {"load_generator", "chorus-bench compute-cluster (in-process node simulator)"},
   };

@@ -71,6 +71,7 @@ struct ComputeClusterOptions {
   std::string work_dir;  // empty: a fresh temporary directory
   bool keep_work_dir = false;
   uint64_t seed = 1;  // which nodes are drained and killed
+  int max_replicas_per_claim = 0;  // compute.scheduler.max_replicas_per_claim; 0: chorus's default
 
   Status Validate() const;
 };

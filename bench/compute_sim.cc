@@ -19,6 +19,7 @@ namespace {
 // The real node's limits (src/compute/app_spec.h): a claim outside them is INVALID_ARGUMENT.
 constexpr int kMaxGpus = 64;
 constexpr int kMaxConcurrency = 10'000;
+constexpr int kMaxReplicasPerClaim = 64;
 
 bool IsValidName(std::string_view s) {
   if (s.empty() || s.size() > 64) return false;
@@ -30,10 +31,25 @@ bool IsValidName(std::string_view s) {
   return true;
 }
 
+std::vector<std::string> ClaimedIds(const cpb::ClaimRequest& c) {
+  std::vector<std::string> ids{c.replica_id()};
+  for (const auto& id : c.more_replica_ids()) ids.push_back(id);
+  return ids;
+}
+
 // node_agent.cc's ValidateClaimShape.
+
 std::string ClaimShapeError(const cpb::ClaimRequest& c) {
   if (!IsValidName(c.app())) return "app: not a valid app name";
-  if (c.replica_id().empty() || c.replica_id().size() > 128) return "replica_id: 1..128 bytes";
+  if (c.more_replica_ids_size() >= kMaxReplicasPerClaim) {
+    return "more_replica_ids: at most " + std::to_string(kMaxReplicasPerClaim) + " replicas per claim";
+  }
+  std::vector<std::string> ids = ClaimedIds(c);
+  for (const auto& id : ids) {
+    if (id.empty() || id.size() > 128) return "replica_id: 1..128 bytes";
+  }
+  std::sort(ids.begin(), ids.end());
+  if (std::adjacent_find(ids.begin(), ids.end()) != ids.end()) return "more_replica_ids: replica ids of a claim must be distinct";
   const auto& r = c.resources();
   if (r.cpu_millis() <= 0 || r.memory_mb() <= 0 || r.gpus() < 0 || r.gpus() > kMaxGpus) {
     return "resources: cpu_millis and memory_mb must be positive, gpus 0.." + std::to_string(kMaxGpus);
@@ -84,6 +100,7 @@ SimCounters SimCounters::operator-(const SimCounters& e) const {
   SimCounters d;
   d.claims = claims - e.claims;
   d.accepted = accepted - e.accepted;
+  d.accepted_replicas = accepted_replicas - e.accepted_replicas;
   d.aborted = aborted - e.aborted;
   d.exhausted = exhausted - e.exhausted;
   d.failed_precondition = failed_precondition - e.failed_precondition;
@@ -189,6 +206,16 @@ SimAnswer SimNodeTable::Claim(const cpb::ClaimRequest& c) {
     Node& n = *nodes_[*index];
     MutexLock lock(n.mu);
     const auto& want = c.resources();
+    const int count = 1 + c.more_replica_ids_size();
+    auto duplicate = [&]() REQUIRES(n.mu) -> const std::string* {
+      for (const auto& r : n.replicas) {
+        if (r.replica_id() == c.replica_id()) return &c.replica_id();
+        for (const auto& id : c.more_replica_ids()) {
+          if (r.replica_id() == id) return &id;
+        }
+      }
+      return nullptr;
+    };
     const int slots = options_.capacity.slots;
     if (n.dead) {
       out = Refuse(SimCode::kUnavailable, "node " + n.id + " is dead", nullptr);
@@ -204,43 +231,47 @@ SimAnswer SimNodeTable::Claim(const cpb::ClaimRequest& c) {
                    "claim conflict: node " + n.id + " is at version " + std::to_string(n.version) +
                        ", the claim expected " + std::to_string(c.expected_version()),
                    &n);
-    } else if (std::any_of(n.replicas.begin(), n.replicas.end(),
-                           [&](const cpb::ReplicaStatus& r) { return r.replica_id() == c.replica_id(); })) {
-      out =
-          Refuse(SimCode::kAlreadyExists, "replica " + c.replica_id() + " already runs on node " + n.id, &n);
-    } else if (static_cast<int>(n.replicas.size()) >= slots) {
+    } else if (const std::string* dup = duplicate()) {
+      out = Refuse(SimCode::kAlreadyExists, "replica " + *dup + " already runs on node " + n.id, &n);
+    } else if (static_cast<int>(n.replicas.size()) + count > slots) {
       out = Refuse(SimCode::kResourceExhausted, "node " + n.id + ": no free slot", &n);
-    } else if (n.cpu_used + want.cpu_millis() > options_.capacity.cpu_millis ||
-               n.memory_used + want.memory_mb() > options_.capacity.memory_mb) {
+    } else if (n.cpu_used + count * want.cpu_millis() > options_.capacity.cpu_millis ||
+               n.memory_used + count * want.memory_mb() > options_.capacity.memory_mb) {
       out = Refuse(SimCode::kResourceExhausted, "node " + n.id + ": not enough free cpu or memory", &n);
     } else if (want.gpus() > 0) {
       out = Refuse(SimCode::kResourceExhausted,
                    "node " + n.id + ": not enough free GPUs of an accepted card type", &n);
     } else {
-      cpb::ReplicaStatus r;
-      r.set_app(c.app());
-      r.set_replica_id(c.replica_id());
-      *r.mutable_resources() = want;
-      r.set_state(cpb::REPLICA_RUNNING);
-      r.set_max_concurrency(c.max_concurrency());
-      r.set_scheduler_id(c.scheduler_id());
-      r.set_claimed_at_ms(clock_.WallMillis());
-      r.set_app_generation(c.app_generation());
-      n.replicas.push_back(std::move(r));
-      n.cpu_used += want.cpu_millis();
-      n.memory_used += want.memory_mb();
+      for (int i = 0; i < count; ++i) {
+        cpb::ReplicaStatus r;
+        r.set_app(c.app());
+        r.set_replica_id(i == 0 ? c.replica_id() : c.more_replica_ids(i - 1));
+        *r.mutable_resources() = want;
+        r.set_state(cpb::REPLICA_RUNNING);
+        r.set_max_concurrency(c.max_concurrency());
+        r.set_scheduler_id(c.scheduler_id());
+        r.set_claimed_at_ms(clock_.WallMillis());
+        r.set_app_generation(c.app_generation());
+        n.replicas.push_back(std::move(r));
+      }
+      n.cpu_used += count * want.cpu_millis();
+      n.memory_used += count * want.memory_mb();
       ++n.version;
       out.code = SimCode::kOk;
       out.node = StatusLocked(n);
       MutexLock book(book_mu_);
       ++counters_.claims;
       ++counters_.accepted;
-      received_at_[c.app()].push_back(clock_.Now());
-      const int64_t serving = ++serving_[c.app()];
+      counters_.accepted_replicas += static_cast<uint64_t>(count);
+      const SteadyTime now = clock_.Now();
+      auto& received = received_at_[c.app()];
+      received.insert(received.end(), static_cast<size_t>(count), now);
+      const int64_t serving = serving_[c.app()] += count;
       int64_t& peak = peak_[c.app()];
       peak = std::max(peak, serving);
-      last_change_ = clock_.Now();
-      accepted_at_[c.app()].push_back(last_change_);
+      last_change_ = now;
+      auto& accepted = accepted_at_[c.app()];
+      accepted.insert(accepted.end(), static_cast<size_t>(count), now);
       book_cv_.NotifyAll();
     }
   }
@@ -250,7 +281,10 @@ SimAnswer SimNodeTable::Claim(const cpb::ClaimRequest& c) {
   }
   MutexLock book(book_mu_);
   ++counters_.claims;
-  if (IsValidName(c.app())) received_at_[c.app()].push_back(clock_.Now());
+  if (IsValidName(c.app())) {
+    auto& received = received_at_[c.app()];
+    received.insert(received.end(), static_cast<size_t>(1 + c.more_replica_ids_size()), clock_.Now());
+  }
   switch (out.code) {
     case SimCode::kAborted:
       ++counters_.aborted;

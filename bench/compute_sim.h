@@ -13,7 +13,8 @@
 //     `chorus-node-status-bin` trailer); a replica id already there ALREADY_EXISTS; no free slot
 //     or not enough cpu/memory (or any GPU: simulated nodes have none) RESOURCE_EXHAUSTED; else
 //     the replica is added as REPLICA_RUNNING (no worker processes) and the version goes up by
-//     one. Release() removes the replica at once (the real node drains it first) and bumps the
+//     one. A claim of several replicas (more_replica_ids) passes the checks for all or is refused,
+//     and bumps the version once. Release() removes the replica at once (the real node drains it first) and bumps the
 //     version. A killed node answers UNAVAILABLE, like a dead process's closed port.
 //     The table also keeps the benchmark's books: every claim by outcome, the time of every
 //     accepted claim per app, and how many replicas of each app sit on nodes that are neither
@@ -94,6 +95,7 @@ struct SimTableOptions {
 struct SimCounters {
   uint64_t claims = 0;  // every claim received
   uint64_t accepted = 0;
+  uint64_t accepted_replicas = 0;  // in accepted claims (a claim may place several)
   uint64_t aborted = 0;  // stale expected_version: the CAS refused it
   uint64_t exhausted = 0;
   uint64_t failed_precondition = 0;

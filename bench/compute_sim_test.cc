@@ -253,6 +253,35 @@ TEST_F(SimNodeTableTest, AcceptedClaimsAreTimedPerApp) {
   EXPECT_EQ(table.LastChange(), clock_.Now());
 }
 
+TEST_F(SimNodeTableTest, AClaimOfSeveralReplicasIsAllOrNoneAndCountsEachReplica) {
+  SimNodeTable table(Options(1, 4), clock_);
+  std::vector<size_t> changed;
+  table.SetChangeListener([&](size_t i) { changed.push_back(i); });
+  cpb::ClaimRequest three = ClaimFor(table.Status(0), "ocr-1");
+  three.add_more_replica_ids("ocr-2");
+  three.add_more_replica_ids("ocr-3");
+  const SimAnswer a = table.Claim(three);
+  ASSERT_EQ(a.code, SimCode::kOk) << a.message;
+  EXPECT_EQ(a.node->version(), 2u) << "one bump for the claim";
+  EXPECT_EQ(a.node->replicas_size(), 3);
+  EXPECT_EQ(changed, std::vector<size_t>{0});
+  EXPECT_EQ(table.Serving("ocr"), 3);
+  EXPECT_EQ(table.AcceptedSince("ocr", SteadyTime{}), 3u) << "placements are replicas";
+  EXPECT_EQ(table.counters().accepted, 1u);
+  EXPECT_EQ(table.counters().accepted_replicas, 3u);
+
+  cpb::ClaimRequest two = ClaimFor(table.Status(0), "ocr-4");  // one slot left
+  two.add_more_replica_ids("ocr-5");
+  EXPECT_EQ(table.Claim(two).code, SimCode::kResourceExhausted);
+  cpb::ClaimRequest dup = ClaimFor(table.Status(0), "ocr-4");
+  dup.add_more_replica_ids("ocr-4");
+  EXPECT_EQ(table.Claim(dup).code, SimCode::kInvalidArgument);
+  cpb::ClaimRequest again = ClaimFor(table.Status(0), "ocr-2");  // already runs
+  EXPECT_EQ(table.Claim(again).code, SimCode::kAlreadyExists);
+  EXPECT_EQ(table.Replicas(0), 3);
+  EXPECT_EQ(table.version(0), 2u);
+}
+
 TEST_F(SimNodeTableTest, ServingPeakFollowsTheCountSinceTheLastReset) {
   SimNodeTable table(Options(1, 8), clock_);
   ASSERT_EQ(table.Claim(ClaimFor(table.Status(0), "a-1", "a")).code, SimCode::kOk);

@@ -467,6 +467,43 @@ TEST_F(ComputeClusterTest, AppSpansFederatedClusters) {
   }
 }
 
+// An app with more replicas than nodes: the scheduler puts several on a node in one claim
+// (ClaimRequest.more_replica_ids) and real node agents start a worker for each.
+TEST_F(ComputeClusterTest, SeveralReplicasPerClaimOnRealNodes) {
+  auto r = Start("resource", 0, {"compute.resource.id=r1"});
+  ASSERT_TRUE(r.ok()) << r.status().ToString();
+  std::vector<Proc> nodes;
+  for (const char* id : {"m1", "m2"}) {
+    auto n = Start("node", 0, {std::string("compute.node.id=") + id, "compute.node.resources=" + r->address(),
+                               "compute.node.slots=4", "compute.node.cpu_millis=2000", "compute.node.memory_mb=1024"});
+    ASSERT_TRUE(n.ok()) << n.status().ToString();
+    nodes.push_back(std::move(*n));
+  }
+  ASSERT_TRUE(Eventually([&] {
+    auto v = GetView(r->address());
+    return v.ok() && v->nodes_size() == 2;
+  })) << "the resource server sees both nodes";
+  auto s = Start("scheduler", 0, {"compute.scheduler.clusters=" + r->address()});
+  ASSERT_TRUE(s.ok()) << s.status().ToString();
+  ASSERT_EQ(Apply(r->address(), WriteSpec("many", "name: many\nresources: {cpu: 100m, memory: 32Mi}\n"
+                                                  "replicas: 6\nengine: {type: synthetic}\n")),
+            0);
+  ASSERT_TRUE(Eventually([&] {
+    auto v = GetView(r->address());
+    return v.ok() && Running(*v, "many").size() == 6 && Replicas(*v, "many") == 6;
+  }, 60s)) << GetView(r->address())->DebugString();
+  auto v = GetView(r->address());
+  ASSERT_TRUE(v.ok());
+  std::map<std::string, int> per_node;
+  for (const auto& [replica, node] : Running(*v, "many")) ++per_node[node];
+  EXPECT_EQ(per_node, (std::map<std::string, int>{{"m1", 3}, {"m2", 3}}));
+  ExpectNoOvercommit(*v);
+  for (auto& n : nodes) {
+    EXPECT_TRUE(n.process->WaitForLine("and 2 more of many", 5s).ok())
+        << "one claim carried all three of the node's replicas\n" << n.process->OutputTail();
+  }
+}
+
 TEST_F(ComputeClusterTest, BadInputGetsClearErrors) {
   const int p1 = PickFreePort();
   auto r = Start("resource", p1, {"compute.resource.id=r1"});

@@ -39,6 +39,7 @@ inline constexpr int64_t kMaxMemoryMb = int64_t{64} * 1024 * 1024;   // 64 TiB
 inline constexpr int32_t kMaxGpus = 64;
 inline constexpr int32_t kMaxReplicas = 100'000;
 inline constexpr int32_t kMaxConcurrency = 10'000;
+inline constexpr int32_t kMaxReplicasPerClaim = 64;  // replica_id + more_replica_ids of one claim
 inline constexpr double kMaxSyntheticMs = 600'000;  // cpu_ms and latency_ms
 inline constexpr double kDefaultTargetUtilization = 0.7;
 inline constexpr size_t kMaxModelBytes = 256;

@@ -93,6 +93,10 @@ void AddConfigKeys(ConfigSchema& s) {
            "Placement draws this many nodes at random among those with the fewest replicas of the app "
            "and takes the one with the most free CPU (1: always the most free CPU).",
            1, 1000)
+      .Int("compute.scheduler.max_replicas_per_claim", 8,
+           "When an app needs more replicas than there are nodes with room, one claim places up to this "
+           "many on a node (one compare-and-swap, one version bump); 1: one replica per claim.",
+           1, 64)
       .Bool("compute.builtin_apps", true,
             "chorus up (all services) applies the ocr pipeline (ocr, ocr-detect, ocr-recognize) and moderation "
             "apps at start, unless apps of those names exist.")
@@ -185,6 +189,7 @@ Result<SchedulerServiceOptions> SchedulerOptionsFromConfig(const Config& c, cons
     if (!IsValidName(a)) return InvalidArgument("compute.scheduler.apps: \"" + a + "\" is not a valid app name");
   }
   o.core.candidates = static_cast<int>(c.GetInt("compute.scheduler.candidates"));
+  o.core.max_replicas_per_claim = static_cast<int>(c.GetInt("compute.scheduler.max_replicas_per_claim"));
   CHORUS_ASSIGN_OR_RETURN(o.clusters, Clusters(c, "compute.scheduler.clusters", grpc_address));
   o.token = c.GetString("compute.token");
   if (o.token.empty()) o.token = SignComputeToken(signer, "scheduler:" + o.core.scheduler_id, {"compute.schedule"});

@@ -1,6 +1,10 @@
 #include "compute/node_agent.h"
 
 #include <algorithm>
+#include <map>
+#include <vector>
+
+#include <fmt/format.h>
 
 #include "base/logging.h"
 #include "compute/app_spec.h"
@@ -23,9 +27,28 @@ pb::ReplicaState ToProto(ReplicaRuntime::State s) {
   return pb::REPLICA_STARTING;
 }
 
+// The replica ids a claim asks for: replica_id, then more_replica_ids.
+std::vector<std::string> ClaimedIds(const pb::ClaimRequest& c) {
+  std::vector<std::string> ids;
+  ids.reserve(1 + c.more_replica_ids_size());
+  ids.push_back(c.replica_id());
+  for (const auto& id : c.more_replica_ids()) ids.push_back(id);
+  return ids;
+}
+
 Status ValidateClaimShape(const pb::ClaimRequest& c) {
   if (!IsValidName(c.app())) return InvalidArgument("app: not a valid app name");
-  if (c.replica_id().empty() || c.replica_id().size() > 128) return InvalidArgument("replica_id: 1..128 bytes");
+  if (c.more_replica_ids_size() >= kMaxReplicasPerClaim) {
+    return InvalidArgument("more_replica_ids: at most " + std::to_string(kMaxReplicasPerClaim) + " replicas per claim");
+  }
+  std::vector<std::string> ids = ClaimedIds(c);
+  for (const auto& id : ids) {
+    if (id.empty() || id.size() > 128) return InvalidArgument("replica_id: 1..128 bytes");
+  }
+  std::sort(ids.begin(), ids.end());
+  if (std::adjacent_find(ids.begin(), ids.end()) != ids.end()) {
+    return InvalidArgument("more_replica_ids: replica ids of a claim must be distinct");
+  }
   const auto& r = c.resources();
   if (r.cpu_millis() <= 0 || r.memory_mb() <= 0 || r.gpus() < 0 || r.gpus() > kMaxGpus) {
     return InvalidArgument("resources: cpu_millis and memory_mb must be positive, gpus 0.." + std::to_string(kMaxGpus));
@@ -89,7 +112,9 @@ NodeAgent::ClaimOutcome NodeAgent::Claim(const pb::ClaimRequest& claim) {
     out.node = CurrentStatus();
     return out;
   }
-  std::string card_type;
+  const std::vector<std::string> ids = ClaimedIds(claim);
+  const int count = static_cast<int>(ids.size());
+  std::vector<std::string> cards(ids.size());  // the card type given to each replica (gpus > 0)
   {
     MutexLock lock(mu_);
     auto refuse = [&](Status st) REQUIRES(mu_) {
@@ -112,11 +137,11 @@ NodeAgent::ClaimOutcome NodeAgent::Claim(const pb::ClaimRequest& claim) {
                                        std::to_string(version_) + ", the claim expected " +
                                        std::to_string(claim.expected_version())));
     }
-    if (replicas_.count(claim.replica_id())) {
-      return refuse(AlreadyExists("replica " + claim.replica_id() + " already runs on node " + options_.node_id));
+    for (const auto& id : ids) {
+      if (replicas_.count(id)) return refuse(AlreadyExists("replica " + id + " already runs on node " + options_.node_id));
     }
-    if (static_cast<int>(replicas_.size()) >= options_.slots) {
-      return refuse(ResourceExhausted("node " + options_.node_id + ": no free slot"));
+    if (static_cast<int>(replicas_.size()) + count > options_.slots) {
+      return refuse(ResourceExhausted("node " + options_.node_id + ": no free slot" + (count > 1 ? "s for " + std::to_string(count) + " replicas" : std::string())));
     }
     int64_t cpu = 0, mem = 0;
     for (const auto& [id, r] : replicas_) {
@@ -124,56 +149,63 @@ NodeAgent::ClaimOutcome NodeAgent::Claim(const pb::ClaimRequest& claim) {
       mem += r.status.resources().memory_mb();
     }
     const auto& want = claim.resources();
-    if (cpu + want.cpu_millis() > options_.capacity.cpu_millis || mem + want.memory_mb() > options_.capacity.memory_mb) {
+    if (cpu + count * want.cpu_millis() > options_.capacity.cpu_millis ||
+        mem + count * want.memory_mb() > options_.capacity.memory_mb) {
       return refuse(ResourceExhausted("node " + options_.node_id + ": not enough free cpu or memory"));
     }
     if (want.gpus() > 0) {
-      double best_perf = -1;
-      for (const GpuGroup& g : options_.capacity.gpus) {
-        const bool allowed = want.card_types().empty() ||
-                             std::find(want.card_types().begin(), want.card_types().end(), g.card_type) !=
-                                 want.card_types().end();
-        if (!allowed || g.count - gpus_used_[g.card_type] < want.gpus() || g.perf <= best_perf) continue;
-        best_perf = g.perf;
-        card_type = g.card_type;
-      }
-      if (card_type.empty()) {
-        return refuse(ResourceExhausted("node " + options_.node_id + ": not enough free GPUs of an accepted card type"));
+      std::map<std::string, int> used = gpus_used_;  // tentative, replica by replica
+      for (int i = 0; i < count; ++i) {
+        double best_perf = -1;
+        for (const GpuGroup& g : options_.capacity.gpus) {
+          const bool allowed = want.card_types().empty() ||
+                               std::find(want.card_types().begin(), want.card_types().end(), g.card_type) !=
+                                   want.card_types().end();
+          if (!allowed || g.count - used[g.card_type] < want.gpus() || g.perf <= best_perf) continue;
+          best_perf = g.perf;
+          cards[i] = g.card_type;
+        }
+        if (cards[i].empty()) {
+          return refuse(ResourceExhausted("node " + options_.node_id + ": not enough free GPUs of an accepted card type"));
+        }
+        used[cards[i]] += want.gpus();
       }
     }
-    // Reserve before launching (outside the lock): the slot and resources are taken now.
-    Replica& r = replicas_[claim.replica_id()];
-    r.status.set_app(claim.app());
-    r.status.set_replica_id(claim.replica_id());
-    *r.status.mutable_resources() = want;
-    r.status.set_state(pb::REPLICA_STARTING);
-    r.status.set_max_concurrency(claim.max_concurrency());
-    r.status.set_scheduler_id(claim.scheduler_id());
-    r.status.set_claimed_at_ms(clock_.WallMillis());
-    r.status.set_card_type(card_type);
-    r.status.set_app_generation(claim.app_generation());
-    if (!card_type.empty()) gpus_used_[card_type] += want.gpus();
+    // Reserve before launching (outside the lock): the slots and resources are taken now.
+    for (int i = 0; i < count; ++i) {
+      Replica& r = replicas_[ids[i]];
+      r.status.set_app(claim.app());
+      r.status.set_replica_id(ids[i]);
+      *r.status.mutable_resources() = want;
+      r.status.set_state(pb::REPLICA_STARTING);
+      r.status.set_max_concurrency(claim.max_concurrency());
+      r.status.set_scheduler_id(claim.scheduler_id());
+      r.status.set_claimed_at_ms(clock_.WallMillis());
+      r.status.set_card_type(cards[i]);
+      r.status.set_app_generation(claim.app_generation());
+      if (!cards[i].empty()) gpus_used_[cards[i]] += want.gpus();
+    }
     BumpLocked();
   }
-  ReplicaLaunch launch;
-  launch.app = claim.app();
-  launch.replica_id = claim.replica_id();
-  launch.engine = claim.engine();
-  launch.max_concurrency = claim.max_concurrency();
-  launch.on_state_change = [this, id = claim.replica_id()] { OnRuntimeChange(id); };
-  auto runtime = factory_(launch);
-  std::unique_ptr<ReplicaRuntime> orphan;  // started for a replica released meanwhile
-  {
+  std::vector<std::unique_ptr<ReplicaRuntime>> orphans;  // started for replicas released meanwhile
+  int started = 0;
+  for (int i = 0; i < count; ++i) {
+    ReplicaLaunch launch;
+    launch.app = claim.app();
+    launch.replica_id = ids[i];
+    launch.engine = claim.engine();
+    launch.max_concurrency = claim.max_concurrency();
+    launch.on_state_change = [this, id = ids[i]] { OnRuntimeChange(id); };
+    auto runtime = factory_(launch);
     MutexLock lock(mu_);
-    auto it = replicas_.find(claim.replica_id());
+    auto it = replicas_.find(ids[i]);
     if (!runtime.ok()) {
       if (it != replicas_.end()) {
-        if (!card_type.empty()) gpus_used_[card_type] -= claim.resources().gpus();
+        if (!cards[i].empty()) gpus_used_[cards[i]] -= claim.resources().gpus();
         replicas_.erase(it);
       }
       BumpLocked();
-      out.status = runtime.status().WithContext("starting the worker");
-      out.node = StatusLocked();
+      if (out.status.ok()) out.status = runtime.status().WithContext("starting the worker of " + ids[i]);
     } else if (it != replicas_.end()) {
       it->second.runtime = std::shared_ptr<ReplicaRuntime>(std::move(*runtime));
       const pb::ReplicaState state = ToProto(it->second.runtime->state());
@@ -182,19 +214,25 @@ NodeAgent::ClaimOutcome NodeAgent::Claim(const pb::ClaimRequest& claim) {
         it->second.status.set_state(state);
         BumpLocked();
       }
-      out.node = StatusLocked();
+      ++started;
     } else {
       // A Release (a racing scheduler's surplus decision) took the reserved slot while the worker
-      // started: the replica does not exist, so the claim is not accepted.
-      orphan = std::move(*runtime);
-      out.status = FailedPrecondition("replica " + claim.replica_id() + " was released on node " + options_.node_id +
-                                      " while its worker was starting");
-      out.node = StatusLocked();
+      // started: the replica does not exist, so it is not accepted.
+      orphans.push_back(std::move(*runtime));
+      if (out.status.ok()) {
+        out.status = FailedPrecondition("replica " + ids[i] + " was released on node " + options_.node_id +
+                                        " while its worker was starting");
+      }
     }
   }
-  if (orphan) orphan->Stop(options_.release_grace);
-  if (out.status.ok()) {
-    GetLogger("compute")->info("node {}: claimed {} of {} for {}", options_.node_id, claim.replica_id(), claim.app(),
+  {
+    MutexLock lock(mu_);
+    out.node = StatusLocked();
+  }
+  for (auto& orphan : orphans) orphan->Stop(options_.release_grace);
+  if (started > 0) {
+    GetLogger("compute")->info("node {}: claimed {}{} of {} for {}", options_.node_id, ids[0],
+                               count > 1 ? fmt::format(" and {} more", count - 1) : std::string(), claim.app(),
                                claim.scheduler_id());
   }
   Notify();

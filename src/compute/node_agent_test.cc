@@ -6,6 +6,7 @@
 #include <deque>
 #include <functional>
 #include <map>
+#include <set>
 #include <memory>
 #include <string>
 #include <utility>
@@ -469,6 +470,100 @@ TEST_F(NodeAgentTest, FactoryFailureFreesTheReservation) {
   out = agent.Claim(again);
   ASSERT_TRUE(out.status.ok()) << out.status.ToString();
   EXPECT_EQ(FindReplica(out.node, "web-2")->card_type(), "A10");
+}
+
+TEST_F(NodeAgentTest, ClaimOfSeveralReplicasIsOneCompareAndSwap) {
+  NodeAgent agent(Options(/*slots=*/4), clock_, factory_.Get());
+  const uint64_t v = agent.version();
+  pb::ClaimRequest three = ClaimFor(agent, "web-1");
+  three.add_more_replica_ids("web-2");
+  three.add_more_replica_ids("web-3");
+  NodeAgent::ClaimOutcome out = agent.Claim(three);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  EXPECT_EQ(agent.version(), v + 1) << "one version bump for the whole claim";
+  ASSERT_EQ(out.node.replicas_size(), 3);
+  for (const char* id : {"web-1", "web-2", "web-3"}) {
+    const pb::ReplicaStatus* r = FindReplica(out.node, id);
+    ASSERT_NE(r, nullptr) << id;
+    EXPECT_EQ(r->app(), "web");
+    EXPECT_EQ(r->resources().cpu_millis(), 1000);
+    EXPECT_EQ(r->app_generation(), 7u);
+  }
+  EXPECT_EQ(factory_.calls(), 3) << "a worker per replica";
+
+  // All or none: two more replicas need two slots and 2000m of cpu; one slot and 1000m are left.
+  const uint64_t v2 = agent.version();
+  pb::ClaimRequest two = ClaimFor(agent, "web-4");
+  two.add_more_replica_ids("web-5");
+  out = agent.Claim(two);
+  EXPECT_EQ(out.status.code(), StatusCode::kResourceExhausted);
+  EXPECT_EQ(agent.version(), v2);
+  EXPECT_EQ(agent.CurrentStatus().replicas_size(), 3);
+  EXPECT_EQ(factory_.calls(), 3);
+
+  // A stale version refuses every replica of the claim.
+  pb::ClaimRequest stale = ClaimFor(agent, "web-6");
+  stale.set_expected_version(v);
+  out = agent.Claim(stale);
+  EXPECT_TRUE(out.conflict);
+
+  // One id already there refuses the claim.
+  pb::ClaimRequest dup = ClaimFor(agent, "web-7");
+  dup.add_more_replica_ids("web-2");
+  out = agent.Claim(dup);
+  EXPECT_EQ(out.status.code(), StatusCode::kAlreadyExists);
+  EXPECT_EQ(agent.CurrentStatus().replicas_size(), 3);
+}
+
+TEST_F(NodeAgentTest, ClaimOfSeveralReplicasShapeIsChecked) {
+  NodeAgent agent(Options(/*slots=*/100), clock_, factory_.Get());
+  pb::ClaimRequest same = ClaimFor(agent, "web-1");
+  same.add_more_replica_ids("web-1");
+  EXPECT_EQ(agent.Claim(same).status.code(), StatusCode::kInvalidArgument);
+  pb::ClaimRequest empty = ClaimFor(agent, "web-1");
+  empty.add_more_replica_ids("");
+  EXPECT_EQ(agent.Claim(empty).status.code(), StatusCode::kInvalidArgument);
+  pb::ClaimRequest too_many = ClaimFor(agent, "web-0");
+  for (int i = 1; i < 65; ++i) too_many.add_more_replica_ids("web-" + std::to_string(i));
+  EXPECT_EQ(agent.Claim(too_many).status.code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(factory_.calls(), 0);
+}
+
+TEST_F(NodeAgentTest, ClaimOfSeveralGpuReplicasGivesEachACard) {
+  NodeAgent agent(Options(/*slots=*/4), clock_, factory_.Get());
+  pb::ClaimRequest gpus = ClaimFor(agent, "g-1");
+  gpus.add_more_replica_ids("g-2");
+  gpus.add_more_replica_ids("g-3");
+  gpus.mutable_resources()->set_cpu_millis(100);
+  gpus.mutable_resources()->set_gpus(1);
+  NodeAgent::ClaimOutcome out = agent.Claim(gpus);
+  ASSERT_TRUE(out.status.ok()) << out.status.ToString();
+  std::multiset<std::string> cards;
+  for (const auto& r : out.node.replicas()) cards.insert(r.card_type());
+  EXPECT_EQ(cards, (std::multiset<std::string>{"A10", "T4", "T4"})) << "the A10 first (faster), then both T4s";
+
+  pb::ClaimRequest one_more = ClaimFor(agent, "g-4");
+  one_more.mutable_resources()->set_cpu_millis(100);
+  one_more.mutable_resources()->set_gpus(1);
+  EXPECT_EQ(agent.Claim(one_more).status.code(), StatusCode::kResourceExhausted) << "every card is taken";
+}
+
+TEST_F(NodeAgentTest, AWorkerThatFailsToStartCostsOnlyItsReplica) {
+  NodeAgent agent(Options(/*slots=*/4), clock_, factory_.Get());
+  factory_.during = [&](const ReplicaLaunch& launch) {
+    factory_.fail_with = launch.replica_id == "web-2" ? Internal("exec: no such file") : Status::Ok();
+  };
+  pb::ClaimRequest three = ClaimFor(agent, "web-1");
+  three.add_more_replica_ids("web-2");
+  three.add_more_replica_ids("web-3");
+  NodeAgent::ClaimOutcome out = agent.Claim(three);
+  EXPECT_EQ(out.status.code(), StatusCode::kInternal);
+  EXPECT_NE(out.status.message().find("web-2"), std::string::npos) << out.status.ToString();
+  EXPECT_EQ(out.node.replicas_size(), 2);
+  EXPECT_NE(FindReplica(out.node, "web-1"), nullptr);
+  EXPECT_EQ(FindReplica(out.node, "web-2"), nullptr);
+  EXPECT_NE(FindReplica(out.node, "web-3"), nullptr);
+  EXPECT_EQ(out.node.version(), agent.version());
 }
 
 TEST_F(NodeAgentTest, ReleaseWaitsForInFlightRequestsThenStopsAndFreesTheSlot) {

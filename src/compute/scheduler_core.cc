@@ -248,7 +248,7 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
   }
   for (const auto& [node, c] : claims_) {
     auto t = tallies.find(c.app);
-    if (t != tallies.end()) t->second.claims += 1;
+    if (t != tallies.end()) t->second.claims += c.replicas;
   }
 
   // Nodes that may take a claim now, with what they have free: built on first need.
@@ -311,7 +311,12 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
     // app, so a scheduler fills its own nodes a little deeper before it crosses into another's
     // (where its view lags and claims conflict): spread stays within kForeignPenalty replicas per
     // node, and two schedulers collide only when one runs out of room, not on half their claims.
-    std::vector<std::pair<int, size_t>> fit;  // (2 × replicas of the app + not mine, candidate index)
+    struct Fit {
+      int key;       // 2 × (replicas of the app + kForeignPenalty if not mine) + not mine
+      int replicas;  // of the app on the node
+      size_t candidate;
+    };
+    std::vector<Fit> fit;
     for (size_t i = 0; i < candidates.size(); ++i) {
       if (used[i]) continue;
       const pb::NodeStatus& n = *candidates[i].node;
@@ -320,32 +325,75 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
       auto sp = spread.find(n.node_id());
       const int replicas = sp == spread.end() ? 0 : sp->second;
       const int not_mine = MineAmong(tally.schedulers, n.node_id()) ? 0 : 1;
-      fit.emplace_back(2 * (replicas + kForeignPenalty * not_mine) + not_mine, i);
+      fit.push_back({2 * (replicas + kForeignPenalty * not_mine) + not_mine, replicas, i});
     }
-    const size_t take = std::min<size_t>(fit.size(), static_cast<size_t>(missing));
-    std::sort(fit.begin(), fit.end(), [&](const auto& x, const auto& y) {
-      if (x.first != y.first) return x.first < y.first;
-      return candidates[x.second].free.cpu > candidates[y.second].free.cpu;
+    std::sort(fit.begin(), fit.end(), [&](const Fit& x, const Fit& y) {
+      if (x.key != y.key) return x.key < y.key;
+      return candidates[x.candidate].free.cpu > candidates[y.candidate].free.cpu;
     });
+    // Several replicas per claim when the app is short of more than the nodes with room can take
+    // one each, up to the level an even spread reaches (water filling over the nodes in `fit`):
+    // `level` is the highest with sum(max(0, level - replicas)) <= missing; a node below it gets
+    // level - replicas, and the `rest` go one each to nodes at the level (spread first), then one
+    // more each to nodes below it. GPU replicas go one per claim (the node picks each one's card).
+    const int per_claim_max = app.resources().gpus() > 0 ? 1 : std::max(1, options_.max_replicas_per_claim);
+    int64_t level = 0, rest_at_level = 0, rest_below = 0;
+    if (per_claim_max > 1 && !fit.empty()) {
+      std::vector<int> sorted;
+      sorted.reserve(fit.size());
+      for (const Fit& f : fit) sorted.push_back(f.replicas);
+      std::sort(sorted.begin(), sorted.end());
+      level = sorted[0];
+      size_t at_or_below = 0;  // nodes with replicas <= level
+      int64_t filled = 0;      // sum(max(0, level - replicas))
+      while (true) {
+        while (at_or_below < sorted.size() && sorted[at_or_below] <= level) ++at_or_below;
+        if (filled + static_cast<int64_t>(at_or_below) > missing) break;
+        filled += static_cast<int64_t>(at_or_below);
+        ++level;
+      }
+      const int64_t rest = missing - filled;
+      const int64_t at_level = static_cast<int64_t>(std::count(sorted.begin(), sorted.end(), static_cast<int>(level)));
+      rest_at_level = std::min(rest, at_level);
+      rest_below = rest - rest_at_level;
+    }
     const size_t draws = static_cast<size_t>(std::max(1, options_.candidates));
     size_t tier_end = 0;
-    for (size_t k = 0; k < take && claims_.size() < options_.max_claims_in_flight; ++k) {
+    int to_place = missing;
+    for (size_t k = 0; k < fit.size() && to_place > 0 && claims_.size() < options_.max_claims_in_flight; ++k) {
       if (tier_end <= k) {
         tier_end = k;
-        while (tier_end < fit.size() && fit[tier_end].first == fit[k].first) ++tier_end;
+        while (tier_end < fit.size() && fit[tier_end].key == fit[k].key) ++tier_end;
       }
       size_t pick = k;  // with one draw: fit[k..tier_end) is sorted by free CPU, so k is the best
       if (draws > 1) {
         pick = k + static_cast<size_t>(random_.Uniform(tier_end - k));
         for (size_t d = 1; d < draws; ++d) {
           const size_t other = k + static_cast<size_t>(random_.Uniform(tier_end - k));
-          if (candidates[fit[other].second].free.cpu > candidates[fit[pick].second].free.cpu) pick = other;
+          if (candidates[fit[other].candidate].free.cpu > candidates[fit[pick].candidate].free.cpu) pick = other;
         }
       }
       std::swap(fit[k], fit[pick]);
-      const size_t i = fit[k].second;
+      const size_t i = fit[k].candidate;
       used[i] = true;
       const pb::NodeStatus& n = *candidates[i].node;
+      int count = 1;
+      if (per_claim_max > 1) {
+        const Free& f = candidates[i].free;
+        const pb::Resources& want = app.resources();
+        int64_t room = std::min<int64_t>({f.slots, f.cpu / std::max<int64_t>(1, want.cpu_millis()),
+                                          f.mem / std::max<int64_t>(1, want.memory_mb())});
+        int64_t share = 0;
+        if (fit[k].replicas < level) {
+          share = level - fit[k].replicas;
+          if (rest_below > 0) ++share, --rest_below;
+        } else if (fit[k].replicas == level && rest_at_level > 0) {
+          share = 1;
+          --rest_at_level;
+        }
+        count = static_cast<int>(std::clamp<int64_t>(std::min<int64_t>({share, room, to_place, per_claim_max}), 1,
+                                                     per_claim_max));
+      }
       Claim c;
       c.address = n.address();
       auto& req = c.request;
@@ -354,12 +402,14 @@ SchedulerCore::Plan SchedulerCore::Reconcile() {
       req.set_expected_version(n.version());
       req.set_app(name);
       req.set_replica_id(NewReplicaId(name));
+      for (int r = 1; r < count; ++r) req.add_more_replica_ids(NewReplicaId(name));
       *req.mutable_resources() = app.resources();
       req.set_max_concurrency(app.max_concurrency());
       *req.mutable_engine() = app.engine();
       req.set_scheduler_id(options_.scheduler_id);
       req.set_app_generation(app.generation());
-      claims_[n.node_id()] = {name, app.resources()};
+      claims_[n.node_id()] = {name, count};
+      to_place -= count;
       ++claims_sent_;
       plan.claims.push_back(std::move(c));
     }
@@ -373,6 +423,7 @@ void SchedulerCore::OnClaimDone(const Claim& claim, const Status& status, bool c
   if (node) ObserveNode(*node);
   if (status.ok()) {
     ++claims_accepted_;
+    replicas_claimed_ += 1 + static_cast<uint64_t>(claim.request.more_replica_ids_size());
     cooldown_.erase(id);
     return;
   }
@@ -427,7 +478,7 @@ std::map<std::string, SchedulerCore::AppCounts> SchedulerCore::Counts() const {
   }
   for (const auto& [node, c] : claims_) {
     auto it = out.find(c.app);
-    if (it != out.end()) it->second.claims_in_flight += 1;
+    if (it != out.end()) it->second.claims_in_flight += c.replicas;
   }
   return out;
 }

@@ -9,6 +9,7 @@
 //
 // Invariants Reconcile keeps:
 //   - at most one claim in flight per node (a second would conflict with the first on version);
+//     one claim may place several replicas of an app (up to max_replicas_per_claim);
 //   - a replica counts towards its app when it is of the app's current generation, STARTING or
 //     RUNNING, on an online, non-draining node, and not being released; in-flight claims count;
 //   - surplus is released newest replica id first, so schedulers racing on one app release the
@@ -41,6 +42,9 @@ struct SchedulerOptions {
   Duration cooldown_min = std::chrono::milliseconds(10);  // after a conflict on a node
   Duration cooldown_max = std::chrono::seconds(1);
   Duration scale_down_interval = std::chrono::seconds(30);  // autoscaling: at most one step down per interval
+  // An app short of more replicas than there are nodes with room gets up to this many per claim
+  // (ClaimRequest.more_replica_ids), filling each node to the even level at once.
+  int max_replicas_per_claim = 8;
   size_t max_claims_in_flight = 1024;
   size_t max_releases_in_flight = 1024;
 };
@@ -85,6 +89,7 @@ class SchedulerCore {
   // Totals since start, for metrics and the benchmark.
   uint64_t claims_sent() const { return claims_sent_; }
   uint64_t claims_accepted() const { return claims_accepted_; }
+  uint64_t replicas_claimed() const { return replicas_claimed_; }  // in accepted claims
   uint64_t conflicts() const { return conflicts_; }
 
  private:
@@ -98,7 +103,7 @@ class SchedulerCore {
   };
   struct Inflight {
     std::string app;
-    pb::Resources resources;
+    int replicas = 1;  // replica_id + more_replica_ids
   };
 
   bool Handles(const std::string& app) const;
@@ -122,6 +127,7 @@ class SchedulerCore {
   std::map<std::string, SteadyTime> last_scale_down_;
   uint64_t claims_sent_ = 0;
   uint64_t claims_accepted_ = 0;
+  uint64_t replicas_claimed_ = 0;
   uint64_t conflicts_ = 0;
 };
 

@@ -109,16 +109,21 @@ std::set<std::string> ReleasedIds(const SchedulerCore::Plan& plan) {
   return out;
 }
 
-// The node after the node agent accepted `claim`: the replica STARTING, the version bumped.
+// The node after the node agent accepted `claim`: its replicas STARTING, the version bumped.
 pb::NodeStatus Accepted(pb::NodeStatus node, const SchedulerCore::Claim& claim,
                         pb::ReplicaState state = pb::REPLICA_STARTING) {
   const auto& req = claim.request;
-  pb::ReplicaStatus* r = AddReplica(node, req.app(), req.replica_id(), req.app_generation(), state,
-                                    req.resources().cpu_millis(), req.resources().memory_mb());
-  r->set_scheduler_id(req.scheduler_id());
+  for (int i = 0; i <= req.more_replica_ids_size(); ++i) {
+    pb::ReplicaStatus* r =
+        AddReplica(node, req.app(), i == 0 ? req.replica_id() : req.more_replica_ids(i - 1), req.app_generation(),
+                   state, req.resources().cpu_millis(), req.resources().memory_mb());
+    r->set_scheduler_id(req.scheduler_id());
+  }
   node.set_version(node.version() + 1);
   return node;
 }
+
+int Replicas(const SchedulerCore::Claim& c) { return 1 + c.request.more_replica_ids_size(); }
 
 class SchedulerCoreTest : public ::testing::Test {
  protected:
@@ -181,6 +186,94 @@ TEST_F(SchedulerCoreTest, ClaimsInFlightCountTowardsTheApp) {
   SchedulerCore::Plan again = core.Reconcile();
   EXPECT_TRUE(again.claims.empty()) << "the gap is already being filled";
   EXPECT_TRUE(again.releases.empty());
+}
+
+// An app short of more replicas than there are nodes: one claim per node carries several
+// (ClaimRequest.more_replica_ids), each node filled to the even level at once.
+TEST_F(SchedulerCoreTest, SeveralReplicasPerClaimFillEachNodeToTheEvenLevel) {
+  SchedulerCore core(Options("s1", 4), clock_, random_);
+  std::vector<pb::NodeStatus> nodes;
+  for (const char* id : {"a", "b", "c", "d"}) nodes.push_back(MakeNode(id, {.slots = 8}));
+  core.ApplyUpdate("east", FullView(nodes, {MakeApp("web", 12)}));
+  SchedulerCore::Plan plan = core.Reconcile();
+  ASSERT_EQ(plan.claims.size(), 4u);
+  std::set<std::string> ids;
+  for (const auto& c : plan.claims) {
+    EXPECT_EQ(Replicas(c), 3) << c.request.node_id();
+    ids.insert(c.request.replica_id());
+    for (const auto& id : c.request.more_replica_ids()) ids.insert(id);
+  }
+  EXPECT_EQ(ids.size(), 12u) << "every replica id distinct";
+  EXPECT_EQ(core.Counts()["web"].claims_in_flight, 12);
+  EXPECT_TRUE(core.Reconcile().claims.empty()) << "the claims in flight cover the gap";
+
+  for (const auto& c : plan.claims) {
+    pb::NodeStatus& n = *std::find_if(nodes.begin(), nodes.end(),
+                                      [&](const pb::NodeStatus& x) { return x.node_id() == c.request.node_id(); });
+    n = Accepted(n, c);
+    core.OnClaimDone(c, Status::Ok(), false, &n);
+  }
+  EXPECT_EQ(core.claims_accepted(), 4u);
+  EXPECT_EQ(core.replicas_claimed(), 12u);
+  EXPECT_EQ(core.Counts()["web"].counted, 12);
+  EXPECT_TRUE(core.Reconcile().claims.empty());
+}
+
+TEST_F(SchedulerCoreTest, SeveralReplicasPerClaimKeepTheSpreadEven) {
+  // a already runs 2: 8 more over 4 nodes is 10 in all, so the nodes end at 3, 3, 2, 2.
+  pb::NodeStatus a = MakeNode("a", {.slots = 8});
+  AddReplica(a, "web", "web-a1", 1);
+  AddReplica(a, "web", "web-a2", 1);
+  std::vector<pb::NodeStatus> nodes = {a, MakeNode("b", {.slots = 8}), MakeNode("c", {.slots = 8}),
+                                       MakeNode("d", {.slots = 8})};
+  for (uint64_t seed = 1; seed <= 20; ++seed) {
+    Random random(seed);
+    SchedulerCore core(Options("s1", 4), clock_, random);
+    core.ApplyUpdate("east", FullView(nodes, {MakeApp("web", 10)}));
+    std::map<std::string, int> total = {{"a", 2}, {"b", 0}, {"c", 0}, {"d", 0}};
+    int placed = 0;
+    for (const auto& c : core.Reconcile().claims) {
+      total[c.request.node_id()] += Replicas(c);
+      placed += Replicas(c);
+    }
+    EXPECT_EQ(placed, 8) << "seed " << seed;
+    std::multiset<int> levels;
+    for (const auto& [id, n] : total) levels.insert(n);
+    EXPECT_EQ(levels, (std::multiset<int>{2, 2, 3, 3})) << "seed " << seed;
+  }
+}
+
+TEST_F(SchedulerCoreTest, ReplicasPerClaimAreBoundedByRoomTheOptionAndGpus) {
+  // Room: 3 slots free on a 4-slot node with one replica of another app.
+  pb::NodeStatus a = MakeNode("a", {.slots = 4});
+  AddReplica(a, "other", "other-1", 1);
+  {
+    SchedulerCore core(Options(), clock_, random_);
+    core.ApplyUpdate("east", FullView({a}, {MakeApp("web", 10)}));
+    SchedulerCore::Plan plan = core.Reconcile();
+    ASSERT_EQ(plan.claims.size(), 1u);
+    EXPECT_EQ(Replicas(plan.claims[0]), 3);
+  }
+  // The option: at most 2 per claim; 1 turns it off.
+  for (int max : {2, 1}) {
+    SchedulerOptions o = Options();
+    o.max_replicas_per_claim = max;
+    SchedulerCore core(o, clock_, random_);
+    core.ApplyUpdate("east", FullView({MakeNode("b", {.slots = 8}), MakeNode("c", {.slots = 8})}, {MakeApp("web", 10)}));
+    SchedulerCore::Plan plan = core.Reconcile();
+    ASSERT_EQ(plan.claims.size(), 2u);
+    for (const auto& c : plan.claims) EXPECT_EQ(Replicas(c), max);
+  }
+  // GPU replicas: one per claim (the node picks each one's card).
+  {
+    SchedulerCore core(Options(), clock_, random_);
+    pb::App gpu = MakeApp("vision", 4);
+    gpu.mutable_resources()->set_gpus(1);
+    core.ApplyUpdate("east", FullView({MakeNode("g", {.slots = 8, .gpus = {{"T4", 4}}})}, {gpu}));
+    SchedulerCore::Plan plan = core.Reconcile();
+    ASSERT_EQ(plan.claims.size(), 1u);
+    EXPECT_EQ(Replicas(plan.claims[0]), 1);
+  }
 }
 
 TEST_F(SchedulerCoreTest, RespectsPoolsClustersCardTypesCpuMemoryAndSlots) {
@@ -648,13 +741,15 @@ class NodeArbiter {
       out.node = n;
       return out;
     }
-    pb::ReplicaStatus* r = n.add_replicas();
-    r->set_app(req.app());
-    r->set_replica_id(req.replica_id());
-    *r->mutable_resources() = req.resources();
-    r->set_state(pb::REPLICA_RUNNING);
-    r->set_app_generation(req.app_generation());
-    r->set_max_concurrency(req.max_concurrency());
+    for (int i = 0; i <= req.more_replica_ids_size(); ++i) {
+      pb::ReplicaStatus* r = n.add_replicas();
+      r->set_app(req.app());
+      r->set_replica_id(i == 0 ? req.replica_id() : req.more_replica_ids(i - 1));
+      *r->mutable_resources() = req.resources();
+      r->set_state(pb::REPLICA_RUNNING);
+      r->set_app_generation(req.app_generation());
+      r->set_max_concurrency(req.max_concurrency());
+    }
     n.set_version(n.version() + 1);
     int64_t cpu = 0, mem = 0;
     for (const auto& rep : n.replicas()) {
