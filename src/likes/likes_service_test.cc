@@ -239,6 +239,9 @@ TEST(LikesServiceTest, ListsReceivedAndCursorsAfterApply) {
   for (int i = 0; i < 5; ++i) {
     ASSERT_EQ(s.Act("u" + std::to_string(i), "clip", "like", "video", "author").status, 200);
     ASSERT_EQ(s.Act("fan", "clip" + std::to_string(i), "like", "video", "author").status, 200);
+    // Lists are newest first by the like's millisecond; likes within one millisecond tie (then
+    // by id), so keep each round in its own millisecond for the order asserted below.
+    std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
   const std::string token = s.UserToken("reader");
   ASSERT_TRUE(chorus::testing::Eventually([&] {

@@ -515,6 +515,47 @@ TEST_F(SqlStoreTest, CountsWithOffsetComeFromOneSnapshot) {
   EXPECT_EQ(CountsOf("e1"), (Counts{2, 0}));
 }
 
+// Up to 500 keys are read with the offset in one statement, more in a transaction: both agree.
+TEST_F(SqlStoreTest, RecordsWithOffsetOneStatementOrManyAgree) {
+  std::vector<std::optional<Record>> out;
+  uint64_t offset = 99;
+  const std::vector<std::string> few = {"e1", "e2", "e3", "e1"};
+  ASSERT_TRUE(store_->GetRecordsWithOffset("v", "alice", few, "events", &out, &offset).ok());
+  EXPECT_EQ(offset, 0u) << "no offset row yet: 0, and the records are still read";
+  std::vector<LogEntry> batch = {Entry("v", "alice", "e1", S::kNone, S::kLiked, 100, "o1"),
+                                 Entry("v", "alice", "e3", S::kNone, S::kDisliked, 101, "o2"),
+                                 Entry("v", "bob", "e2", S::kNone, S::kLiked, 102, "o1")};
+  ASSERT_TRUE(store_->ApplyBatch(batch, "events", 7).ok());
+  Status st = store_->GetRecordsWithOffset("v", "alice", few, "events", &out, &offset);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(offset, 7u);
+  ASSERT_EQ(out.size(), 4u);
+  ASSERT_TRUE(out[0].has_value());
+  EXPECT_EQ(out[0]->state, S::kLiked);
+  EXPECT_EQ(out[0]->time_ms, 100);
+  EXPECT_EQ(out[0]->owner, "o1");
+  EXPECT_FALSE(out[1].has_value()) << "bob's like is not alice's";
+  ASSERT_TRUE(out[2].has_value());
+  EXPECT_EQ(out[2]->state, S::kDisliked);
+  ASSERT_TRUE(out[3].has_value()) << "a repeated key gets its record too";
+
+  std::vector<std::string> many = few;
+  for (int i = 0; i < 600; ++i) many.push_back("x" + std::to_string(i));
+  std::vector<std::optional<Record>> more;
+  uint64_t more_offset = 0;
+  st = store_->GetRecordsWithOffset("v", "alice", many, "events", &more, &more_offset);
+  ASSERT_TRUE(st.ok()) << st.ToString();
+  EXPECT_EQ(more_offset, 7u);
+  for (size_t i = 0; i < few.size(); ++i) EXPECT_EQ(more[i].has_value(), out[i].has_value()) << i;
+  for (size_t i = few.size(); i < many.size(); ++i) EXPECT_FALSE(more[i].has_value()) << many[i];
+  // The unlike of e1 removes the record (its row stays for the owner: still no record).
+  std::vector<LogEntry> unlike = {Entry("v", "alice", "e1", S::kLiked, S::kNone, 200, "o1")};
+  ASSERT_TRUE(store_->ApplyBatch(unlike, "events", 8).ok());
+  ASSERT_TRUE(store_->GetRecordsWithOffset("v", "alice", few, "events", &out, &offset).ok());
+  EXPECT_EQ(offset, 8u);
+  EXPECT_FALSE(out[0].has_value());
+}
+
 TEST_F(SqlStoreTest, AnEntryOlderThanTheStoredRowLoses) {
   Act("alice", "e1", S::kNone, S::kLiked, 100, "o1");
   Act("alice", "e1", S::kLiked, S::kNone, 200, "o1");
