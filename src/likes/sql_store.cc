@@ -18,6 +18,10 @@ using sql::Value;
 // Rows (keys, entities, log entries) per multi-row statement: large batches become several
 // statements of bounded size (at most 6 values a row, far below the protocol's 65535).
 constexpr size_t kRowsPerStatement = 500;
+// The job's offset as a one-row table (0 before its first commit). Joined to the rows a read
+// asks for, the offset and the rows come from one statement, hence one snapshot (InnoDB's
+// consistent read, TiDB's statement timestamp).
+constexpr char kOffsetSubquery[] = "(SELECT COALESCE(MAX(seq), 0) AS seq FROM job_offsets WHERE stream = ?) o";
 // Keys per row-constructor IN list ((business, user, entity) IN (...)). The optimizer's cost of
 // such a list grows faster than its length (MariaDB 10.11: ~2 ms for 50 keys, ~6 ms for 100,
 // ~75 ms for 500), so lookups use shorter lists than writes.
@@ -583,12 +587,29 @@ void AppendInList(std::span<const std::string> ids, std::string* sql, std::vecto
 
 namespace {
 
+// Where each key occurs in `keys` (a key may be asked twice).
+std::unordered_map<std::string_view, std::vector<size_t>> Positions(std::span<const std::string> keys) {
+  std::unordered_map<std::string_view, std::vector<size_t>> positions;
+  for (size_t i = 0; i < keys.size(); ++i) positions[keys[i]].push_back(i);
+  return positions;
+}
+
+// Runs `sql`, whose first column is kOffsetSubquery's seq (every row carries it, and there is at
+// least one row), on a pooled connection: the rows, and the offset in *offset.
+Result<std::vector<Row>> QueryWithOffset(sql::ConnectionPool& pool, const std::string& sql,
+                                         const std::vector<Value>& values, uint64_t* offset) {
+  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool.Acquire());
+  CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
+  if (rows.empty()) return Internal("read with the job's offset: the offset row is missing from the answer");
+  CHORUS_ASSIGN_OR_RETURN(*offset, rows[0][0].ToUint64());
+  return rows;
+}
+
 // The records of `user` on `entities` (nullopt for none) on `c`, 100 per statement.
 Status ReadRecords(Connection& c, std::string_view ns, std::string_view user,
                    std::span<const std::string> entities, std::vector<std::optional<Record>>* out) {
   out->assign(entities.size(), std::nullopt);
-  std::unordered_map<std::string_view, std::vector<size_t>> positions;
-  for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
+  const auto positions = Positions(entities);
   for (size_t at = 0; at < entities.size(); at += kRowsPerStatement) {
     const size_t n = std::min(kRowsPerStatement, entities.size() - at);
     std::vector<Value> values = {Bytes(ns), Bytes(user)};
@@ -625,8 +646,7 @@ namespace {
 Status ReadCounts(Connection& c, std::string_view ns, std::span<const std::string> entities,
                   std::vector<Counts>* out) {
   out->assign(entities.size(), Counts{});
-  std::unordered_map<std::string_view, std::vector<size_t>> positions;
-  for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
+  const auto positions = Positions(entities);
   for (size_t at = 0; at < entities.size(); at += kRowsPerStatement) {
     const size_t n = std::min(kRowsPerStatement, entities.size() - at);
     std::vector<Value> values = {Bytes(ns)};
@@ -677,12 +697,8 @@ Status SqlLikeStore::WithOffset(std::string_view stream, uint64_t* offset,
   return c->Commit();
 }
 
-// Up to kRowsPerStatement keys are read with the offset in ONE statement: the offset row
-// (always one, 0 before the job's first commit) LEFT JOINed to the rows asked for. A single
-// statement reads one snapshot (InnoDB's consistent read, TiDB's statement timestamp), so this is
-// what WithOffset's transaction gives, in one round trip instead of five.
-constexpr char kOffsetSubquery[] = "(SELECT COALESCE(MAX(seq), 0) AS seq FROM job_offsets WHERE stream = ?) o";
-
+// Up to kRowsPerStatement keys are read with the offset in ONE statement (kOffsetSubquery LEFT
+// JOIN the rows asked for): what WithOffset's transaction gives, in one round trip instead of five.
 Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const std::string> entities,
                                          std::string_view stream, std::vector<Counts>* out,
                                          uint64_t* offset) {
@@ -691,16 +707,12 @@ Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const st
     return WithOffset(stream, offset, [&](Connection& c) { return ReadCounts(c, ns, entities, out); });
   }
   *offset = 0;
-  std::unordered_map<std::string_view, std::vector<size_t>> positions;
-  for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
+  const auto positions = Positions(entities);
   std::vector<Value> values = {Bytes(stream), Bytes(ns)};
   std::string sql = std::string("SELECT o.seq, c.entity, c.likes, c.dislikes FROM ") + kOffsetSubquery +
                     " LEFT JOIN counts c ON c.business = ? AND c.entity";
   AppendInList(entities, &sql, &values);
-  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
-  CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
-  if (rows.empty()) return Internal("counts with offset: the offset row is missing from the answer");
-  CHORUS_ASSIGN_OR_RETURN(*offset, rows[0][0].ToUint64());
+  CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, QueryWithOffset(*pool_, sql, values, offset));
   for (const Row& row : rows) {
     if (row[1].is_null()) continue;  // none of the entities has counts
     CHORUS_ASSIGN_OR_RETURN(int64_t likes, row[2].ToInt64());
@@ -720,16 +732,12 @@ Status SqlLikeStore::GetRecordsWithOffset(std::string_view ns, std::string_view 
     return WithOffset(stream, offset, [&](Connection& c) { return ReadRecords(c, ns, user, entities, out); });
   }
   *offset = 0;
-  std::unordered_map<std::string_view, std::vector<size_t>> positions;
-  for (size_t i = 0; i < entities.size(); ++i) positions[entities[i]].push_back(i);
+  const auto positions = Positions(entities);
   std::vector<Value> values = {Bytes(stream), Bytes(ns), Bytes(user)};
   std::string sql = std::string("SELECT o.seq, l.entity, l.state, l.time_ms, l.owner FROM ") + kOffsetSubquery +
                     " LEFT JOIN likes l ON l.business = ? AND l.user = ? AND l.entity";
   AppendInList(entities, &sql, &values);
-  CHORUS_ASSIGN_OR_RETURN(sql::ConnectionPool::Lease c, pool_->Acquire());
-  CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c->Query(sql, values));
-  if (rows.empty()) return Internal("records with offset: the offset row is missing from the answer");
-  CHORUS_ASSIGN_OR_RETURN(*offset, rows[0][0].ToUint64());
+  CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, QueryWithOffset(*pool_, sql, values, offset));
   for (const Row& row : rows) {
     if (row[1].is_null()) continue;  // the user has none of these records
     CHORUS_ASSIGN_OR_RETURN(LikeState state, StateOf(row[2]));
