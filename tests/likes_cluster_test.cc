@@ -18,6 +18,9 @@
 #include <regex>
 #include <thread>
 
+#include <grpcpp/grpcpp.h>
+
+#include "chorus/likes/v1/likes.grpc.pb.h"
 #include "support/engines.h"
 #include "support/eventually.h"
 #include "support/http_client.h"
@@ -32,6 +35,7 @@ using nlohmann::json;
 struct Proc {
   std::unique_ptr<Subprocess> process;
   int http_port = 0;
+  int grpc_port = 0;
 };
 
 class LikesClusterTest : public ::testing::Test {
@@ -113,6 +117,9 @@ class LikesClusterTest : public ::testing::Test {
     std::smatch m;
     if (!std::regex_search(line, m, std::regex(R"(127\.0\.0\.1:(\d+))"))) return Internal("no port: " + line);
     p.http_port = std::stoi(m[1]);
+    CHORUS_ASSIGN_OR_RETURN(std::string grpc_line, p.process->WaitForLine("grpc listening on", 30s));
+    if (!std::regex_search(grpc_line, m, std::regex(R"(127\.0\.0\.1:(\d+))"))) return Internal("no port: " + grpc_line);
+    p.grpc_port = std::stoi(m[1]);
     return p;
   }
 
@@ -579,6 +586,24 @@ TEST_F(LikesClusterTest, DatabaseDownQueuesAndJobRestartAppliesOnce) {
     ASSERT_TRUE(r.ok());
     EXPECT_EQ(r->status, 200) << r->body;
     EXPECT_TRUE(json::parse(r->body).value("degraded", false)) << r->body;
+
+    // The same over gRPC.
+    namespace pb = ::chorus::likes::v1;
+    auto stub = pb::Likes::NewStub(grpc::CreateChannel("127.0.0.1:" + std::to_string(nodes_[1].grpc_port),
+                                                       grpc::InsecureChannelCredentials()));
+    pb::ActRequest req;
+    req.set_business("video");
+    req.set_user("probe");
+    req.set_entity("p1");
+    req.set_action(pb::ACTION_LIKE);
+    grpc::ClientContext ctx;
+    ctx.AddMetadata("authorization", "Bearer " + token_);
+    ctx.set_deadline(std::chrono::system_clock::now() + 30s);
+    pb::ActResponse res;
+    grpc::Status st = stub->Act(&ctx, req, &res);
+    ASSERT_TRUE(st.ok()) << st.error_message();
+    EXPECT_EQ(res.state(), pb::STATE_LIKED);
+    EXPECT_TRUE(res.degraded());
   }
   ASSERT_TRUE(db_->Restart().ok());
   ASSERT_TRUE(Eventually([&] { return Metric(job_.http_port, "chorus_likes_job_database_up") == 1; }, 30s));

@@ -41,6 +41,7 @@ void Fill(const ActResult& r, pb::ActResponse* out) {
   out->mutable_counts()->set_likes(r.counts.likes);
   out->mutable_counts()->set_dislikes(r.counts.dislikes);
   out->set_changed(r.changed);
+  out->set_degraded(r.degraded);
 }
 
 // Runs an asynchronous core call and waits for its result on this gRPC thread.
