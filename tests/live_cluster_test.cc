@@ -338,6 +338,38 @@ TEST_F(LiveClusterTest, ThreeNodesShareRoomsAndSurviveTheOwnersDeath) {
   // Streaming through node 1 first.
   ASSERT_TRUE(Eventually([&] { return f_indexes(*b, Clock::time_point{}).size() >= 10; }, 15s));
 
+  // A short-polling client on node 2 (a survivor) from here on, as a browser without WebSocket
+  // would: every 30 ms, passing next_since back.
+  std::set<int> pollable;  // poller thread until joined
+  int poll_errors = 0;
+  std::atomic<bool> poll_stop{false};
+  std::thread poller([&] {
+    int64_t since = 0;
+    int drained = 0;  // polls after poll_stop: the last messages become visible a ms later
+    while (drained < 5) {
+      if (poll_stop) ++drained;
+      auto r = GetJson(node(2).http_port, "/v1/rooms/" + room + "/messages?limit=50&since=" + std::to_string(since));
+      if (r.ok()) {
+        for (const json& m : (*r)["messages"]) {
+          const std::string text = Text(m);
+          if (text.rfind("f-", 0) == 0) pollable.insert(std::stoi(text.substr(2)));
+        }
+        since = (*r)["next_since"].get<int64_t>();
+      } else {
+        ++poll_errors;
+      }
+      std::this_thread::sleep_for(30ms);
+    }
+  });
+  struct PollJoiner {
+    std::atomic<bool>& stop;
+    std::thread& t;
+    ~PollJoiner() {
+      stop = true;
+      if (t.joinable()) t.join();
+    }
+  } poll_joiner{poll_stop, poller};
+
   const int published_before_kill = published;
   const Clock::time_point killed_at = Clock::now();
   ASSERT_TRUE(node(1).process->Signal(SIGKILL).ok());
@@ -399,6 +431,23 @@ TEST_F(LiveClusterTest, ThreeNodesShareRoomsAndSurviveTheOwnersDeath) {
         return std::includes(got.begin(), got.end(), must_arrive.begin(), must_arrive.end());
       },
       15s));
+  // Every publish answered 200 — also those node 1 accepted just before it died, whose blocks
+  // may never have gone out — was pollable on a survivor: the answer waits for the Redis store.
+  poll_stop = true;
+  poller.join();
+  {
+    std::set<int> answered;
+    {
+      MutexLock lock(mu);
+      for (const auto& [i, at] : accepted) answered.insert(i);
+    }
+    std::vector<int> missing;
+    std::set_difference(answered.begin(), answered.end(), pollable.begin(), pollable.end(),
+                        std::back_inserter(missing));
+    EXPECT_TRUE(missing.empty()) << missing.size() << " of " << answered.size()
+                                 << " answered publishes were never pollable on node 2, the first f-"
+                                 << (missing.empty() ? -1 : missing.front()) << "; poll errors " << poll_errors;
+  }
   // Online: alice went with node 1.
   EXPECT_TRUE(Eventually(
       [&] {

@@ -88,6 +88,7 @@ class LiveGrpc final : public pb::Live::Service {
     if (!r.ok()) return ToGrpc(r.status());
     for (uint64_t id : r->ids) res->add_ids(id);
     res->set_reached(r->reached);
+    res->set_poll_store_failed(r->poll_store_failed);
     return grpc::Status::OK;
   }
 

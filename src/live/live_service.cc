@@ -324,14 +324,21 @@ class LiveService::Impl {
     return s;
   }
 
-  void AppendToStore(const std::string& room, std::vector<StoredMessage> stored) {
-    if (stored.empty()) return;
-    store_->Append(room, std::move(stored), [](Status st) {
+  // `then` (may be null) runs once the store answered, with whether it failed; on the calling
+  // shard (or inline).
+  void AppendToStore(const std::string& room, std::vector<StoredMessage> stored,
+                     std::function<void(bool failed)> then = nullptr) {
+    if (stored.empty()) {
+      if (then) then(false);
+      return;
+    }
+    store_->Append(room, std::move(stored), [then = std::move(then)](Status st) {
       if (!st.ok()) {
         GetMetrics().store_errors->Inc();
         static auto log = GetLogger("live");
         log->warn("poll store append failed: {}", st.ToString());
       }
+      if (then) then(!st.ok());
     });
   }
 
@@ -484,9 +491,14 @@ class LiveService::Impl {
       r.published = true;
       GetMetrics().published_room->Inc(drafts.size());
       ReportDrops(r);  // an overflow may have dropped already
-      AppendToStore(room, std::move(stored));
       result.reached = cluster_ ? cluster_->Online(room) : r.online;
-      done(std::move(result));
+      // Queued for push at once; answered when the poll store has them (with Redis: pollable on
+      // every node, whatever happens to this one next). A store failure is said, not an error:
+      // the messages are on their way to the WebSockets already.
+      AppendToStore(room, std::move(stored), [result = std::move(result), done = std::move(done)](bool failed) mutable {
+        result.poll_store_failed = failed;
+        done(std::move(result));
+      });
     });
   }
 
@@ -601,7 +613,8 @@ class LiveService::Impl {
     }
     nlohmann::json ids = nlohmann::json::array();
     for (uint64_t id : r->ids) ids.push_back(std::to_string(id));
-    return nlohmann::json{{"ids", std::move(ids)}, {"reached", r->reached}}.dump();
+    return nlohmann::json{{"ids", std::move(ids)}, {"reached", r->reached}, {"poll_store_failed", r->poll_store_failed}}
+        .dump();
   }
   static Result<PublishResult> DecodeForwardReply(std::string_view text) {
     nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
@@ -620,6 +633,7 @@ class LiveService::Impl {
       out.ids.push_back(std::strtoull(id.get_ref<const std::string&>().c_str(), nullptr, 10));
     }
     out.reached = j.value("reached", int64_t{0});
+    out.poll_store_failed = j.value("poll_store_failed", false);
     return out;
   }
 
@@ -1135,7 +1149,9 @@ class LiveService::Impl {
       if (i) body += ',';
       body += '"' + std::to_string(result->ids[i]) + '"';
     }
-    body += "],\"reached\":" + std::to_string(result->reached) + "}";
+    body += "],\"reached\":" + std::to_string(result->reached);
+    if (result->poll_store_failed) body += ",\"poll_store_failed\":true";
+    body += "}";
     r.Send(net::HttpResponse::Json(200, std::move(body)));
   }
 

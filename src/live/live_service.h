@@ -117,6 +117,10 @@ Result<LiveOptions> OptionsFromConfig(const Config& config);
 struct PublishResult {
   std::vector<uint64_t> ids;
   int64_t reached = 0;
+  // Room publishes are answered once the poll store has the messages (live.store=redis: in
+  // Redis, so pollable on every node even if this one dies right after). True when it did not
+  // confirm them: they are queued for push anyway, but a poller may not see them.
+  bool poll_store_failed = false;
 };
 
 class LiveService {

@@ -678,6 +678,38 @@ TEST_P(LivePollTest, ClampLimitPriorityAndNextSince) {
   EXPECT_TRUE(server->Poll("nobody-here").Json()["messages"].empty());
 }
 
+// A room publish is answered once the poll store has the messages. With the store down (Redis
+// stopped) the answer says so, and the messages are still pushed.
+TEST_P(LivePollTest, PublishIsAnsweredOnceThePollStoreHasIt) {
+  auto server = MakeServer();
+  Viewer v(*server, "v");
+  v.Subscribe("q");
+  HttpReply p = server->Publish("/v1/rooms/q/messages", {{"type", "chat"}, {"payload", {{"n", 1}}}});
+  ASSERT_EQ(p.status, 200) << p.body;
+  EXPECT_FALSE(p.Json().contains("poll_store_failed")) << p.body;
+  const std::string id = p.Json()["ids"][0];
+  json polled;
+  EXPECT_TRUE(Eventually([&] {  // a poll does not see the current millisecond yet
+    polled = server->Poll("q", "?since=0&limit=50").Json();
+    for (const auto& m : polled["messages"]) {
+      if (m["id"] == id) return true;
+    }
+    return false;
+  })) << "the answered publish is pollable: " << polled.dump() << " id " << id;
+  json block = v.NextContentBlock();
+  ASSERT_EQ(block["frame"], "block") << block.dump();
+
+  if (GetParam() != "redis") return;
+  redis_->Stop();
+  HttpReply down;
+  ASSERT_TRUE(Eventually([&] {
+    down = server->Publish("/v1/rooms/q/messages", {{"type", "chat"}, {"payload", {{"n", 2}}}});
+    return down.status == 200 && down.Json().value("poll_store_failed", false);
+  })) << down.status << " " << down.body;
+  json pushed = v.NextContentBlock();
+  ASSERT_EQ(pushed["frame"], "block") << pushed.dump() << ": pushed even though the poll store is down";
+}
+
 INSTANTIATE_TEST_SUITE_P(Stores, LivePollTest, ::testing::Values("memory", "redis"));
 
 }  // namespace
