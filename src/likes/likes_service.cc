@@ -27,6 +27,7 @@ struct Metrics {
   Gauge* log_lag = nullptr;
   Counter* applied = nullptr;
   Counter* apply_errors = nullptr;
+  Histogram* apply_seconds = nullptr;
   Counter* cache_hits = nullptr;
   Counter* cache_misses = nullptr;
   Counter* degraded = nullptr;
@@ -45,6 +46,11 @@ Metrics& GetMetrics() {
     }
     if (auto f = reg.Counter("chorus_likes_apply_errors_total", "Apply batches that failed (retried)", {}); f.ok()) {
       out.apply_errors = &f->Get();
+    }
+    if (auto f = reg.Histogram("chorus_likes_apply_seconds", "Time of one apply batch's store write",
+                               ExponentialBuckets(0.0001, 2, 16));
+        f.ok()) {
+      out.apply_seconds = &f->Get();
     }
     if (auto f = reg.Counter("chorus_likes_count_cache_total", "Count reads by cache outcome", {"result"}); f.ok()) {
       out.cache_hits = &f->WithLabels({"hit"});
@@ -587,7 +593,11 @@ class LikesService::Impl {
       std::vector<LogEntry> batch(st.committed.begin(), st.committed.begin() + static_cast<ptrdiff_t>(n));
       auto& m = GetMetrics();
       st.apply_epoch.fetch_add(1, std::memory_order_seq_cst);  // odd: the store changes under readers
+      const SteadyTime apply_start = clock_.Now();
       Status applied = applies_elsewhere_ ? Status::Ok() : store_->Apply(batch);
+      if (m.apply_seconds && !applies_elsewhere_) {
+        m.apply_seconds->Observe(std::chrono::duration<double>(clock_.Now() - apply_start).count());
+      }
       if (!applied.ok()) {
         st.apply_epoch.fetch_add(1, std::memory_order_seq_cst);
         const Status& s = applied;
