@@ -4,6 +4,7 @@
 #include <atomic>
 #include <deque>
 #include <future>
+#include <optional>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -130,6 +131,10 @@ class LikesService::Impl {
   struct EntityOverlay {
     Counts delta;        // acknowledged, not yet applied
     uint32_t refs = 0;   // entries behind it
+    // Embedded engine: the store's counts of the entity, once read. Exact while the overlay
+    // lives, because only this shard's apply changes them (and adds what it applied), so a
+    // busy entity's writes answer their counts without a store read each.
+    std::optional<Counts> base;
     // When the store applies elsewhere: each entry's (seq, delta) in log order, so a read adds
     // only the entries its store value does not include yet (LikeStore::GetCountsAsOf).
     std::deque<std::pair<uint64_t, Counts>> parts;
@@ -512,6 +517,14 @@ class LikesService::Impl {
 
   // Store counts plus acknowledged-but-unapplied deltas. On the owner shard only.
   Counts VisibleCounts(ShardState& st, std::string_view ns, std::string_view entity, bool* degraded) {
+    if (!applies_elsewhere_) {
+      auto known = st.counts.find(EntityKey(ns, entity));
+      if (known != st.counts.end() && known->second.base) {
+        Counts c = *known->second.base;
+        c += known->second.delta;
+        return c;
+      }
+    }
     std::vector<Counts> out;
     std::vector<uint64_t> as_of;
     const std::string one[1] = {std::string(entity)};
@@ -528,6 +541,7 @@ class LikesService::Impl {
     }
     auto it = st.counts.find(EntityKey(ns, entity));
     if (it == st.counts.end()) return c;
+    if (!applies_elsewhere_ && read) it->second.base = c;
     if (!applies_elsewhere_ || !read) {
       c += it->second.delta;
     } else {
@@ -624,6 +638,7 @@ class LikesService::Impl {
           Counts d = DeltaOf(e.from, e.to);
           eo->second.delta.likes -= d.likes;
           eo->second.delta.dislikes -= d.dislikes;
+          if (eo->second.base) *eo->second.base += d;  // the store holds it now
           if (!eo->second.parts.empty()) eo->second.parts.pop_front();
           if (--eo->second.refs == 0) {
             UnmarkPending(st, eo->first);
