@@ -633,7 +633,7 @@ class LiveService::Impl {
       out.ids.push_back(std::strtoull(id.get_ref<const std::string&>().c_str(), nullptr, 10));
     }
     out.reached = j.value("reached", int64_t{0});
-    out.poll_store_failed = j.value("poll_store_failed", false);
+    if (auto f = j.find("poll_store_failed"); f != j.end() && f->is_boolean()) out.poll_store_failed = f->get<bool>();
     return out;
   }
 
