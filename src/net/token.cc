@@ -17,6 +17,7 @@
 #include <cstring>
 #include <limits>
 #include <nlohmann/json.hpp>
+#include <unordered_map>
 
 namespace chorus::net {
 namespace {
@@ -457,11 +458,60 @@ std::string TokenSigner::Sign(const TokenClaims& claims) const {
   return token;
 }
 
+namespace {
+
+// The tokens a thread verified lately, for one secret at a time: a service calls with the same
+// token again and again, and a verification (two base64 decodes, two JSON parses, an HMAC) costs
+// more than the request it guards. Only tokens that passed are kept; expiry is checked on every
+// hit; a thread verifying for another secret starts over.
+struct VerifyCache {
+  struct Hash {
+    using is_transparent = void;
+    size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
+  };
+  static constexpr size_t kEntries = 256;
+  size_t secret = 0;  // std::hash of the key the entries were verified with
+  std::unordered_map<std::string, TokenClaims, Hash, std::equal_to<>> verified;
+};
+
+VerifyCache& ThreadVerifyCache() {
+  thread_local VerifyCache cache;
+  return cache;
+}
+
+bool Expired(const TokenClaims& claims, const Clock& clock) {
+  if (!claims.expires_at) return false;
+  const int64_t now = std::chrono::floor<std::chrono::seconds>(clock.WallNow().time_since_epoch()).count();
+  return now >= *claims.expires_at;
+}
+
+}  // namespace
+
 Result<TokenClaims> TokenSigner::Verify(std::string_view token, const Clock& clock) const {
   if (token.empty()) return Unauthenticated("missing token");
   if (token.size() > kMaxTokenBytes) {
     return Unauthenticated("token too long (over " + std::to_string(kMaxTokenBytes) + " bytes)");
   }
+  VerifyCache& cache = ThreadVerifyCache();
+  const size_t secret = std::hash<std::string>{}(key_);
+  if (cache.secret != secret) {
+    cache.verified.clear();
+    cache.secret = secret;
+  }
+  if (auto it = cache.verified.find(token); it != cache.verified.end()) {
+    if (!Expired(it->second, clock)) return it->second;
+    cache.verified.erase(it);
+    return Unauthenticated("token expired");
+  }
+  Result<TokenClaims> claims = VerifyUncached(token, clock);
+  if (claims.ok()) {
+    if (cache.verified.size() >= VerifyCache::kEntries) cache.verified.clear();
+    cache.verified.emplace(std::string(token), *claims);
+  }
+  return claims;
+}
+
+Result<TokenClaims> TokenSigner::VerifyUncached(std::string_view token, const Clock& clock) const {
   const size_t dot1 = token.find('.');
   const size_t dot2 = dot1 == std::string_view::npos ? dot1 : token.find('.', dot1 + 1);
   if (dot2 == std::string_view::npos || token.find('.', dot2 + 1) != std::string_view::npos) {
@@ -502,11 +552,7 @@ Result<TokenClaims> TokenSigner::Verify(std::string_view token, const Clock& clo
     Result<TokenClaims> claims = ClaimsFromPayload(*payload);
     if (!claims.ok()) return claims;
 
-    if (claims->expires_at) {
-      const int64_t now =
-          std::chrono::floor<std::chrono::seconds>(clock.WallNow().time_since_epoch()).count();
-      if (now >= *claims->expires_at) return Unauthenticated("token expired");
-    }
+    if (Expired(*claims, clock)) return Unauthenticated("token expired");
     return claims;
   } catch (const std::exception&) {
     // The JSON calls above are the non-throwing kinds; this is a backstop (e.g. bad_alloc).

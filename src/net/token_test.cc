@@ -256,6 +256,22 @@ TEST(TokenVerifyTest, TokenFromAnotherSecretRejected) {
   ExpectUnauthenticated(MakeSigner().Verify(token, clock), "signature mismatch");
 }
 
+// Verify remembers the tokens a thread verified, per secret: a token verified (and remembered)
+// under one secret is still refused under another, and accepted again under the first.
+TEST(TokenVerifyTest, RememberedTokenStillNeedsTheSameSecret) {
+  SimulatedClock clock;
+  TokenSigner mine = MakeSigner();
+  TokenSigner other = MakeSigner(kOtherSecret);
+  const std::string token = mine.Sign(ServiceClaims());
+  for (int round = 0; round < 3; ++round) {
+    auto ok = mine.Verify(token, clock);
+    ASSERT_TRUE(ok.ok()) << ok.status().ToString();
+    EXPECT_EQ(ok->subject, ServiceClaims().subject);
+    EXPECT_EQ(ok->scopes, ServiceClaims().scopes);
+    ExpectUnauthenticated(other.Verify(token, clock), "signature mismatch");
+  }
+}
+
 TEST(TokenVerifyTest, AlgNoneRejected) {
   SimulatedClock clock;
   TokenSigner signer = MakeSigner();
