@@ -38,7 +38,6 @@ std::vector<std::string> ClaimedIds(const cpb::ClaimRequest& c) {
 }
 
 // node_agent.cc's ValidateClaimShape.
-
 std::string ClaimShapeError(const cpb::ClaimRequest& c) {
   if (!IsValidName(c.app())) return "app: not a valid app name";
   if (c.more_replica_ids_size() >= kMaxReplicasPerClaim) {
@@ -283,7 +282,8 @@ SimAnswer SimNodeTable::Claim(const cpb::ClaimRequest& c) {
   ++counters_.claims;
   if (IsValidName(c.app())) {
     auto& received = received_at_[c.app()];
-    received.insert(received.end(), static_cast<size_t>(1 + c.more_replica_ids_size()), clock_.Now());
+    const int asked = std::min(1 + c.more_replica_ids_size(), kMaxReplicasPerClaim);  // a refused shape may ask more
+    received.insert(received.end(), static_cast<size_t>(asked), clock_.Now());
   }
   switch (out.code) {
     case SimCode::kAborted:
