@@ -620,10 +620,15 @@ class LiveService::Impl {
     nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
     if (!j.is_object()) return Internal("live cluster: malformed reply from the room's owner");
     if (auto e = j.find("error"); e != j.end()) {
-      const int code = e->value("code", static_cast<int>(StatusCode::kInternal));
+      // Typed lookups only: json::value() throws on a field of another type.
+      int code = static_cast<int>(StatusCode::kInternal);
+      std::string message = "error at the room's owner";
+      if (e->is_object()) {
+        if (auto c = e->find("code"); c != e->end() && c->is_number_integer()) code = c->get<int>();
+        if (auto m = e->find("message"); m != e->end() && m->is_string()) message = m->get<std::string>();
+      }
       const bool known = code > 0 && code <= static_cast<int>(StatusCode::kUnimplemented);
-      return Status(known ? static_cast<StatusCode>(code) : StatusCode::kInternal,
-                    e->value("message", std::string("error at the room's owner")));
+      return Status(known ? static_cast<StatusCode>(code) : StatusCode::kInternal, std::move(message));
     }
     PublishResult out;
     auto ids = j.find("ids");
@@ -632,7 +637,7 @@ class LiveService::Impl {
       if (!id.is_string()) return Internal("live cluster: bad id in the owner's reply");
       out.ids.push_back(std::strtoull(id.get_ref<const std::string&>().c_str(), nullptr, 10));
     }
-    out.reached = j.value("reached", int64_t{0});
+    if (auto f = j.find("reached"); f != j.end() && f->is_number_integer()) out.reached = f->get<int64_t>();
     if (auto f = j.find("poll_store_failed"); f != j.end() && f->is_boolean()) out.poll_store_failed = f->get<bool>();
     return out;
   }
