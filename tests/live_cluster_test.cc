@@ -399,6 +399,21 @@ TEST_F(LiveClusterTest, ThreeNodesShareRoomsAndSurviveTheOwnersDeath) {
   ASSERT_TRUE(resumed) << "no block of a message published after the kill within 10 s\n"
                        << node(2).process->OutputTail();
 
+  // Block seqs keep increasing across the change of owner (the new one numbers past the old).
+  {
+    uint64_t last = 0;
+    int before = 0, after = 0;
+    for (const auto& f : b->frames()) {
+      if (f.parsed.value("frame", "") != "block" || f.parsed.value("room", "") != room) continue;
+      const uint64_t seq = f.parsed.value("seq", uint64_t{0});
+      EXPECT_GT(seq, last) << "a block after seq " << last;
+      last = seq;
+      ++(f.at <= killed_at ? before : after);
+    }
+    EXPECT_GT(before, 0);
+    EXPECT_GT(after, 0);
+  }
+
   // The survivors agree that node 1 is gone and who owns the room now.
   ASSERT_TRUE(Eventually([&] { return LiveNodes(2) == std::vector<uint32_t>({2, 3}) &&
                                       LiveNodes(3) == std::vector<uint32_t>({2, 3}); },

@@ -260,7 +260,17 @@ class LiveService::Impl {
   }
 
   RoomDispatcher& DispatcherOf(OwnedRoom& r) {
-    if (!r.dispatcher) r.dispatcher = std::make_unique<RoomDispatcher>(DispatchOptionsFor(r.id));
+    if (!r.dispatcher) {
+      r.dispatcher = std::make_unique<RoomDispatcher>(DispatchOptionsFor(r.id));
+      if (cluster_) {
+        // A node taking a room over numbers its blocks from 1000 × the wall clock in ms: past
+        // every seq the previous owner sent, because that one started from its own takeover
+        // time and sends at most one block per interval (≥ 1 ms), so a thousand per millisecond
+        // since then is more than it can have used. Needs node clocks that agree to well within
+        // the time between two takeovers; stays below 2^53 (exact in JSON) for centuries.
+        r.seq = std::max<uint64_t>(r.seq, static_cast<uint64_t>(WallMs()) * 1000);
+      }
+    }
     return *r.dispatcher;
   }
 
