@@ -470,7 +470,9 @@ struct VerifyCache {
     size_t operator()(std::string_view s) const { return std::hash<std::string_view>{}(s); }
   };
   static constexpr size_t kEntries = 256;
-  size_t secret = 0;  // std::hash of the key the entries were verified with
+  // std::hash of the key the entries were verified with: the key itself is not copied (the
+  // signer wipes it); two random secrets hashing alike is a 2^-64 chance.
+  size_t secret = 0;
   std::unordered_map<std::string, TokenClaims, Hash, std::equal_to<>> verified;
 };
 
