@@ -51,6 +51,16 @@ std::string Text(const json& message) {
   return it != message.end() && it->is_object() ? it->value("text", "") : "";
 }
 
+// Sets `stop` and joins `t` when the scope ends, also when an assertion returns early.
+struct StopAndJoin {
+  std::atomic<bool>& stop;
+  std::thread& t;
+  ~StopAndJoin() {
+    stop = true;
+    if (t.joinable()) t.join();
+  }
+};
+
 Result<json> GetJson(int port, const std::string& target) {
   CHORUS_ASSIGN_OR_RETURN(HttpReply reply, HttpGet(port, target));
   if (reply.status != 200) return Internal("GET " + target + ": " + std::to_string(reply.status) + " " + reply.body);
@@ -301,14 +311,7 @@ TEST_F(LiveClusterTest, ThreeNodesShareRoomsAndSurviveTheOwnersDeath) {
   std::map<int, Clock::time_point> accepted;  // index -> when node 3 answered 200
   std::map<int, int> failed;                  // index -> HTTP status (503 while the owner is unknown)
   std::thread publisher;
-  struct Joiner {  // an assertion failing below still stops and joins the publisher
-    std::atomic<bool>& stop;
-    std::thread& t;
-    ~Joiner() {
-      stop = true;
-      if (t.joinable()) t.join();
-    }
-  } joiner{stop, publisher};
+  StopAndJoin joiner{stop, publisher};  // an assertion failing below still stops and joins it
   publisher = std::thread([&] {
     for (int i = 0; !stop; ++i) {
       auto r = Publish(3, room, "f-" + std::to_string(i));
@@ -361,14 +364,7 @@ TEST_F(LiveClusterTest, ThreeNodesShareRoomsAndSurviveTheOwnersDeath) {
       std::this_thread::sleep_for(30ms);
     }
   });
-  struct PollJoiner {
-    std::atomic<bool>& stop;
-    std::thread& t;
-    ~PollJoiner() {
-      stop = true;
-      if (t.joinable()) t.join();
-    }
-  } poll_joiner{poll_stop, poller};
+  StopAndJoin poll_joiner{poll_stop, poller};
 
   const int published_before_kill = published;
   const Clock::time_point killed_at = Clock::now();
@@ -430,7 +426,7 @@ TEST_F(LiveClusterTest, ThreeNodesShareRoomsAndSurviveTheOwnersDeath) {
   const int published_at_resume = published;
   ASSERT_TRUE(Eventually([&] { return published > published_at_resume + 10; }, 15s));
   stop = true;
-  publisher.join();  // the Joiner then has nothing left to do
+  publisher.join();  // `joiner` then has nothing left to do
   std::set<int> must_arrive;
   {
     MutexLock lock(mu);

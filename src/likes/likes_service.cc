@@ -517,13 +517,12 @@ class LikesService::Impl {
 
   // Store counts plus acknowledged-but-unapplied deltas. On the owner shard only.
   Counts VisibleCounts(ShardState& st, std::string_view ns, std::string_view entity, bool* degraded) {
-    if (!applies_elsewhere_) {
-      auto known = st.counts.find(EntityKey(ns, entity));
-      if (known != st.counts.end() && known->second.base) {
-        Counts c = *known->second.base;
-        c += known->second.delta;
-        return c;
-      }
+    const std::string ek = EntityKey(ns, entity);
+    auto it = st.counts.find(ek);  // the store calls below never touch st.counts
+    if (!applies_elsewhere_ && it != st.counts.end() && it->second.base) {
+      Counts c = *it->second.base;
+      c += it->second.delta;
+      return c;
     }
     std::vector<Counts> out;
     std::vector<uint64_t> as_of;
@@ -536,10 +535,9 @@ class LikesService::Impl {
       read = true;
     } else {
       if (degraded) *degraded = true;
-      auto cached = st.cache->Get(EntityKey(ns, entity));
+      auto cached = st.cache->Get(ek);
       if (cached) return *cached;
     }
-    auto it = st.counts.find(EntityKey(ns, entity));
     if (it == st.counts.end()) return c;
     if (!applies_elsewhere_ && read) it->second.base = c;
     if (!applies_elsewhere_ || !read) {

@@ -588,10 +588,36 @@ void AppendInList(std::span<const std::string> ids, std::string* sql, std::vecto
 namespace {
 
 // Where each key occurs in `keys` (a key may be asked twice).
-std::unordered_map<std::string_view, std::vector<size_t>> Positions(std::span<const std::string> keys) {
-  std::unordered_map<std::string_view, std::vector<size_t>> positions;
+using KeyPositions = std::unordered_map<std::string_view, std::vector<size_t>>;
+KeyPositions Positions(std::span<const std::string> keys) {
+  KeyPositions positions;
   for (size_t i = 0; i < keys.size(); ++i) positions[keys[i]].push_back(i);
   return positions;
+}
+
+// row[at..at+3] = entity, state, time_ms, owner of a likes row, stored at its entity's positions.
+// A NULL entity (a LEFT JOIN that matched nothing) or state 0 (a row kept for its owner) is no record.
+Status TakeRecordRow(const Row& row, size_t at, const KeyPositions& positions, std::vector<std::optional<Record>>* out) {
+  if (row[at].is_null()) return Status::Ok();
+  CHORUS_ASSIGN_OR_RETURN(LikeState state, StateOf(row[at + 1]));
+  if (state == LikeState::kNone) return Status::Ok();
+  CHORUS_ASSIGN_OR_RETURN(int64_t time_ms, row[at + 2].ToInt64());
+  auto it = positions.find(row[at].bytes());
+  if (it == positions.end()) return Status::Ok();
+  for (size_t i : it->second) (*out)[i] = Record{state, time_ms, row[at + 3].bytes()};
+  return Status::Ok();
+}
+
+// row[at..at+2] = entity, likes, dislikes of a counts row, stored at its entity's positions (a NULL
+// entity: a LEFT JOIN that matched nothing).
+Status TakeCountsRow(const Row& row, size_t at, const KeyPositions& positions, std::vector<Counts>* out) {
+  if (row[at].is_null()) return Status::Ok();
+  CHORUS_ASSIGN_OR_RETURN(int64_t likes, row[at + 1].ToInt64());
+  CHORUS_ASSIGN_OR_RETURN(int64_t dislikes, row[at + 2].ToInt64());
+  auto it = positions.find(row[at].bytes());
+  if (it == positions.end()) return Status::Ok();
+  for (size_t i : it->second) (*out)[i] = Counts{likes, dislikes};
+  return Status::Ok();
 }
 
 // Runs `sql`, whose first column is kOffsetSubquery's seq (every row carries it, and there is at
@@ -617,14 +643,7 @@ Status ReadRecords(Connection& c, std::string_view ns, std::string_view user,
         "SELECT entity, state, time_ms, owner FROM likes WHERE business = ? AND user = ? AND entity";
     AppendInList(entities.subspan(at, n), &sql, &values);
     CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c.Query(sql, values));
-    for (const Row& row : rows) {
-      CHORUS_ASSIGN_OR_RETURN(LikeState state, StateOf(row[1]));
-      if (state == LikeState::kNone) continue;  // a row kept for its owner: no record
-      CHORUS_ASSIGN_OR_RETURN(int64_t time_ms, row[2].ToInt64());
-      auto it = positions.find(row[0].bytes());
-      if (it == positions.end()) continue;
-      for (size_t i : it->second) (*out)[i] = Record{state, time_ms, row[3].bytes()};
-    }
+    for (const Row& row : rows) CHORUS_RETURN_IF_ERROR(TakeRecordRow(row, 0, positions, out));
   }
   return Status::Ok();
 }
@@ -653,13 +672,7 @@ Status ReadCounts(Connection& c, std::string_view ns, std::span<const std::strin
     std::string sql = "SELECT entity, likes, dislikes FROM counts WHERE business = ? AND entity";
     AppendInList(entities.subspan(at, n), &sql, &values);
     CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, c.Query(sql, values));
-    for (const Row& row : rows) {
-      CHORUS_ASSIGN_OR_RETURN(int64_t likes, row[1].ToInt64());
-      CHORUS_ASSIGN_OR_RETURN(int64_t dislikes, row[2].ToInt64());
-      auto it = positions.find(row[0].bytes());
-      if (it == positions.end()) continue;
-      for (size_t i : it->second) (*out)[i] = Counts{likes, dislikes};
-    }
+    for (const Row& row : rows) CHORUS_RETURN_IF_ERROR(TakeCountsRow(row, 0, positions, out));
   }
   return Status::Ok();
 }
@@ -713,14 +726,7 @@ Status SqlLikeStore::GetCountsWithOffset(std::string_view ns, std::span<const st
                     " LEFT JOIN counts c ON c.business = ? AND c.entity";
   AppendInList(entities, &sql, &values);
   CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, QueryWithOffset(*pool_, sql, values, offset));
-  for (const Row& row : rows) {
-    if (row[1].is_null()) continue;  // none of the entities has counts
-    CHORUS_ASSIGN_OR_RETURN(int64_t likes, row[2].ToInt64());
-    CHORUS_ASSIGN_OR_RETURN(int64_t dislikes, row[3].ToInt64());
-    auto it = positions.find(row[1].bytes());
-    if (it == positions.end()) continue;
-    for (size_t i : it->second) (*out)[i] = Counts{likes, dislikes};
-  }
+  for (const Row& row : rows) CHORUS_RETURN_IF_ERROR(TakeCountsRow(row, 1, positions, out));
   return Status::Ok();
 }
 
@@ -738,15 +744,7 @@ Status SqlLikeStore::GetRecordsWithOffset(std::string_view ns, std::string_view 
                     " LEFT JOIN likes l ON l.business = ? AND l.user = ? AND l.entity";
   AppendInList(entities, &sql, &values);
   CHORUS_ASSIGN_OR_RETURN(std::vector<Row> rows, QueryWithOffset(*pool_, sql, values, offset));
-  for (const Row& row : rows) {
-    if (row[1].is_null()) continue;  // the user has none of these records
-    CHORUS_ASSIGN_OR_RETURN(LikeState state, StateOf(row[2]));
-    if (state == LikeState::kNone) continue;  // a row kept for its owner: no record
-    CHORUS_ASSIGN_OR_RETURN(int64_t time_ms, row[3].ToInt64());
-    auto it = positions.find(row[1].bytes());
-    if (it == positions.end()) continue;
-    for (size_t i : it->second) (*out)[i] = Record{state, time_ms, row[4].bytes()};
-  }
+  for (const Row& row : rows) CHORUS_RETURN_IF_ERROR(TakeRecordRow(row, 1, positions, out));
   return Status::Ok();
 }
 
