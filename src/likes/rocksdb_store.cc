@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 
@@ -238,35 +239,59 @@ Status RocksDbLikeStore::AppendLog(std::span<LogEntry> entries) {
 Status RocksDbLikeStore::Apply(std::span<const LogEntry> entries) {
   if (entries.empty()) return Status::Ok();
   if (impl_->read_only) return FailedPrecondition("store is read-only");
-  rocksdb::WriteBatch batch;
-  std::unordered_map<std::string, Counts> counts;
-  std::unordered_map<std::string, int64_t> received;
+  // The batch goes into each family's memtable in key order. A skip list insert starts from the
+  // previous insert's position, so sorted keys cost a short walk instead of a search from the
+  // top of a memtable holding hundreds of thousands of keys (random order made those searches
+  // ~10% of a write load's CPU). The sort is stable: operations on one key keep their order
+  // (a like and an unlike in the same millisecond touch the same list key).
+  struct Op {
+    std::string key;
+    std::string value;
+    bool put;
+  };
+  std::vector<Op> records, user_likes, likers;
+  records.reserve(entries.size());
+  std::map<std::string, Counts> counts;
+  std::map<std::string, int64_t> received;
   for (const LogEntry& e : entries) {
-    const std::string rk = RecordKey(e.ns, e.user, e.entity);
     if (e.to == LikeState::kNone) {
-      batch.Delete(impl_->cf(kRecords), rk);
+      records.push_back({RecordKey(e.ns, e.user, e.entity), {}, false});
     } else {
-      batch.Put(impl_->cf(kRecords), rk, EncodeRecord({e.to, e.time_ms, e.owner}));
+      records.push_back({RecordKey(e.ns, e.user, e.entity), EncodeRecord({e.to, e.time_ms, e.owner}), true});
     }
     if (e.from == LikeState::kLiked) {
-      batch.Delete(impl_->cf(kUserLikes), ListKey(e.ns, e.user, e.from_time_ms, e.entity));
-      batch.Delete(impl_->cf(kLikers), ListKey(e.ns, e.entity, e.from_time_ms, e.user));
+      user_likes.push_back({ListKey(e.ns, e.user, e.from_time_ms, e.entity), {}, false});
+      likers.push_back({ListKey(e.ns, e.entity, e.from_time_ms, e.user), {}, false});
     }
     if (e.to == LikeState::kLiked) {
-      batch.Put(impl_->cf(kUserLikes), ListKey(e.ns, e.user, e.time_ms, e.entity), rocksdb::Slice());
-      batch.Put(impl_->cf(kLikers), ListKey(e.ns, e.entity, e.time_ms, e.user), rocksdb::Slice());
+      user_likes.push_back({ListKey(e.ns, e.user, e.time_ms, e.entity), {}, true});
+      likers.push_back({ListKey(e.ns, e.entity, e.time_ms, e.user), {}, true});
     }
     const Counts d = DeltaOf(e.from, e.to);
     counts[TotalKey(e.ns, e.entity)] += d;
     if (!e.owner.empty() && d.likes != 0) received[TotalKey(e.ns, e.owner)] += d.likes;
-    batch.Delete(impl_->cf(kLog), SeqKey(e.seq));
   }
+  rocksdb::WriteBatch batch;
+  auto add_sorted = [&](Family f, std::vector<Op>& ops) {
+    std::stable_sort(ops.begin(), ops.end(), [](const Op& a, const Op& b) { return a.key < b.key; });
+    for (const Op& op : ops) {
+      if (op.put) {
+        batch.Put(impl_->cf(f), op.key, op.value);
+      } else {
+        batch.Delete(impl_->cf(f), op.key);
+      }
+    }
+  };
+  add_sorted(kRecords, records);
+  add_sorted(kUserLikes, user_likes);
+  add_sorted(kLikers, likers);
   for (const auto& [key, d] : counts) {
     if (d.likes != 0 || d.dislikes != 0) batch.Merge(impl_->cf(kCounts), key, EncodeInts({d.likes, d.dislikes}));
   }
   for (const auto& [key, d] : received) {
     if (d != 0) batch.Merge(impl_->cf(kReceived), key, EncodeInts({d}));
   }
+  for (const LogEntry& e : entries) batch.Delete(impl_->cf(kLog), SeqKey(e.seq));
   return FromRocks(impl_->db->Write(rocksdb::WriteOptions(), &batch), "apply");
 }
 
