@@ -349,8 +349,8 @@ Result<ListPage> ClusterLikeStore::Likers(std::string_view ns, std::string_view 
   return db_->Likers(ns, entity, cursor, limit);
 }
 
-Status ClusterLikeStore::TrimUserList(std::string_view ns, std::string_view user, size_t keep) {
-  return db_->TrimUserList(ns, user, keep);
+Status ClusterLikeStore::TrimUserLists(std::string_view ns, std::span<const std::string> users, size_t keep) {
+  return db_->TrimUserLists(ns, users, keep);
 }
 
 Result<VerifyReport> ClusterLikeStore::Verify(bool repair) { return db_->Verify(repair); }

@@ -77,7 +77,7 @@ class ClusterLikeStore final : public LikeStore {
                              size_t limit) override;
   Result<ListPage> Likers(std::string_view ns, std::string_view entity, std::string_view cursor,
                           size_t limit) override;
-  Status TrimUserList(std::string_view ns, std::string_view user, size_t keep) override;
+  Status TrimUserLists(std::string_view ns, std::span<const std::string> users, size_t keep) override;
   Result<VerifyReport> Verify(bool repair) override;
 
   bool applies_elsewhere() const override { return true; }

@@ -81,8 +81,9 @@ class LikeStore {
                                      size_t limit) = 0;
   virtual Result<ListPage> Likers(std::string_view ns, std::string_view entity, std::string_view cursor,
                                   size_t limit) = 0;
-  // Keeps the newest `keep` entries of a user's like list (older likes stay in the records).
-  virtual Status TrimUserList(std::string_view ns, std::string_view user, size_t keep) = 0;
+  // Keeps the newest `keep` entries of each of these users' like lists (older likes stay in the
+  // records). One call per round of users: the store can walk them in key order.
+  virtual Status TrimUserLists(std::string_view ns, std::span<const std::string> users, size_t keep) = 0;
 
   // Recomputes counts, received totals and indexes from the records; with `repair`, rewrites
   // every difference.

@@ -665,16 +665,17 @@ class LikesService::Impl {
   }
 
   void TrimTick(ShardState& st) {
-    std::unordered_set<std::string> users;
-    users.swap(st.trim);
-    for (const std::string& key : users) {
+    std::unordered_set<std::string> keys;
+    keys.swap(st.trim);
+    std::unordered_map<const Business*, std::vector<std::string>> by_business;
+    for (const std::string& key : keys) {
       const size_t sep = key.find('\0');
       auto b = by_ns_.find(key.substr(0, sep));
-      if (b == by_ns_.end()) continue;
-      if (Status s = store_->TrimUserList(b->second->ns, std::string_view(key).substr(sep + 1),
-                                          b->second->user_list_max);
-          !s.ok()) {
-        GetLogger("likes")->warn("trim of a like list failed: {}", s.ToString());
+      if (b != by_ns_.end()) by_business[b->second].push_back(key.substr(sep + 1));
+    }
+    for (const auto& [b, users] : by_business) {
+      if (Status s = store_->TrimUserLists(b->ns, users, b->user_list_max); !s.ok()) {
+        GetLogger("likes")->warn("trim of like lists failed: {}", s.ToString());
       }
     }
   }

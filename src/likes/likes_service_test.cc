@@ -65,8 +65,8 @@ class FlakyStore final : public LikeStore {
                           size_t limit) override {
     return inner_->Likers(ns, entity, cursor, limit);
   }
-  Status TrimUserList(std::string_view ns, std::string_view user, size_t keep) override {
-    return inner_->TrimUserList(ns, user, keep);
+  Status TrimUserLists(std::string_view ns, std::span<const std::string> users, size_t keep) override {
+    return inner_->TrimUserLists(ns, users, keep);
   }
   Result<VerifyReport> Verify(bool repair) override { return inner_->Verify(repair); }
 

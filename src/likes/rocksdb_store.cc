@@ -370,15 +370,22 @@ Result<ListPage> RocksDbLikeStore::Likers(std::string_view ns, std::string_view 
   return impl_->List(ns, entity, kLikers, cursor, limit);
 }
 
-Status RocksDbLikeStore::TrimUserList(std::string_view ns, std::string_view user, size_t keep) {
-  const std::string prefix = Prefix(ns, user);
+Status RocksDbLikeStore::TrimUserLists(std::string_view ns, std::span<const std::string> users, size_t keep) {
+  // One iterator for the whole round, its seeks in key order: building an iterator (a merge of
+  // every memtable and table file) cost as much as the seek itself, once per user.
+  std::vector<std::string> prefixes;
+  prefixes.reserve(users.size());
+  for (const std::string& user : users) prefixes.push_back(Prefix(ns, user));
+  std::sort(prefixes.begin(), prefixes.end());
   rocksdb::WriteBatch batch;
-  size_t seen = 0;
   std::unique_ptr<rocksdb::Iterator> it(impl_->db->NewIterator(rocksdb::ReadOptions(), impl_->cf(kUserLikes)));
-  for (it->Seek(prefix); it->Valid() && View(it->key()).substr(0, prefix.size()) == prefix; it->Next()) {
-    if (++seen > keep) batch.Delete(impl_->cf(kUserLikes), it->key());
+  for (const std::string& prefix : prefixes) {
+    size_t seen = 0;
+    for (it->Seek(prefix); it->Valid() && View(it->key()).substr(0, prefix.size()) == prefix; it->Next()) {
+      if (++seen > keep) batch.Delete(impl_->cf(kUserLikes), it->key());
+    }
+    CHORUS_RETURN_IF_ERROR(FromRocks(it->status(), "trim"));
   }
-  CHORUS_RETURN_IF_ERROR(FromRocks(it->status(), "trim"));
   it.reset();
   if (batch.Count() == 0) return Status::Ok();
   return FromRocks(impl_->db->Write(rocksdb::WriteOptions(), &batch), "trim");

@@ -112,7 +112,7 @@ TEST_F(RocksDbStoreTest, CursorsPageThroughNewestFirst) {
 
 TEST_F(RocksDbStoreTest, TrimKeepsNewest) {
   for (int i = 0; i < 12; ++i) Act("alice", "e" + std::to_string(i), S::kNone, S::kLiked, 0, 1000 + i);
-  ASSERT_TRUE(store_->TrimUserList("v", "alice", 5).ok());
+  ASSERT_TRUE(store_->TrimUserLists("v", std::vector<std::string>{"alice"}, 5).ok());
   auto page = store_->UserLikes("v", "alice", "", 100);
   ASSERT_EQ(page->items.size(), 5u);
   EXPECT_EQ(page->items.front().id, "e11");
@@ -127,6 +127,25 @@ TEST_F(RocksDbStoreTest, TrimKeepsNewest) {
   EXPECT_EQ(store_->Verify(false)->differences(), 0u);
 }
 
+
+// One round trims several users through one iterator: each list is cut on its own, in any
+// order of the users given, and users whose names are prefixes of others do not mix.
+TEST_F(RocksDbStoreTest, TrimRoundOfSeveralUsers) {
+  for (int i = 0; i < 9; ++i) Act("zoe", "z" + std::to_string(i), S::kNone, S::kLiked, 0, 1000 + i);
+  for (int i = 0; i < 3; ++i) Act("bob", "b" + std::to_string(i), S::kNone, S::kLiked, 0, 1000 + i);
+  for (int i = 0; i < 7; ++i) Act("bo", "o" + std::to_string(i), S::kNone, S::kLiked, 0, 1000 + i);
+  Act("carl", "c0", S::kNone, S::kLiked, 0, 1000);
+  ASSERT_TRUE(store_->TrimUserLists("v", std::vector<std::string>{"zoe", "bob", "nobody", "bo"}, 4).ok());
+  auto size_of = [&](const std::string& user) { return store_->UserLikes("v", user, "", 100)->items.size(); };
+  EXPECT_EQ(size_of("zoe"), 4u);
+  EXPECT_EQ(store_->UserLikes("v", "zoe", "", 100)->items.back().id, "z5");
+  EXPECT_EQ(size_of("bob"), 3u);
+  EXPECT_EQ(size_of("bo"), 4u);
+  EXPECT_EQ(store_->UserLikes("v", "bo", "", 100)->items.front().id, "o6");
+  EXPECT_EQ(size_of("carl"), 1u);  // not in the round
+  EXPECT_TRUE(store_->TrimUserLists("v", std::vector<std::string>{}, 4).ok());
+  EXPECT_EQ(store_->Verify(false)->differences(), 0u);
+}
 TEST_F(RocksDbStoreTest, PendingLogSurvivesReopenAndIsAppliedOnce) {
   std::vector<LogEntry> e = {{0, "v", "alice", "e1", "", S::kNone, S::kLiked, 0, 10},
                              {0, "v", "bob", "e1", "", S::kNone, S::kLiked, 0, 11}};

@@ -821,7 +821,7 @@ Result<ListPage> SqlLikeStore::Likers(std::string_view ns, std::string_view enti
   return List(ns, entity, /*likers=*/true, cursor, limit);
 }
 
-Status SqlLikeStore::TrimUserList(std::string_view, std::string_view, size_t) { return Status::Ok(); }
+Status SqlLikeStore::TrimUserLists(std::string_view, std::span<const std::string>, size_t) { return Status::Ok(); }
 
 Result<VerifyReport> SqlLikeStore::Verify(bool repair) {
   VerifyReport report;

@@ -35,7 +35,7 @@
 // numbers that increase across TiDB servers).
 //
 // Lists: UserLikes/Likers read the index (newest first, keyset pagination on (time_ms, id));
-// the whole list is kept, so TrimUserList is a no-op here — a user_list_max trim applies to
+// the whole list is kept, so TrimUserLists is a no-op here — a user_list_max trim applies to
 // caches in front of this store.
 //
 // Verify reads in one REPEATABLE READ snapshot and recomputes counts (likes/dislikes per entity)
@@ -111,7 +111,7 @@ class SqlLikeStore final : public LikeStore {
   Result<ListPage> Likers(std::string_view ns, std::string_view entity, std::string_view cursor,
                           size_t limit) override;
   // A no-op (see above).
-  Status TrimUserList(std::string_view ns, std::string_view user, size_t keep) override;
+  Status TrimUserLists(std::string_view ns, std::span<const std::string> users, size_t keep) override;
   // `records` counts rows with a state (liked or disliked); `entities` those with a row in
   // likes or counts; `pending_log` the rows of like_log.
   Result<VerifyReport> Verify(bool repair) override;

@@ -232,7 +232,7 @@ TEST_F(SqlStoreTest, CursorsPageThroughNewestFirst) {
 
 TEST_F(SqlStoreTest, TrimIsANoOpTheIndexServesTheWholeList) {
   for (int i = 0; i < 12; ++i) Act("alice", "e" + std::to_string(i), S::kNone, S::kLiked, 1000 + i);
-  ASSERT_TRUE(store_->TrimUserList("v", "alice", 5).ok());
+  ASSERT_TRUE(store_->TrimUserLists("v", std::vector<std::string>{"alice"}, 5).ok());
   EXPECT_EQ(store_->UserLikes("v", "alice", "", 100)->items.size(), 12u);
   EXPECT_EQ(store_->Verify(false)->differences(), 0u);
 }
