@@ -145,6 +145,13 @@ class LikesService::Impl {
     std::unordered_map<std::string, KeyOverlay> overlay;
     std::unordered_map<std::string, EntityOverlay> counts;
     std::deque<LogEntry> committed;  // acknowledged, waiting for the apply stage
+    // Embedded engine: the store's counts of entities this shard owns that have no overlay now
+    // (read for an answer, or left by an apply). Exact for the same reason as
+    // EntityOverlay::base: only this shard's apply changes them, and a write moves the value
+    // into its new overlay entry as its base. Two generations of kSettledGeneration entries
+    // each (a cheap LRU): the popular entities' writes and count reads skip the store read.
+    std::unordered_map<std::string, Counts> settled;
+    std::unordered_map<std::string, Counts> settled_old;
     std::unordered_set<std::string> trim;  // ns \0 user with new likes since the last trim
     std::unique_ptr<HotKeyDetector> hot;
     std::unique_ptr<CountCache> cache;
@@ -162,6 +169,27 @@ class LikesService::Impl {
     std::atomic<uint64_t> apply_epoch{0};
   };
   static constexpr size_t kPendingSlots = size_t{1} << 20;
+  static constexpr size_t kSettledGeneration = 32768;
+
+  static void KeepSettled(ShardState& st, const std::string& ek, const Counts& c) {
+    st.settled[ek] = c;
+    if (st.settled.size() >= kSettledGeneration) {
+      st.settled_old = std::move(st.settled);
+      st.settled.clear();
+    }
+  }
+  // The settled counts of `ek`, removed from the cache (its overlay entry takes them over).
+  // A key is in one generation at most (a hit in the old one moves it), but both are cleared.
+  static std::optional<Counts> TakeSettled(ShardState& st, const std::string& ek) {
+    std::optional<Counts> c;
+    for (auto* gen : {&st.settled_old, &st.settled}) {
+      auto it = gen->find(ek);
+      if (it == gen->end()) continue;
+      c = it->second;
+      gen->erase(it);
+    }
+    return c;
+  }
 
   static size_t PendingSlot(std::string_view key) { return std::hash<std::string_view>{}(key) & (kPendingSlots - 1); }
   static void MarkPending(ShardState& st, std::string_view key) {
@@ -468,8 +496,11 @@ class LikesService::Impl {
       ko.visible = Record{e.to, e.time_ms, e.owner};
       std::string ek = EntityKey(e.ns, e.entity);
       auto [eo_it, created] = st.counts.try_emplace(ek);
-      if (created) MarkPending(st, ek);
       EntityOverlay& eo = eo_it->second;
+      if (created) {
+        MarkPending(st, ek);
+        if (!applies_elsewhere_) eo.base = TakeSettled(st, ek);
+      }
       eo.delta += DeltaOf(e.from, e.to);
       ++eo.refs;
       if (applies_elsewhere_) eo.parts.emplace_back(e.seq, DeltaOf(e.from, e.to));
@@ -524,6 +555,15 @@ class LikesService::Impl {
       c += it->second.delta;
       return c;
     }
+    if (!applies_elsewhere_ && it == st.counts.end()) {
+      if (auto known = st.settled.find(ek); known != st.settled.end()) return known->second;
+      if (auto known = st.settled_old.find(ek); known != st.settled_old.end()) {
+        const Counts c = known->second;
+        st.settled_old.erase(known);
+        KeepSettled(st, ek, c);  // recently used: move it to the young generation
+        return c;
+      }
+    }
     std::vector<Counts> out;
     std::vector<uint64_t> as_of;
     const std::string one[1] = {std::string(entity)};
@@ -538,7 +578,10 @@ class LikesService::Impl {
       auto cached = st.cache->Get(ek);
       if (cached) return *cached;
     }
-    if (it == st.counts.end()) return c;
+    if (it == st.counts.end()) {
+      if (!applies_elsewhere_ && read) KeepSettled(st, ek, c);
+      return c;
+    }
     if (!applies_elsewhere_ && read) it->second.base = c;
     if (!applies_elsewhere_ || !read) {
       c += it->second.delta;
@@ -639,6 +682,7 @@ class LikesService::Impl {
           if (eo->second.base) *eo->second.base += d;  // the store holds it now
           if (!eo->second.parts.empty()) eo->second.parts.pop_front();
           if (--eo->second.refs == 0) {
+            if (eo->second.base) KeepSettled(st, eo->first, *eo->second.base);
             UnmarkPending(st, eo->first);
             st.counts.erase(eo);
           }
