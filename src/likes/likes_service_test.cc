@@ -235,6 +235,24 @@ TEST(LikesServiceTest, EveryTransitionOverHttp) {
   EXPECT_EQ(report->differences(), 0u);
 }
 
+// The act, states and counts bodies are written by hand (likes_http.cc): each must be exactly
+// the documented object, and a repeated entity is answered once.
+TEST(LikesServiceTest, ResponsesAreTheDocumentedObjects) {
+  LikesServer s;
+  ASSERT_EQ(s.Act("alice", "v1", "like").status, 200);
+  EXPECT_EQ(s.Act("bob", "v1", "dislike").Json(),
+            json::parse(R"({"business":"video","user":"bob","entity":"v1","state":"disliked","changed":true,)"
+                        R"("counts":{"likes":1,"dislikes":1}})"));
+  EXPECT_EQ(s.States("alice", "v1,v2,v1"),
+            json::parse(R"({"business":"video","user":"alice","states":{"v1":"liked","v2":"none"}})"));
+  EXPECT_EQ(s.Counts("v2,v1,v1"), json::parse(R"({"business":"video","counts":{"v1":{"likes":1,"dislikes":1},)"
+                                              R"("v2":{"likes":0,"dislikes":0}}})"));
+  // Repeats count towards the limit (likes.max_entities = 100).
+  std::string many = "v1";
+  for (int i = 0; i < 100; ++i) many += ",v1";
+  EXPECT_EQ(s.Call("GET", "/v1/likes/counts?business=video&entities=" + many, "", s.UserToken("r")).status, 400);
+}
+
 TEST(LikesServiceTest, ListsReceivedAndCursorsAfterApply) {
   LikesServer s([](LikesOptions& o) { o.flush_interval = std::chrono::milliseconds(20); });
   for (int i = 0; i < 5; ++i) {

@@ -64,8 +64,12 @@ struct HttpResponse {
 int HttpStatusFor(StatusCode code);
 std::string_view HttpReason(int status);
 
-// Escapes s as the contents of a JSON string (no surrounding quotes).
+// Escapes s as the contents of a JSON string (no surrounding quotes). Bytes >= 0x80 pass
+// through unchanged: the caller supplies valid UTF-8.
 std::string JsonEscape(std::string_view s);
+// Appends s to out as a quoted JSON string, escaped as JsonEscape does. For handlers that write
+// a response body directly instead of building a document.
+void AppendJsonString(std::string& out, std::string_view s);
 
 class HttpResponder {
  public:

@@ -49,5 +49,20 @@ TEST(HttpJsonTest, ResponseSerializesAndSurvivesInvalidUtf8) {
   EXPECT_EQ(back["id"], 7);
 }
 
+// The hand-written bodies (AppendJsonString) must read back as the strings they were given.
+TEST(HttpJsonTest, AppendJsonStringRoundTripsThroughAParser) {
+  const std::string cases[] = {"", "plain", "quote\" back\\slash", "line\nfeed\r\ttab", std::string("nul\0x", 5),
+                               "\x01\x1f ctl", "utf-8 \xc3\xa9"};
+  for (const std::string& s : cases) {
+    std::string body = "{\"k\":";
+    AppendJsonString(body, s);
+    body += '}';
+    auto parsed = nlohmann::json::parse(body, nullptr, /*allow_exceptions=*/false);
+    ASSERT_FALSE(parsed.is_discarded()) << body;
+    EXPECT_EQ(parsed["k"].get<std::string>(), s) << body;
+    EXPECT_EQ(body, "{\"k\":\"" + JsonEscape(s) + "\"}");
+  }
+}
+
 }  // namespace
 }  // namespace chorus::net
