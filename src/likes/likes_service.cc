@@ -203,10 +203,13 @@ class LikesService::Impl {
   // means the store value read is current: every write acknowledged before the read began
   // marked its key before its answer, and the mark is cleared only inside an odd epoch, after
   // the apply that put it in the store.
-  static bool MayBePending(const ShardState& st, std::string_view key, uint64_t epoch_before) {
+  static bool MayBePending(const ShardState& st, size_t slot, uint64_t epoch_before) {
     if (epoch_before & 1) return true;
-    if (st.pending[PendingSlot(key)].load(std::memory_order_seq_cst) != 0) return true;
+    if (st.pending[slot].load(std::memory_order_seq_cst) != 0) return true;
     return st.apply_epoch.load(std::memory_order_seq_cst) != epoch_before;
+  }
+  static bool MayBePending(const ShardState& st, std::string_view key, uint64_t epoch_before) {
+    return MayBePending(st, PendingSlot(key), epoch_before);
   }
 
   struct BusinessMetrics {
@@ -753,14 +756,24 @@ class LikesService::Impl {
     g->done = std::move(done);
     // Read the store here; only keys that may have acknowledged-but-unapplied changes go to
     // their owners (MayBePending). Under a steady state that is none of them: no hop.
+    // The filter probes land on random slots of 2 MiB per shard, each a likely cache miss
+    // (~8% of a read's CPU when they were taken one by one after the store read); their lines
+    // are fetched now, all at once, and read after the store read.
+    std::vector<uint32_t> owners(entities.size());
+    std::vector<size_t> slots(entities.size());
+    for (size_t i = 0; i < entities.size(); ++i) {
+      owners[i] = OwnerOf(b->ns, entities[i]);
+      slots[i] = PendingSlot(RecordKey(b->ns, user, entities[i]));
+      __builtin_prefetch(&shards_[owners[i]]->pending[slots[i]]);
+    }
     std::vector<uint64_t> epochs(runtime_.size());
     for (uint32_t s = 0; s < runtime_.size(); ++s) epochs[s] = shards_[s]->apply_epoch.load(std::memory_order_seq_cst);
     std::vector<std::optional<Record>> records;
     const bool read = store_->GetRecords(b->ns, user, entities, &records).ok();
     std::map<uint32_t, std::vector<size_t>> by_owner;
     for (size_t i = 0; i < entities.size(); ++i) {
-      const uint32_t owner = OwnerOf(b->ns, entities[i]);
-      if (read && !MayBePending(*shards_[owner], RecordKey(b->ns, user, entities[i]), epochs[owner])) {
+      const uint32_t owner = owners[i];
+      if (read && !MayBePending(*shards_[owner], slots[i], epochs[owner])) {
         if (records[i]) g->result.states[i] = records[i]->state;
         continue;
       }
