@@ -151,14 +151,18 @@ std::string_view HttpReason(int status) {
 
 HttpResponder& HttpResponder::operator=(HttpResponder&& other) noexcept {
   if (this != &other) {
-    Send(HttpResponse::Error(500, "internal", "handler dropped the request"));
+    if (sink_) Send(HttpResponse::Error(500, "internal", "handler dropped the request"));
     sink_ = std::move(other.sink_);
     id_ = other.id_;
   }
   return *this;
 }
 
-HttpResponder::~HttpResponder() { Send(HttpResponse::Error(500, "internal", "handler dropped the request")); }
+// The 500 is built only when a response is still owed: a sent or moved-from responder has no
+// sink, and building the body for it cost every request an allocation.
+HttpResponder::~HttpResponder() {
+  if (sink_) Send(HttpResponse::Error(500, "internal", "handler dropped the request"));
+}
 
 void HttpResponder::Send(HttpResponse response) {
   if (!sink_) return;
