@@ -761,9 +761,13 @@ class LikesService::Impl {
     // are fetched now, all at once, and read after the store read.
     std::vector<uint32_t> owners(entities.size());
     std::vector<size_t> slots(entities.size());
+    std::string key = RecordKey(b->ns, user, "");  // the record keys, built in one buffer
+    const size_t prefix = key.size();
     for (size_t i = 0; i < entities.size(); ++i) {
       owners[i] = OwnerOf(b->ns, entities[i]);
-      slots[i] = PendingSlot(RecordKey(b->ns, user, entities[i]));
+      key.resize(prefix);
+      key.append(entities[i]);
+      slots[i] = PendingSlot(key);
       __builtin_prefetch(&shards_[owners[i]]->pending[slots[i]]);
     }
     std::vector<uint64_t> epochs(runtime_.size());
