@@ -136,8 +136,7 @@ class Handlers {
     }
     // Each item is admitted or refused on its own; refused items are answered, never written.
     auto refused = std::make_shared<std::vector<std::optional<Status>>>(actions->size());
-    std::vector<ActRequest> admitted;
-    std::vector<size_t> positions;
+    std::vector<ActRequest> admitted;  // in position order
     const std::string_view ip = ClientIp(req.remote);
     for (size_t i = 0; i < actions->size(); ++i) {
       auto r = ParseAct((*actions)[i]);
@@ -147,10 +146,9 @@ class Handlers {
         continue;
       }
       admitted.push_back(std::move(*r));
-      positions.push_back(i);
     }
     auto requests = std::make_shared<std::vector<ActRequest>>(admitted);
-    service_.Act(std::move(admitted), [refused, requests, positions = std::move(positions),
+    service_.Act(std::move(admitted), [refused, requests,
                                        rp = Share(responder)](std::vector<Result<ActResult>> out) mutable {
       std::string body = "{\"results\":[";
       body.reserve(16 + 160 * refused->size());
@@ -159,6 +157,8 @@ class Handlers {
         if (i > 0) body += ',';
         if ((*refused)[i]) {
           AppendError(body, *(*refused)[i]);
+        } else if (k >= out.size()) {  // the service answers every admitted action; never taken
+          AppendError(body, Internal("no result for this action"));
         } else if (out[k].ok()) {
           AppendAct(body, (*requests)[k], *out[k]);
           ++k;
