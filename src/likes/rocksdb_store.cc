@@ -57,6 +57,8 @@ struct KeyBatch {
       at += prefix.size() + id.size();
     }
   }
+  KeyBatch(const KeyBatch&) = delete;  // the slices point into this object's buf
+  KeyBatch& operator=(const KeyBatch&) = delete;
   std::string buf;  // never appended to after the slices point into it
   std::vector<rocksdb::Slice> slices;
 };
