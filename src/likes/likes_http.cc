@@ -59,6 +59,23 @@ void AppendAct(std::string& out, const ActRequest& r, const ActResult& res) {
   out += '}';
 }
 
+// ,"<field>":{"<entity>":<value>,…} and the close of the answer (with "degraded" when true):
+// the tail the states and counts answers share. `value(out, i)` appends the i-th entity's value.
+template <typename AppendValue>
+void AppendByEntity(std::string& out, std::string_view field, const std::vector<std::string>& entities,
+                    bool degraded, AppendValue value) {
+  out += ",\"";
+  out += field;
+  out += "\":{";
+  for (size_t i = 0; i < entities.size(); ++i) {
+    if (i > 0) out += ',';
+    net::AppendJsonString(out, entities[i]);
+    out += ':';
+    value(out, i);
+  }
+  out += degraded ? "},\"degraded\":true}" : "}}";
+}
+
 // The client address without its port: "127.0.0.1:5000" -> "127.0.0.1", "[::1]:5000" -> "[::1]".
 std::string_view ClientIp(std::string_view remote) {
   const size_t colon = remote.rfind(':');
@@ -219,14 +236,9 @@ class Handlers {
                       net::AppendJsonString(body, business);
                       body += ",\"user\":";
                       net::AppendJsonString(body, user);
-                      body += ",\"states\":{";
-                      for (size_t i = 0; i < names->size(); ++i) {
-                        if (i > 0) body += ',';
-                        net::AppendJsonString(body, (*names)[i]);
-                        body += ':';
-                        net::AppendJsonString(body, StateName(r->states[i]));
-                      }
-                      body += r->degraded ? "},\"degraded\":true}" : "}}";
+                      AppendByEntity(body, "states", *names, r->degraded, [&](std::string& out, size_t i) {
+                        net::AppendJsonString(out, StateName(r->states[i]));
+                      });
                       rp->Send(net::HttpResponse::Json(200, std::move(body)));
                     });
   }
@@ -245,14 +257,8 @@ class Handlers {
                         std::string body = "{\"business\":";
                         body.reserve(48 + 48 * names->size());
                         net::AppendJsonString(body, business);
-                        body += ",\"counts\":{";
-                        for (size_t i = 0; i < names->size(); ++i) {
-                          if (i > 0) body += ',';
-                          net::AppendJsonString(body, (*names)[i]);
-                          body += ':';
-                          AppendCounts(body, r->counts[i]);
-                        }
-                        body += r->degraded ? "},\"degraded\":true}" : "}}";
+                        AppendByEntity(body, "counts", *names, r->degraded,
+                                       [&](std::string& out, size_t i) { AppendCounts(out, r->counts[i]); });
                         rp->Send(net::HttpResponse::Json(200, std::move(body)));
                       });
   }

@@ -495,10 +495,9 @@ Result<TokenClaims> TokenSigner::Verify(std::string_view token, const Clock& clo
     return Unauthenticated("token too long (over " + std::to_string(kMaxTokenBytes) + " bytes)");
   }
   VerifyCache& cache = ThreadVerifyCache();
-  const size_t secret = std::hash<std::string>{}(key_);
-  if (cache.secret != secret) {
+  if (cache.secret != key_hash_) {
     cache.verified.clear();
-    cache.secret = secret;
+    cache.secret = key_hash_;
   }
   if (auto it = cache.verified.find(token); it != cache.verified.end()) {
     if (!Expired(it->second, clock)) return it->second;

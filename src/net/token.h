@@ -106,8 +106,9 @@ class TokenSigner {
 
  private:
   Result<TokenClaims> VerifyUncached(std::string_view token, const Clock& clock) const;
-  explicit TokenSigner(std::string key) : key_(std::move(key)) {}
+  explicit TokenSigner(std::string key) : key_(std::move(key)), key_hash_(std::hash<std::string>{}(key_)) {}
   std::string key_;
+  size_t key_hash_;  // names the secret in each thread's cache of verified tokens
 };
 
 // OK if `claims` is a service token carrying exactly `scope`; otherwise PermissionDenied
