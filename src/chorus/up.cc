@@ -281,6 +281,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   http_options.read_timeout = config.GetDuration("http.read_timeout");
   http_options.handler_timeout = config.GetDuration("http.handler_timeout");
   http_options.max_connections = static_cast<size_t>(config.GetInt("http.max_connections"));
+  http_options.max_pipelined_requests = static_cast<size_t>(config.GetInt("http.max_pipelined_requests"));
 
   (*runtime)->Start();
   if (live_service) live_service->Start();

@@ -7,9 +7,10 @@
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/read_size.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/error.hpp>
-#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/websocket/rfc6455.hpp>
 #include <boost/beast/websocket/stream.hpp>
@@ -476,13 +477,30 @@ class WsSession final : public Connection,
 };
 
 // ------------------------------------------------------------------------------------ HTTP
+//
+// HTTP/1.1 with pipelining. The session reads ahead: every complete request in its read buffer is
+// dispatched at once, up to `max_pipelined_requests` unanswered, so a handler that answers later
+// (a durable write waiting for its group commit) does not hold up the requests queued behind it.
+// Responses leave in request order: each request owns a slot, filled when its handler answers,
+// and the filled slots at the front go out together in one gather write. While a read's requests
+// are being dispatched nothing is written (the cork), so a burst of pipelined requests answered
+// inline costs one recv and one send; answers arriving from other threads are gathered by
+// flushing one event-loop turn later when more requests are outstanding.
+//
+// Closing: a request without keep-alive, a protocol error, the peer's end of stream or server
+// shutdown stop the reading (`closing_`); the responses owed still go out, the last one with
+// `Connection: close`, then the socket closes.
 
 class HttpSession final : public Connection,
                           public HttpResponder::Sink,
                           public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(std::shared_ptr<Core> core, Shard& shard, tcp::socket socket)
-      : core_(std::move(core)), shard_(shard), stream_(std::move(socket)) {
+      : core_(std::move(core)),
+        shard_(shard),
+        stream_(std::move(socket)),
+        read_timer_(stream_.get_executor()),
+        handler_timer_(stream_.get_executor()) {
     beast::error_code ec;
     auto ep = stream_.socket().remote_endpoint(ec);
     if (!ec) remote_ = ep.address().to_string() + ":" + std::to_string(ep.port());
@@ -495,18 +513,16 @@ class HttpSession final : public Connection,
   void Start() {
     core_->Register(shard_.index(), this);
     registered_ = true;
-    DoRead();
+    NewParser();
+    ReadMore();
   }
 
   void Shutdown() override {
-    keep_alive_ = false;
-    if (!in_flight_) {
-      // Idle or mid-read: nothing was acknowledged, close now.
-      beast::error_code ignored;
-      stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
-      stream_.socket().close(ignored);
-    }
-    // In flight: the response goes out with `Connection: close`, then the socket closes.
+    if (closed_ || upgraded_) return;
+    closing_ = true;
+    // Idle or mid-read: nothing was acknowledged, close now. Otherwise the owed responses go
+    // out first, the last with `Connection: close`.
+    if (slots_.empty() && !writing_) Close();
   }
 
   void Deliver(std::shared_ptr<Sink> self, uint64_t request_id, HttpResponse response) override {
@@ -517,64 +533,139 @@ class HttpSession final : public Connection,
       });
       return;
     }
-    if (!in_flight_ || request_id != request_id_ || responded_) return;  // late, after a timeout
-    responded_ = true;
-    if (handler_timer_) handler_timer_->cancel();
-    Write(std::move(response));
+    Complete(request_id, std::move(response));
   }
 
  private:
-  void DoRead() {
+  struct Slot {
+    uint64_t id = 0;
+    bool head = false;  // a HEAD request: the body is not sent
+    bool done = false;  // answered
+    std::chrono::steady_clock::time_point start;
+    HttpResponse response;
+  };
+
+  void NewParser() {
     parser_.emplace();
+    parser_->eager(true);
     parser_->header_limit(static_cast<std::uint32_t>(core_->options.max_header_bytes));
     parser_->body_limit(core_->options.max_body_bytes);
-    // Not stream_.expires_after(): a tcp_stream timeout closes the socket, and a half-sent request
-    // must still get its 408. The read timer only cancels the read.
-    stream_.expires_never();
+  }
+
+  // ---- reading
+
+  void ReadMore() {
+    if (reading_ || closed_) return;
+    reading_ = true;
+    // Not stream_.expires_after(): a tcp_stream timeout closes the socket, and a half-sent
+    // request must still get its 408. The read timer only cancels the read. It runs while the
+    // peer owes us a request (nothing outstanding); while we owe it answers, it does not.
+    if (slots_.empty()) ArmReadTimer();
+    stream_.async_read_some(buffer_.prepare(beast::read_size(buffer_, kReadChunk)),
+                            [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnRead(ec, n); });
+  }
+
+  void ArmReadTimer() {
+    read_timer_armed_ = true;
     read_timed_out_ = false;
-    if (!read_timer_) read_timer_.emplace(stream_.get_executor());
-    read_timer_->expires_after(core_->options.read_timeout);
-    read_timer_->async_wait([self = shared_from_this(), gen = ++read_gen_](beast::error_code ec) {
-      if (ec || gen != self->read_gen_) return;  // cancelled, or the read already completed
+    read_timer_.expires_after(core_->options.read_timeout);
+    read_timer_.async_wait([self = shared_from_this(), gen = read_gen_](beast::error_code ec) {
+      if (ec || gen != self->read_gen_ || self->closed_) return;  // cancelled, or that read completed
+      if (!self->slots_.empty()) {  // the peer waits for us, not we for it
+        self->read_timer_armed_ = false;  // Progress re-arms once nothing is owed
+        return;
+      }
       self->read_timed_out_ = true;
       beast::error_code ignored;
       self->stream_.socket().cancel(ignored);
     });
-    http::async_read(stream_, buffer_, *parser_,
-                     [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
   }
 
-  void OnRead(beast::error_code ec) {
+  void OnRead(beast::error_code ec, size_t n) {
+    reading_ = false;
     ++read_gen_;  // a read timer that fires from now on is stale
-    read_timer_->cancel();
+    read_timer_armed_ = false;
+    if (closed_) return;
     if (ec) {
-      if (read_timed_out_ && ec == asio::error::operation_aborted) ec = beast::error::timeout;
-      if (ec == http::error::end_of_stream || ec == asio::error::operation_aborted ||
-          ec == asio::error::connection_reset || ec == asio::error::eof || ec == asio::error::bad_descriptor) {
+      if (read_timed_out_ && ec == asio::error::operation_aborted) {
+        if (parser_->got_some()) return QueueError(408, "request_timeout", "request not received in time");
         return Close();
       }
-      if (ec == beast::error::timeout) {
-        if (parser_->got_some()) return SendError(408, "request_timeout", "request not received in time");
-        return Close();
+      if (ec == asio::error::eof) {
+        // The peer finished sending: answer what it asked, then close.
+        closing_ = true;
+        return Progress();
       }
-      if (ec == http::error::header_limit) {
-        return SendError(431, "header_too_large",
-                         "request header exceeds " + std::to_string(core_->options.max_header_bytes) + " bytes");
-      }
-      if (ec == http::error::body_limit) {
-        return SendError(413, "body_too_large",
-                         "request body exceeds " + std::to_string(core_->options.max_body_bytes) + " bytes");
-      }
-      if (ec.category() == http::make_error_code(http::error::bad_method).category()) {
-        return SendError(400, "bad_request", "malformed HTTP request: " + ec.message());
-      }
-      return Close();  // socket error
+      return Close();  // reset, aborted, or another socket error
     }
-    stream_.expires_never();
-    request_start_ = std::chrono::steady_clock::now();
-    http::request<http::string_body> msg = parser_->release();
-    keep_alive_ = msg.keep_alive() && !core_->shutting_down.load(std::memory_order_relaxed);
-    head_ = msg.method() == http::verb::head;
+    buffer_.commit(n);
+    if (closing_ || upgrade_) return;  // bytes after the last request we will answer
+    ParseBuffered();
+  }
+
+  // Dispatches every complete request in the buffer, then reads on unless the pipeline is full
+  // or the connection is closing.
+  void ParseBuffered() {
+    paused_ = false;
+    parsing_ = true;
+    while (!closing_ && !upgrade_ && !closed_ && buffer_.size() > 0) {
+      if (slots_.size() >= core_->options.max_pipelined_requests) {
+        paused_ = true;  // resumed when a write frees slots
+        break;
+      }
+      beast::error_code ec;
+      const size_t used = parser_->put(buffer_.data(), ec);
+      buffer_.consume(used);
+      if (ec == http::error::need_more) break;
+      if (ec) {
+        ParseError(ec);
+        break;
+      }
+      if (!parser_->is_done()) {
+        if (used == 0) break;
+        continue;
+      }
+      http::request<http::string_body> msg = parser_->release();
+      NewParser();
+      Dispatch(std::move(msg));
+    }
+    parsing_ = false;
+    if (!closing_ && !upgrade_ && !paused_) ReadMore();
+    Progress();
+  }
+
+  void ParseError(beast::error_code ec) {
+    if (ec == http::error::header_limit) {
+      return QueueError(431, "header_too_large",
+                        "request header exceeds " + std::to_string(core_->options.max_header_bytes) + " bytes");
+    }
+    if (ec == http::error::body_limit) {
+      return QueueError(413, "body_too_large",
+                        "request body exceeds " + std::to_string(core_->options.max_body_bytes) + " bytes");
+    }
+    QueueError(400, "bad_request", "malformed HTTP request: " + ec.message());
+  }
+
+  // ---- dispatching
+
+  Slot& NewSlot(bool head) {
+    Slot& s = slots_.emplace_back();
+    s.id = ++next_id_;
+    s.head = head;
+    s.start = std::chrono::steady_clock::now();
+    return s;
+  }
+
+  // An error answer that ends the connection (after the responses owed before it).
+  void QueueError(int status, std::string_view code, const std::string& message) {
+    closing_ = true;
+    const uint64_t id = NewSlot(false).id;
+    Complete(id, HttpResponse::Error(status, code, message));
+  }
+
+  void Dispatch(http::request<http::string_body> msg) {
+    const bool keep_alive = msg.keep_alive() && !core_->shutting_down.load(std::memory_order_relaxed);
+    const bool head = msg.method() == http::verb::head;
 
     HttpRequest req;
     req.method = std::string(msg.method_string());
@@ -583,12 +674,12 @@ class HttpSession final : public Connection,
     const size_t q = target.find('?');
     auto path = PercentDecode(target.substr(0, q), false);
     if (!path.ok() || path->empty() || path->front() != '/') {
-      return SendError(400, "bad_request", "malformed request target");
+      return QueueError(400, "bad_request", "malformed request target");
     }
     req.path = std::move(*path);
     if (q != std::string_view::npos) {
       auto query = ParseQuery(target.substr(q + 1));
-      if (!query.ok()) return SendError(400, "bad_request", "malformed query string: " + query.status().message());
+      if (!query.ok()) return QueueError(400, "bad_request", "malformed query string: " + query.status().message());
       req.query = std::move(*query);
     }
     req.headers.reserve(8);
@@ -603,7 +694,14 @@ class HttpSession final : public Connection,
     const bool upgrade = websocket::is_upgrade(msg);
     Router::Match match = core_->router.Find(req.method, target.substr(0, q), upgrade);
     req.params = std::move(match.params);
-    if (match.websocket != nullptr) return Upgrade(std::move(msg), std::move(req), *match.websocket);
+    if (match.websocket != nullptr) {
+      // The bytes after an upgrade request are WebSocket frames: stop parsing, and hand the
+      // connection over once the responses owed before it are out (Progress).
+      upgrade_.emplace(PendingUpgrade{std::move(msg), std::move(req), match.websocket});
+      return;
+    }
+    if (!keep_alive) closing_ = true;  // this request's answer is the last
+    const uint64_t id = NewSlot(head).id;
     if (match.handler == nullptr) {
       HttpResponse r;
       switch (match.status) {
@@ -614,122 +712,222 @@ class HttpSession final : public Connection,
       }
       if (match.status == 426) r.headers.emplace_back("Upgrade", "websocket");
       if (!match.allow.empty()) r.headers.emplace_back("Allow", match.allow);
-      in_flight_ = true;
-      return Write(std::move(r));
+      return Complete(id, std::move(r));
     }
     req.body = std::move(msg.body());
-
-    in_flight_ = true;
-    responded_ = false;
-    const uint64_t id = ++request_id_;
     (*match.handler)(req, HttpResponder(shared_from_this(), id));
-    if (!responded_ && in_flight_ && request_id_ == id) ArmHandlerTimeout(id);
+    if (!handler_timer_armed_ && !slots_.empty() && !slots_.back().done) ArmHandlerTimer();
   }
 
-  void ArmHandlerTimeout(uint64_t id) {
-    if (!handler_timer_) handler_timer_.emplace(stream_.get_executor());
-    handler_timer_->expires_after(core_->options.handler_timeout);
-    handler_timer_->async_wait([self = shared_from_this(), id](beast::error_code ec) {
-      if (ec) return;
-      self->Deliver(self, id, HttpResponse::Error(504, "deadline_exceeded", "handler did not answer in time"));
-    });
+  // One timer for all outstanding handlers, aimed at the oldest unanswered slot. It is not
+  // cancelled when that slot is answered: when it fires it answers 504 for whatever is overdue
+  // and re-aims, so a pipeline of fast handlers costs no timer operations.
+  void ArmHandlerTimer() {
+    for (const Slot& s : slots_) {
+      if (s.done) continue;
+      handler_timer_armed_ = true;
+      handler_timer_.expires_at(s.start + core_->options.handler_timeout);
+      handler_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+        if (ec) return;
+        self->handler_timer_armed_ = false;
+        self->OnHandlerTimer();
+      });
+      return;
+    }
   }
 
-  void Upgrade(http::request<http::string_body> msg, HttpRequest req, const WebSocketHandler& handler) {
+  void OnHandlerTimer() {
+    if (closed_) return;
+    const auto now = std::chrono::steady_clock::now();
+    std::vector<uint64_t> overdue;
+    for (const Slot& s : slots_) {
+      if (!s.done && s.start + core_->options.handler_timeout <= now) overdue.push_back(s.id);
+    }
+    for (uint64_t id : overdue) {
+      Complete(id, HttpResponse::Error(504, "deadline_exceeded", "handler did not answer in time"));
+    }
+    if (!closed_) ArmHandlerTimer();
+  }
+
+  void Complete(uint64_t id, HttpResponse response) {
+    if (closed_ || slots_.empty()) return;
+    const uint64_t first = slots_.front().id;
+    if (id < first || id - first >= slots_.size()) return;  // late, after a timeout
+    Slot& s = slots_[id - first];
+    if (s.done) return;  // late, after a timeout
+    s.done = true;
+    auto& metrics = Metrics();
+    metrics.Requests(response.status).Inc();
+    metrics.duration->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - s.start).count());
+    s.response = std::move(response);
+    if (parsing_) return;  // ParseBuffered flushes once the read's requests are dispatched
+    if (slots_.size() > 1 && !writing_) {
+      // More answers may arrive in this event-loop turn: gather them into one write.
+      if (!flush_posted_) {
+        flush_posted_ = true;
+        asio::post(stream_.get_executor(), [self = shared_from_this()] {
+          self->flush_posted_ = false;
+          self->Progress();
+        });
+      }
+      return;
+    }
+    Progress();
+  }
+
+  // ---- writing
+
+  // Writes the answered slots at the front; once nothing is owed, upgrades or closes as decided.
+  void Progress() {
+    if (closed_) return;
+    Flush();
+    if (writing_ || !slots_.empty()) return;
+    if (closing_) return Close();
+    if (upgrade_) return Upgrade();
+    if (reading_ && !read_timer_armed_) ArmReadTimer();  // idle again: the peer owes a request
+  }
+
+  void Flush() {
+    if (writing_ || parsing_ || closed_) return;
+    size_t n = 0;
+    while (n < slots_.size() && n < kMaxWriteSlots && slots_[n].done) ++n;
+    if (n == 0) return;
+    const bool shutting_down = core_->shutting_down.load(std::memory_order_relaxed);
+    if (shutting_down) closing_ = true;
+    in_write_.clear();
+    for (size_t i = 0; i < n; ++i) {
+      in_write_.push_back(std::move(slots_.front()));
+      slots_.pop_front();
+    }
+    // Heads first (one buffer, so it must not grow while buffers point into it), then the list.
+    heads_.clear();
+    head_ends_.clear();
+    for (size_t i = 0; i < n; ++i) {
+      const bool last_owed = slots_.empty() && i + 1 == n;
+      AppendHead(heads_, in_write_[i].response, closing_ && last_owed && !upgrade_);
+      head_ends_.push_back(heads_.size());
+    }
+    write_bufs_.clear();
+    size_t from = 0;
+    for (size_t i = 0; i < n; ++i) {
+      write_bufs_.push_back(asio::buffer(heads_.data() + from, head_ends_[i] - from));
+      from = head_ends_[i];
+      if (!in_write_[i].head && !in_write_[i].response.body.empty()) {
+        write_bufs_.push_back(asio::buffer(in_write_[i].response.body));
+      }
+    }
+    writing_ = true;
+    stream_.expires_after(core_->options.read_timeout);  // a peer that stops reading is closed
+    asio::async_write(stream_, write_bufs_,
+                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnWrite(ec); });
+  }
+
+  static void AppendHead(std::string& out, const HttpResponse& response, bool close) {
+    out += "HTTP/1.1 ";
+    char num[16];
+    auto end = std::to_chars(num, num + sizeof num, response.status).ptr;
+    out.append(num, end);
+    out += ' ';
+    out += HttpReason(response.status);
+    out += "\r\nServer: chorus\r\n";
+    out += DateHeader();
+    if (!response.content_type.empty()) {
+      out += "Content-Type: ";
+      out += response.content_type;
+      out += "\r\n";
+    }
+    for (const auto& [k, v] : response.headers) {
+      out += k;
+      out += ": ";
+      out += v;
+      out += "\r\n";
+    }
+    out += "Content-Length: ";
+    end = std::to_chars(num, num + sizeof num, response.body.size()).ptr;
+    out.append(num, end);
+    out += close ? "\r\nConnection: close\r\n\r\n" : "\r\n\r\n";
+  }
+
+  void OnWrite(beast::error_code ec) {
+    writing_ = false;
+    in_write_.clear();
+    if (closed_) return;
+    if (ec) return Close();
+    stream_.expires_never();
+    if (paused_) ParseBuffered();  // the full pipeline has room again (Progress runs there)
+    else Progress();
+  }
+
+  void Upgrade() {
+    PendingUpgrade u = std::move(*upgrade_);
+    upgrade_.reset();
     std::any context;
-    if (handler.accept) {
-      auto accepted = handler.accept(req);
+    if (u.handler->accept) {
+      auto accepted = u.handler->accept(u.req);
       if (!accepted.ok()) {
-        keep_alive_ = false;
-        in_flight_ = true;
-        return Write(HttpResponse::FromStatus(accepted.status()));
+        closing_ = true;
+        const uint64_t id = NewSlot(false).id;
+        return Complete(id, HttpResponse::FromStatus(accepted.status()));
       }
       context = std::move(*accepted);
     }
     if (registered_) core_->Unregister(shard_.index(), this);
     registered_ = false;
     upgraded_ = true;  // the WebSocket session now owns the connection count
-    auto ws = std::make_shared<WsSession>(core_, shard_, std::move(stream_), handler, std::move(context), remote_);
-    ws->Accept(std::move(msg));
-  }
-
-  void SendError(int status, std::string_view code, std::string message) {
-    keep_alive_ = false;
-    in_flight_ = true;
-    Write(HttpResponse::Error(status, code, message));
-  }
-
-  void Write(HttpResponse response) {
-    auto& metrics = Metrics();
-    metrics.Requests(response.status).Inc();
-    if (request_start_ != std::chrono::steady_clock::time_point()) {
-      metrics.duration->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - request_start_).count());
-      request_start_ = {};
-    }
-    if (core_->shutting_down.load(std::memory_order_relaxed)) keep_alive_ = false;
-    header_.clear();
-    header_ += "HTTP/1.1 ";
-    char num[16];
-    auto end = std::to_chars(num, num + sizeof num, response.status).ptr;
-    header_.append(num, end);
-    header_ += ' ';
-    header_ += HttpReason(response.status);
-    header_ += "\r\nServer: chorus\r\n";
-    header_ += DateHeader();
-    if (!response.content_type.empty()) {
-      header_ += "Content-Type: ";
-      header_ += response.content_type;
-      header_ += "\r\n";
-    }
-    for (const auto& [k, v] : response.headers) {
-      header_ += k;
-      header_ += ": ";
-      header_ += v;
-      header_ += "\r\n";
-    }
-    header_ += "Content-Length: ";
-    end = std::to_chars(num, num + sizeof num, response.body.size()).ptr;
-    header_.append(num, end);
-    header_ += keep_alive_ ? "\r\n\r\n" : "\r\nConnection: close\r\n\r\n";
-    body_ = std::move(response.body);
-    std::array<asio::const_buffer, 2> bufs{asio::buffer(header_), asio::buffer(head_ ? std::string_view() : body_)};
-    stream_.expires_after(core_->options.read_timeout);
-    asio::async_write(stream_, bufs,
-                      [self = shared_from_this()](beast::error_code ec, size_t) { self->OnWrite(ec); });
-  }
-
-  void OnWrite(beast::error_code ec) {
-    in_flight_ = false;
-    if (ec || !keep_alive_) return Close();
-    DoRead();
+    closed_ = true;    // and the socket: this session does nothing more
+    read_timer_.cancel();
+    handler_timer_.cancel();
+    auto ws = std::make_shared<WsSession>(core_, shard_, std::move(stream_), *u.handler, std::move(context), remote_);
+    ws->Accept(std::move(u.msg));
   }
 
   void Close() {
+    if (closed_) return;
+    closed_ = true;
     if (registered_) core_->Unregister(shard_.index(), this);
     registered_ = false;
+    read_timer_.cancel();
+    handler_timer_.cancel();
     beast::error_code ignored;
     stream_.socket().shutdown(tcp::socket::shutdown_send, ignored);
     stream_.socket().close(ignored);
   }
+
+  static constexpr size_t kReadChunk = 64 * 1024;
+  static constexpr size_t kMaxWriteSlots = 64;  // responses gathered into one write
+
+  struct PendingUpgrade {
+    http::request<http::string_body> msg;
+    HttpRequest req;
+    const WebSocketHandler* handler;
+  };
 
   std::shared_ptr<Core> core_;
   Shard& shard_;
   beast::tcp_stream stream_;
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
-  std::optional<asio::steady_timer> handler_timer_;
-  std::optional<asio::steady_timer> read_timer_;
-  uint64_t read_gen_ = 0;
-  bool read_timed_out_ = false;
+  asio::steady_timer read_timer_;
+  asio::steady_timer handler_timer_;
   std::string remote_;
-  std::string header_;
-  std::string body_;
-  std::chrono::steady_clock::time_point request_start_{};
-  uint64_t request_id_ = 0;
-  bool in_flight_ = false;
-  bool responded_ = false;
-  bool keep_alive_ = true;
-  bool head_ = false;
+  std::deque<Slot> slots_;     // requests answered or owed, in request order
+  std::vector<Slot> in_write_;  // the slots of the write in progress (their bodies are sent)
+  std::string heads_;           // their response heads, back to back
+  std::vector<size_t> head_ends_;
+  std::vector<asio::const_buffer> write_bufs_;
+  std::optional<PendingUpgrade> upgrade_;
+  uint64_t next_id_ = 0;
+  uint64_t read_gen_ = 0;
+  bool reading_ = false;
+  bool read_timer_armed_ = false;
+  bool read_timed_out_ = false;
+  bool handler_timer_armed_ = false;
+  bool parsing_ = false;       // dispatching a read's requests: answers wait (the cork)
+  bool paused_ = false;        // stopped at max_pipelined_requests
+  bool writing_ = false;
+  bool flush_posted_ = false;
+  bool closing_ = false;       // no more requests are read; close once nothing is owed
+  bool closed_ = false;
   bool registered_ = false;
   bool upgraded_ = false;
 };

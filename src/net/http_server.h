@@ -1,7 +1,9 @@
 // The HTTP/1.1 + WebSocket server: one SO_REUSEPORT listener per shard, connections living on the
 // shard that accepted them, requests routed through a Router.
 //
-// Per connection: keep-alive, a read timeout (a request, or the wait for the next one, must
+// Per connection: keep-alive and pipelining (every complete request received is dispatched at once,
+// up to max_pipelined_requests unanswered; answers leave in request order, those ready together
+// in one write), a read timeout (a request, or the wait for the next one, must
 // arrive within it: slow or idle peers are closed, a half-sent request gets 408), limits on
 // header bytes (431) and body bytes (413), 400 for anything unparseable, and a handler timeout
 // (504 when an asynchronous handler does not answer in time). Errors close the connection after
@@ -33,6 +35,9 @@ struct HttpServerOptions {
   Duration read_timeout = std::chrono::seconds(30);
   Duration handler_timeout = std::chrono::seconds(30);
   size_t max_connections = 18000;  // under the 20k open-file limit of the machine
+  // HTTP/1.1 pipelining: requests of one connection dispatched before the first of them is
+  // answered; further requests wait in the read buffer (and then in the socket).
+  size_t max_pipelined_requests = 64;
 };
 
 // "127.0.0.1:8080" / "[::1]:8080" / ":8080" -> host and port.

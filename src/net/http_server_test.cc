@@ -44,6 +44,13 @@ void AddOk(Router& r) {
                }).ok());
 }
 
+// GET /n?i=<x> answers <x>, inline.
+void AddEcho(Router& r) {
+  ASSERT_TRUE(r.Add("GET", "/n", [](HttpRequest& req, HttpResponder res) {
+                 res.Send(HttpResponse::Text(200, std::string(req.Query("i").value_or("?"))));
+               }).ok());
+}
+
 std::string ErrorCode(const Reply& r) {
   auto j = nlohmann::json::parse(r.body(), nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.contains("error")) return "<not an error body: " + r.body() + ">";
@@ -138,12 +145,7 @@ TEST(HttpServerTest, HundredRequestsOnOneKeepAliveConnection) {
 
 TEST(HttpServerTest, PipelinedRequestsAreAnsweredInOrder) {
   ServerHarness h;
-  ASSERT_TRUE(h.router()
-                  .Add("GET", "/n",
-                       [](HttpRequest& req, HttpResponder res) {
-                         res.Send(HttpResponse::Text(200, std::string(req.Query("i").value_or("?"))));
-                       })
-                  .ok());
+  ASSERT_NO_FATAL_FAILURE(AddEcho(h.router()));
   ASSERT_NO_FATAL_FAILURE(h.Start(TestOptions()));
   HttpClient c(h.port());
   ASSERT_FALSE(
@@ -155,6 +157,188 @@ TEST(HttpServerTest, PipelinedRequestsAreAnsweredInOrder) {
     ASSERT_FALSE(r.ec) << r.ec.message();
     EXPECT_EQ(r.body(), want);
   }
+}
+
+TEST(HttpServerTest, PipelinedRequestsAreDispatchedTogetherAndAnsweredInOrder) {
+  // Request 1 answers only once request 3 has reached its handler: a server that handled
+  // pipelined requests one at a time would time request 1 out (504) instead.
+  Threads threads;
+  std::atomic<bool> third_seen{false};
+  ServerHarness h;
+  ASSERT_TRUE(h.router()
+                  .Add("GET", "/wait",
+                       [&](HttpRequest& req, HttpResponder res) {
+                         const std::string i(req.Query("i").value_or("?"));
+                         if (i == "3") third_seen = true;
+                         threads.Spawn([&third_seen, i, res = std::move(res)]() mutable {
+                           if (i == "1") Eventually([&] { return third_seen.load(); }, 2s);
+                           res.Send(HttpResponse::Text(200, i + (third_seen ? "+" : "-")));
+                         });
+                       })
+                  .ok());
+  HttpServerOptions o = TestOptions();
+  o.handler_timeout = 3s;
+  ASSERT_NO_FATAL_FAILURE(h.Start(o));
+  HttpClient c(h.port());
+  ASSERT_FALSE(
+      c.SendRaw("GET /wait?i=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /wait?i=2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /wait?i=3 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  Reply first = c.Read();
+  ASSERT_FALSE(first.ec) << first.ec.message();
+  EXPECT_EQ(first.status(), 200);
+  EXPECT_EQ(first.body(), "1+");
+  for (const char* want : {"2", "3"}) {
+    Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.body().substr(0, 1), want);  // in request order, whoever answered first
+    EXPECT_TRUE(r.msg.keep_alive());
+  }
+  EXPECT_TRUE(h.Shutdown());
+  threads.JoinAll();
+}
+
+TEST(HttpServerTest, PipelineDepthIsBoundedAndResumes) {
+  Mutex mu;
+  std::vector<HttpResponder> held;
+  ServerHarness h;
+  ASSERT_TRUE(h.router()
+                  .Add("GET", "/hold",
+                       [&](HttpRequest& req, HttpResponder res) {
+                         MutexLock lock(mu);
+                         held.push_back(std::move(res));
+                       })
+                  .ok());
+  HttpServerOptions o = TestOptions();
+  o.max_pipelined_requests = 2;
+  ASSERT_NO_FATAL_FAILURE(h.Start(o));
+  HttpClient c(h.port());
+  std::string five;
+  for (int i = 0; i < 5; ++i) five += "GET /hold HTTP/1.1\r\nHost: x\r\n\r\n";
+  ASSERT_FALSE(c.SendRaw(five));
+  auto held_count = [&] {
+    MutexLock lock(mu);
+    return held.size();
+  };
+  auto answer_all = [&](const std::string& body) {
+    std::vector<HttpResponder> now;
+    {
+      MutexLock lock(mu);
+      now.swap(held);
+    }
+    for (auto& r : now) r.Send(HttpResponse::Text(200, body));
+  };
+  ASSERT_TRUE(Eventually([&] { return held_count() == 2; }));
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(held_count(), 2u);  // the other three wait in the read buffer
+  answer_all("a");
+  ASSERT_TRUE(Eventually([&] { return held_count() == 2; }));
+  answer_all("b");
+  ASSERT_TRUE(Eventually([&] { return held_count() == 1; }));
+  answer_all("c");
+  for (const char* want : {"a", "a", "b", "b", "c"}) {
+    Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.body(), want);
+  }
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(HttpServerTest, MalformedRequestInAPipelineIsAnsweredAfterTheOnesBeforeIt) {
+  ServerHarness h;
+  ASSERT_NO_FATAL_FAILURE(AddEcho(h.router()));
+  ASSERT_NO_FATAL_FAILURE(h.Start(TestOptions()));
+  HttpClient c(h.port());
+  ASSERT_FALSE(
+      c.SendRaw("GET /n?i=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /n?i=2 HTTP/1.1\r\nHost: x\r\n\r\n"
+                "NOT HTTP AT ALL\r\n\r\n"
+                "GET /n?i=3 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  for (const char* want : {"1", "2"}) {
+    Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.body(), want);
+    EXPECT_TRUE(r.msg.keep_alive());
+  }
+  Reply bad = c.Read();
+  ASSERT_FALSE(bad.ec) << bad.ec.message();
+  EXPECT_EQ(bad.status(), 400);
+  EXPECT_EQ(ErrorCode(bad), "bad_request");
+  EXPECT_FALSE(bad.msg.keep_alive());
+  EXPECT_TRUE(c.WaitForClose());  // request 3, after the bad one, is never answered
+
+  HttpClient next(h.port());  // and the server keeps serving
+  Reply ok = next.Get("/n?i=4");
+  ASSERT_FALSE(ok.ec) << ok.ec.message();
+  EXPECT_EQ(ok.body(), "4");
+}
+
+TEST(HttpServerTest, OverdueHandlerInAPipelineGets504WithoutHoldingTheOthersBack) {
+  Mutex mu;
+  std::vector<HttpResponder> stuck;
+  ServerHarness h;
+  ASSERT_NO_FATAL_FAILURE(AddOk(h.router()));
+  ASSERT_TRUE(h.router()
+                  .Add("GET", "/hang",
+                       [&](HttpRequest&, HttpResponder res) {
+                         MutexLock lock(mu);
+                         stuck.push_back(std::move(res));
+                       })
+                  .ok());
+  HttpServerOptions o = TestOptions();
+  o.handler_timeout = 200ms;
+  ASSERT_NO_FATAL_FAILURE(h.Start(o));
+  HttpClient c(h.port());
+  ASSERT_FALSE(
+      c.SendRaw("GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /hang HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /ok HTTP/1.1\r\nHost: x\r\n\r\n"));
+  for (int want : {200, 504, 504, 200}) {
+    Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.status(), want);
+  }
+  {
+    MutexLock lock(mu);
+    EXPECT_EQ(stuck.size(), 2u);
+    stuck.clear();  // late answers (500s) go nowhere
+  }
+  Reply ok = c.Get("/ok");
+  ASSERT_FALSE(ok.ec) << ok.ec.message();
+  EXPECT_EQ(ok.status(), 200);
+  EXPECT_EQ(ok.body(), R"({"ok":true})");
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(HttpServerTest, PeerThatStopsSendingStillGetsEveryAnswer) {
+  Threads threads;
+  ServerHarness h;
+  ASSERT_TRUE(h.router()
+                  .Add("GET", "/later",
+                       [&threads](HttpRequest& req, HttpResponder res) {
+                         const std::string i(req.Query("i").value_or("?"));
+                         threads.Spawn([i, res = std::move(res)]() mutable {
+                           std::this_thread::sleep_for(20ms);
+                           res.Send(HttpResponse::Text(200, i));
+                         });
+                       })
+                  .ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start(TestOptions()));
+  HttpClient c(h.port());
+  ASSERT_FALSE(
+      c.SendRaw("GET /later?i=1 HTTP/1.1\r\nHost: x\r\n\r\n"
+                "GET /later?i=2 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  boost::system::error_code ignored;
+  c.socket().shutdown(boost::asio::ip::tcp::socket::shutdown_send, ignored);  // EOF after two requests
+  for (const char* want : {"1", "2"}) {
+    Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.body(), want);
+  }
+  EXPECT_TRUE(c.WaitForClose());
+  EXPECT_TRUE(h.Shutdown());
+  threads.JoinAll();
 }
 
 TEST(HttpServerTest, PathParamsQueryHeadersAndBodyReachTheHandler) {
