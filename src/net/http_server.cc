@@ -485,7 +485,9 @@ class WsSession final : public Connection,
 // and the filled slots at the front go out together in one gather write. While a read's requests
 // are being dispatched nothing is written (the cork), so a burst of pipelined requests answered
 // inline costs one recv and one send; answers arriving from other threads are gathered by
-// flushing one event-loop turn later when more requests are outstanding.
+// flushing one event-loop turn later when more requests are outstanding. Only safe requests
+// (GET, HEAD, ...) run in parallel: a POST waits for the requests before it to be answered, and
+// the requests after it wait for its answer (CanDispatch).
 //
 // Closing: a request without keep-alive, a protocol error, the peer's end of stream or server
 // shutdown stop the reading (`closing_`); the responses owed still go out, the last one with
@@ -603,30 +605,49 @@ class HttpSession final : public Connection,
     ParseBuffered();
   }
 
-  // Dispatches every complete request in the buffer, then reads on unless the pipeline is full
-  // or the connection is closing.
+  // RFC 9112 §9.3.2: pipelined requests may be processed in parallel only while they are all
+  // safe. A request with another method (POST, PUT, DELETE, ...) is dispatched once every request
+  // before it has been answered, and nothing after it until it has been answered itself, so its
+  // effects happen in the order the client sent them.
+  static bool IsSafe(http::verb method) {
+    return method == http::verb::get || method == http::verb::head || method == http::verb::options ||
+           method == http::verb::trace;
+  }
+
+  bool CanDispatch(const http::request<http::string_body>& msg) const {
+    if (slots_.size() >= core_->options.max_pipelined_requests || unsafe_running_) return false;
+    return running_ == 0 || IsSafe(msg.method());
+  }
+
+  // Dispatches every complete request in the buffer that may go now, then reads on unless the
+  // connection is paused (pipeline full, or held by the ordering rule) or closing.
   void ParseBuffered() {
     paused_ = false;
     parsing_ = true;
-    while (!closing_ && !upgrade_ && !closed_ && buffer_.size() > 0) {
-      if (slots_.size() >= core_->options.max_pipelined_requests) {
-        paused_ = true;  // resumed when a write frees slots
+    while (!closing_ && !upgrade_ && !closed_) {
+      if (!held_) {
+        if (buffer_.size() == 0) break;
+        beast::error_code ec;
+        const size_t used = parser_->put(buffer_.data(), ec);
+        buffer_.consume(used);
+        if (ec == http::error::need_more) break;
+        if (ec) {
+          ParseError(ec);
+          break;
+        }
+        if (!parser_->is_done()) {
+          if (used == 0) break;
+          continue;
+        }
+        held_.emplace(parser_->release());
+        NewParser();
+      }
+      if (!CanDispatch(*held_)) {
+        paused_ = true;  // resumed by Progress once answers or writes make room
         break;
       }
-      beast::error_code ec;
-      const size_t used = parser_->put(buffer_.data(), ec);
-      buffer_.consume(used);
-      if (ec == http::error::need_more) break;
-      if (ec) {
-        ParseError(ec);
-        break;
-      }
-      if (!parser_->is_done()) {
-        if (used == 0) break;
-        continue;
-      }
-      http::request<http::string_body> msg = parser_->release();
-      NewParser();
+      http::request<http::string_body> msg = std::move(*held_);
+      held_.reset();
       Dispatch(std::move(msg));
     }
     parsing_ = false;
@@ -653,6 +674,7 @@ class HttpSession final : public Connection,
     s.id = ++next_id_;
     s.head = head;
     s.start = std::chrono::steady_clock::now();
+    ++running_;
     return s;
   }
 
@@ -702,6 +724,7 @@ class HttpSession final : public Connection,
     }
     if (!keep_alive) closing_ = true;  // this request's answer is the last
     const uint64_t id = NewSlot(head).id;
+    if (!IsSafe(msg.method())) unsafe_running_ = id;
     if (match.handler == nullptr) {
       HttpResponse r;
       switch (match.status) {
@@ -756,6 +779,8 @@ class HttpSession final : public Connection,
     Slot& s = slots_[id - first];
     if (s.done) return;  // late, after a timeout
     s.done = true;
+    --running_;
+    if (id == unsafe_running_) unsafe_running_ = 0;
     auto& metrics = Metrics();
     metrics.Requests(response.status).Inc();
     metrics.duration->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - s.start).count());
@@ -780,6 +805,10 @@ class HttpSession final : public Connection,
   // Writes the answered slots at the front; once nothing is owed, upgrades or closes as decided.
   void Progress() {
     if (closed_) return;
+    if (paused_ && !parsing_ && (!held_ || CanDispatch(*held_)) &&
+        slots_.size() < core_->options.max_pipelined_requests) {
+      return ParseBuffered();  // room again; it comes back here when done
+    }
     Flush();
     if (writing_ || !slots_.empty()) return;
     if (closing_) return Close();
@@ -854,8 +883,7 @@ class HttpSession final : public Connection,
     if (closed_) return;
     if (ec) return Close();
     stream_.expires_never();
-    if (paused_) ParseBuffered();  // the full pipeline has room again (Progress runs there)
-    else Progress();
+    Progress();
   }
 
   void Upgrade() {
@@ -916,6 +944,9 @@ class HttpSession final : public Connection,
   std::vector<size_t> head_ends_;
   std::vector<asio::const_buffer> write_bufs_;
   std::optional<PendingUpgrade> upgrade_;
+  std::optional<http::request<http::string_body>> held_;  // parsed, not yet allowed to go
+  size_t running_ = 0;           // slots whose handler has not answered
+  uint64_t unsafe_running_ = 0;  // the slot of an unanswered unsafe request (0: none)
   uint64_t next_id_ = 0;
   uint64_t read_gen_ = 0;
   bool reading_ = false;
@@ -923,7 +954,7 @@ class HttpSession final : public Connection,
   bool read_timed_out_ = false;
   bool handler_timer_armed_ = false;
   bool parsing_ = false;       // dispatching a read's requests: answers wait (the cork)
-  bool paused_ = false;        // stopped at max_pipelined_requests
+  bool paused_ = false;        // not reading: pipeline full or held_ waits (ParseBuffered)
   bool writing_ = false;
   bool flush_posted_ = false;
   bool closing_ = false;       // no more requests are read; close once nothing is owed

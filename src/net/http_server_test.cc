@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <future>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -237,6 +238,53 @@ TEST(HttpServerTest, PipelineDepthIsBoundedAndResumes) {
   ASSERT_TRUE(Eventually([&] { return held_count() == 1; }));
   answer_all("c");
   for (const char* want : {"a", "a", "b", "b", "c"}) {
+    Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.body(), want);
+  }
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(HttpServerTest, PipelinedPostsRunOneAtATimeInOrder) {
+  Mutex mu;
+  std::vector<std::pair<std::string, HttpResponder>> held;
+  ServerHarness h;
+  ASSERT_NO_FATAL_FAILURE(AddEcho(h.router()));
+  ASSERT_TRUE(h.router()
+                  .Add("POST", "/hold",
+                       [&](HttpRequest& req, HttpResponder res) {
+                         MutexLock lock(mu);
+                         held.emplace_back(req.body, std::move(res));
+                       })
+                  .ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start(TestOptions()));
+  HttpClient c(h.port());
+  ASSERT_FALSE(
+      c.SendRaw("GET /n?i=0 HTTP/1.1\r\nHost: x\r\n\r\n"
+                "POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\na"
+                "POST /hold HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\nb"
+                "GET /n?i=3 HTTP/1.1\r\nHost: x\r\n\r\n"));
+  auto answer = [&](const std::string& want) {
+    std::optional<HttpResponder> r;
+    {
+      MutexLock lock(mu);
+      ASSERT_EQ(held.size(), 1u);
+      EXPECT_EQ(held[0].first, want);
+      r.emplace(std::move(held[0].second));
+      held.clear();
+    }
+    r->Send(HttpResponse::Text(200, want));
+  };
+  auto held_count = [&] {
+    MutexLock lock(mu);
+    return held.size();
+  };
+  ASSERT_TRUE(Eventually([&] { return held_count() == 1; }));
+  std::this_thread::sleep_for(50ms);
+  ASSERT_NO_FATAL_FAILURE(answer("a"));  // the second POST was not dispatched beside the first
+  ASSERT_TRUE(Eventually([&] { return held_count() == 1; }));
+  ASSERT_NO_FATAL_FAILURE(answer("b"));
+  for (const char* want : {"0", "a", "b", "3"}) {
     Reply r = c.Read();
     ASSERT_FALSE(r.ec) << r.ec.message();
     EXPECT_EQ(r.body(), want);
