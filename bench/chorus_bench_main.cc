@@ -279,6 +279,7 @@ CommandMain SetupLiveFanout(CLI::App& cmd) {
 }
 
 // chorus-bench likes --target chorus --url http://127.0.0.1:PORT --token T [--phases write,read,mixed]
+//                    [--pipeline 1]
 // chorus-bench likes --target redis --redis 127.0.0.1:PORT --pipeline 16 [...]
 // One report per phase: <name>-<phase>; --out takes a "{phase}" placeholder when several run.
 CommandMain SetupLikes(CLI::App& cmd) {
@@ -289,6 +290,7 @@ CommandMain SetupLikes(CLI::App& cmd) {
     std::string token;
     std::string redis = "127.0.0.1:6379";
     LikesRedisOptions redis_options;
+    int pipeline = 1;  // chorus's; the redis target keeps redis_options.pipeline unless --pipeline is given
     std::string phases = "write,read,mixed";
     DurationFlag duration{"10s"};
     DurationFlag warmup{"2s"};
@@ -306,9 +308,11 @@ CommandMain SetupLikes(CLI::App& cmd) {
       ->delimiter(',');
   cmd.add_option("--token", flags->token, "chorus: bearer token (scopes likes.write,likes.read)");
   cmd.add_option("--redis", flags->redis, "redis: host:port")->capture_default_str();
-  cmd.add_option("--pipeline", flags->redis_options.pipeline, "redis: operations in flight per connection")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+  // Its default depends on the target (redis 16, chorus 1), so it is applied once the target is known.
+  auto* pipeline = cmd.add_option("--pipeline", flags->pipeline,
+                                  "operations in flight per connection (redis default 16, chorus default 1: "
+                                  "HTTP/1.1 pipelining when > 1)")
+                       ->check(CLI::PositiveNumber);
   cmd.add_flag("--redis-likers", flags->redis_options.likers,
                "redis: also keep entity:likers:{b}:{entity} (who liked it), as chorus does");
   auto* connections = cmd.add_option("-c,--connections", flags->run.connections,
@@ -349,7 +353,7 @@ CommandMain SetupLikes(CLI::App& cmd) {
   cmd.add_option("--seed", w.seed, "workload seed (preload pairs, draws, id scrambling)")->capture_default_str();
   flags->report.Add(cmd, "likes", "");
 
-  return [flags, connections]() -> int {
+  return [flags, connections, pipeline]() -> int {
     if (!flags->duration.Resolve("--duration") || !flags->warmup.Resolve("--warmup") ||
         !flags->timeout.Resolve("--timeout")) {
       return 2;
@@ -404,6 +408,7 @@ CommandMain SetupLikes(CLI::App& cmd) {
         std::fprintf(stderr, "chorus-bench likes: %s\n", st.message().c_str());
         return 2;
       }
+      if (pipeline->count() > 0) flags->redis_options.pipeline = flags->pipeline;
       driver = MakeLikesRedisDriver(flags->redis_options, run.workload);
       params["redis"] = flags->redis;
       params["pipeline"] = std::to_string(flags->redis_options.pipeline);
@@ -413,7 +418,8 @@ CommandMain SetupLikes(CLI::App& cmd) {
         std::fprintf(stderr, "chorus-bench likes: --target chorus needs --url\n");
         return 2;
       }
-      driver = MakeLikesHttpDriver(flags->urls, flags->token, run.workload);
+      driver = MakeLikesHttpDriver(flags->urls, flags->token, run.workload, flags->pipeline);
+      params["pipeline"] = std::to_string(flags->pipeline);
       std::string urls;
       for (const std::string& u : flags->urls) urls += (urls.empty() ? "" : ",") + u;
       params["url"] = urls;

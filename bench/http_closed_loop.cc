@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <vector>
 
 #include "http_load.h"
@@ -63,7 +64,63 @@ namespace {
 
 constexpr int64_t kBackoffNs = 10'000'000;  // before reconnecting after an error
 
-// One thread's connections. Everything here is touched by that thread only.
+// Helpers of both loops below.
+
+// Opens a non-blocking TCP connection to `addr` (connect() in progress) registered with `epfd` for
+// EPOLLIN | EPOLLOUT with data.ptr = tag. Returns the socket, or -1 with nothing left open.
+int StartConnect(const sockaddr_in& addr, int epfd, void* tag) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) return -1;
+  const int one = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+  const int rc = ::connect(fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
+  if (rc != 0 && errno != EINPROGRESS) {
+    ::close(fd);
+    return -1;
+  }
+  epoll_event ev{};
+  ev.events = EPOLLIN | EPOLLOUT;
+  ev.data.ptr = tag;
+  if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) != 0) {
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+// Whether a connect() that was in progress succeeded (called once the socket is writable).
+bool ConnectSucceeded(int fd) {
+  int err = 0;
+  socklen_t len = sizeof err;
+  return getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) == 0 && err == 0;
+}
+
+enum class SendResult { kAll, kBlocked, kFailed };
+
+// Sends data[*written, size) until all of it is sent, the socket is full or send() fails.
+SendResult SendPending(int fd, const std::string& data, size_t* written) {
+  while (*written < data.size()) {
+    const ssize_t n = ::send(fd, data.data() + *written, data.size() - *written, MSG_NOSIGNAL);
+    if (n > 0) {
+      *written += static_cast<size_t>(n);
+      continue;
+    }
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return SendResult::kBlocked;
+    return SendResult::kFailed;
+  }
+  return SendResult::kAll;
+}
+
+void SetEpollInterest(int epfd, int fd, void* tag, bool write) {
+  epoll_event ev{};
+  ev.events = EPOLLIN | (write ? EPOLLOUT : 0u);
+  ev.data.ptr = tag;
+  epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev);
+}
+
+// One thread's connections, one request in flight on each (pipeline = 1). Everything here is
+// touched by that thread only.
 class Loop {
  public:
   Loop(const HttpLoopOptions& options, HttpWorkload& workload)
@@ -158,9 +215,7 @@ HttpLoopResult Loop::Run() {
       if (c.fd < 0) continue;
       if (c.connecting) {
         if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) continue;
-        int err = 0;
-        socklen_t len = sizeof err;
-        if (getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0) {
+        if (!ConnectSucceeded(c.fd)) {
           ++counters_.connect_errors;
           Fail(c, SteadyNowNanos());
           continue;
@@ -186,31 +241,14 @@ void Loop::Connect(Conn& c, int64_t now) {
   c.in_flight = true;  // the request waits for the connection
   c.start = now;
   c.parser.Reset();
-  c.fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  const sockaddr_in& addr = o_.addrs.empty() ? o_.addr : o_.addrs[c.index % o_.addrs.size()];
+  c.fd = StartConnect(addr, epfd_, &c);
   if (c.fd < 0) {
     ++counters_.connect_errors;
-    c.retry_at = now + kBackoffNs;
-    return;
-  }
-  const int one = 1;
-  setsockopt(c.fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-  const sockaddr_in& addr = o_.addrs.empty() ? o_.addr : o_.addrs[c.index % o_.addrs.size()];
-  const int rc = ::connect(c.fd, reinterpret_cast<const sockaddr*>(&addr), sizeof addr);
-  if (rc != 0 && errno != EINPROGRESS) {
-    ++counters_.connect_errors;
-    CloseFd(c);
     c.retry_at = now + kBackoffNs;  // back off: do not spin on a refused port
     return;
   }
   c.connecting = true;
-  epoll_event ev{};
-  ev.events = EPOLLIN | EPOLLOUT;
-  ev.data.ptr = &c;
-  if (epoll_ctl(epfd_, EPOLL_CTL_ADD, c.fd, &ev) != 0) {
-    ++counters_.connect_errors;
-    CloseFd(c);
-    c.retry_at = now + kBackoffNs;
-  }
 }
 
 void Loop::CloseFd(Conn& c) {
@@ -245,10 +283,7 @@ void Loop::Finish(Conn& c) {
 }
 
 void Loop::SetInterest(Conn& c, bool write) {
-  epoll_event ev{};
-  ev.events = EPOLLIN | (write ? EPOLLOUT : 0u);
-  ev.data.ptr = &c;
-  epoll_ctl(epfd_, EPOLL_CTL_MOD, c.fd, &ev);
+  SetEpollInterest(epfd_, c.fd, &c, write);
   c.want_write = write;
 }
 
@@ -268,24 +303,20 @@ void Loop::SendRequest(Conn& c, int64_t now) {
 }
 
 void Loop::ContinueWrite(Conn& c, int64_t now) {
-  while (c.written < c.request.size()) {
-    const ssize_t n = ::send(c.fd, c.request.data() + c.written, c.request.size() - c.written, MSG_NOSIGNAL);
-    if (n > 0) {
-      c.written += static_cast<size_t>(n);
-      continue;
-    }
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+  switch (SendPending(c.fd, c.request, &c.written)) {
+    case SendResult::kAll:
+      break;
+    case SendResult::kBlocked:
       if (!c.want_write) SetInterest(c, true);
       return;
-    }
-    if (c.reused && c.written == 0) {
-      Retry(c, now);
-    } else {
-      ++counters_.write_errors;
-      Fail(c, now);
-    }
-    return;
+    case SendResult::kFailed:
+      if (c.reused && c.written == 0) {
+        Retry(c, now);
+      } else {
+        ++counters_.write_errors;
+        Fail(c, now);
+      }
+      return;
   }
   if (c.want_write) SetInterest(c, false);
 }
@@ -366,9 +397,351 @@ void Loop::CheckTimers(int64_t now) {
   }
 }
 
+// One thread's pipelined connections (pipeline = d > 1; the design is in the header comment).
+// The same skeleton as Loop, but a connection carries d streams and a FIFO of their in-flight
+// requests, and requests leave in batches: all of a connection's streams when it connects, then
+// after each recv() the streams it answered. Everything here is touched by that thread only.
+class PipelinedLoop {
+ public:
+  PipelinedLoop(const HttpLoopOptions& options, HttpWorkload& workload, size_t depth)
+      : o_(options),
+        workload_(workload),
+        depth_(depth),
+        conns_(static_cast<size_t>(std::max(options.connections, 0))),
+        streams_(conns_.size() * depth),
+        buf_(size_t{64} * 1024) {
+    const size_t body_limit = workload.body_limit();
+    for (size_t i = 0; i < conns_.size(); ++i) {
+      conns_[i].index = i;
+      conns_[i].parser.set_body_limit(body_limit);
+    }
+    answered_.reserve(depth);
+  }
+
+  ~PipelinedLoop() {
+    for (Conn& c : conns_) CloseFd(c);
+    if (epfd_ >= 0) ::close(epfd_);
+  }
+
+  HttpLoopResult Run();
+
+ private:
+  struct Stream {
+    std::string request;       // the workload's current request, kept to be resent
+    bool has_request = false;  // handed out, not yet answered: in flight or waiting to be resent
+    bool ended = false;        // NextRequest said there is nothing more
+  };
+  struct InFlight {
+    size_t stream = 0;
+    int64_t sent = 0;  // when it was queued for sending
+  };
+  struct Conn {
+    size_t index = 0;
+    int fd = -1;
+    bool connecting = false;
+    bool want_write = false;  // EPOLLOUT registered for a partial write of `out`
+    bool reused = false;      // this fd already carried a complete response
+    bool done = false;        // every stream ended and nothing is in flight
+    int64_t connect_start = 0;
+    int64_t retry_at = 0;  // when fd < 0: reconnect at this time
+    std::string out;       // queued requests; out[written, size) are not sent yet
+    size_t written = 0;
+    // Oldest first; the parser works on the head's response. Between events, once connected: a
+    // stream of this connection is in here iff it has a request (so iff it has not ended).
+    std::deque<InFlight> in_flight;
+    HttpResponseParser parser;
+  };
+
+  void Connect(Conn& c, int64_t now);  // forgets the FIFO; streams with a request resend it
+  void CloseFd(Conn& c);
+  void Fail(Conn& c, int64_t now);   // an error: fail every in-flight stream, back off, reconnect
+  void Retry(Conn& c, int64_t now);  // reused connection closed by the server: resend them all
+  void Finish(Conn& c);
+  void Enqueue(Conn& c, size_t stream, int64_t now);  // the stream's request, if it has one
+  void OnConnected(Conn& c, int64_t now);
+  void Flush(Conn& c, int64_t now);
+  void OnReadable(Conn& c);
+  void CompleteHead(Conn& c, int64_t now);
+  void SetInterest(Conn& c, bool write);
+  void CheckTimers(int64_t now);
+
+  const HttpLoopOptions o_;
+  HttpWorkload& workload_;
+  const size_t depth_;
+  std::vector<Conn> conns_;      // never resized: epoll events point into it
+  std::vector<Stream> streams_;  // connection c's are [c * depth_, (c + 1) * depth_)
+  std::vector<char> buf_;
+  std::vector<size_t> answered_;  // streams answered by the recv() being processed
+  int epfd_ = -1;
+  size_t finished_ = 0;
+  HttpLoopCounters counters_;
+};
+
+HttpLoopResult PipelinedLoop::Run() {
+  HttpLoopResult result;
+  epfd_ = epoll_create1(EPOLL_CLOEXEC);
+  if (epfd_ < 0) {
+    counters_.connect_errors += conns_.size();
+    result.counters = counters_;
+    result.ended_ns = SteadyNowNanos();
+    return result;
+  }
+  const int64_t start = SteadyNowNanos();
+  for (Conn& c : conns_) Connect(c, start);
+
+  std::vector<epoll_event> events(1024);
+  int64_t next_check = start;
+  int64_t now = start;
+  while (finished_ < conns_.size()) {
+    now = SteadyNowNanos();
+    if (now >= o_.end_ns) break;
+    if (now >= next_check) {
+      CheckTimers(now);
+      next_check = now + 10'000'000;  // 10 ms
+    }
+    const int wait_ms = static_cast<int>(std::min<int64_t>(10, (o_.end_ns - now) / 1'000'000 + 1));
+    const int n = epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), wait_ms);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      break;
+    }
+    for (int i = 0; i < n; ++i) {
+      Conn& c = *static_cast<Conn*>(events[i].data.ptr);
+      const uint32_t ev = events[i].events;
+      if (c.fd < 0) continue;
+      if (c.connecting) {
+        if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) continue;
+        if (!ConnectSucceeded(c.fd)) {
+          ++counters_.connect_errors;
+          Fail(c, SteadyNowNanos());
+          continue;
+        }
+        c.connecting = false;
+        SetInterest(c, false);
+        OnConnected(c, SteadyNowNanos());
+        continue;
+      }
+      if ((ev & EPOLLOUT) && c.want_write) Flush(c, SteadyNowNanos());
+      // Not if Flush replaced the socket: these events were the old one's.
+      if (c.fd >= 0 && !c.connecting && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) OnReadable(c);
+    }
+  }
+  result.counters = counters_;
+  result.ended_ns = std::min(std::max(now, SteadyNowNanos()), o_.end_ns);
+  return result;
+}
+
+void PipelinedLoop::Connect(Conn& c, int64_t now) {
+  c.connecting = false;
+  c.want_write = false;
+  c.reused = false;
+  c.connect_start = now;
+  c.out.clear();
+  c.written = 0;
+  c.in_flight.clear();
+  c.parser.Reset();
+  const sockaddr_in& addr = o_.addrs.empty() ? o_.addr : o_.addrs[c.index % o_.addrs.size()];
+  c.fd = StartConnect(addr, epfd_, &c);
+  if (c.fd < 0) {
+    ++counters_.connect_errors;
+    c.retry_at = now + kBackoffNs;  // back off: do not spin on a refused port
+    return;
+  }
+  c.connecting = true;
+}
+
+void PipelinedLoop::CloseFd(Conn& c) {
+  if (c.fd >= 0) {
+    ::close(c.fd);  // also removes it from the epoll set
+    c.fd = -1;
+  }
+  c.connecting = false;
+  c.want_write = false;
+}
+
+void PipelinedLoop::Fail(Conn& c, int64_t now) {
+  CloseFd(c);
+  c.in_flight.clear();
+  c.out.clear();
+  c.written = 0;
+  // In flight, or waiting to be resent after a Retry or a close: either way lost with this
+  // connection. The caller counted the error once.
+  for (size_t s = c.index * depth_; s < (c.index + 1) * depth_; ++s) {
+    if (streams_[s].has_request) {
+      streams_[s].has_request = false;
+      workload_.OnFailure(s);
+    }
+  }
+  c.retry_at = now + kBackoffNs;
+}
+
+void PipelinedLoop::Retry(Conn& c, int64_t now) {
+  ++counters_.reconnects;
+  CloseFd(c);
+  Connect(c, now);
+}
+
+void PipelinedLoop::Finish(Conn& c) {
+  CloseFd(c);
+  c.in_flight.clear();
+  c.done = true;
+  ++finished_;
+}
+
+void PipelinedLoop::SetInterest(Conn& c, bool write) {
+  SetEpollInterest(epfd_, c.fd, &c, write);
+  c.want_write = write;
+}
+
+void PipelinedLoop::Enqueue(Conn& c, size_t stream, int64_t now) {
+  Stream& s = streams_[stream];
+  if (s.ended) return;
+  if (!s.has_request) {
+    if (!workload_.NextRequest(stream, now, &s.request)) {
+      s.ended = true;
+      return;
+    }
+    s.has_request = true;
+  }
+  c.out += s.request;
+  c.in_flight.push_back(InFlight{stream, now});
+}
+
+// Every stream of the connection: its unanswered request again, or its next one; one send().
+void PipelinedLoop::OnConnected(Conn& c, int64_t now) {
+  for (size_t s = c.index * depth_; s < (c.index + 1) * depth_; ++s) Enqueue(c, s, now);
+  if (c.in_flight.empty()) {
+    Finish(c);
+    return;
+  }
+  Flush(c, now);
+}
+
+void PipelinedLoop::Flush(Conn& c, int64_t now) {
+  switch (SendPending(c.fd, c.out, &c.written)) {
+    case SendResult::kAll:
+      break;
+    case SendResult::kBlocked:
+      if (!c.want_write) SetInterest(c, true);
+      return;
+    case SendResult::kFailed:
+      if (c.reused && !c.parser.started()) {
+        Retry(c, now);  // most likely an idle close we have not read yet
+      } else {
+        ++counters_.write_errors;
+        Fail(c, now);
+      }
+      return;
+  }
+  c.out.clear();
+  c.written = 0;
+  if (c.want_write) SetInterest(c, false);
+}
+
+void PipelinedLoop::OnReadable(Conn& c) {
+  const ssize_t n = ::recv(c.fd, buf_.data(), buf_.size(), 0);
+  if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+  const int64_t now = SteadyNowNanos();  // every response in this recv() arrived now
+  answered_.clear();
+  const bool idle_close = !c.in_flight.empty() && c.reused && !c.parser.started();
+  if (n < 0) {
+    if (idle_close) {
+      Retry(c, now);
+    } else {
+      ++counters_.read_errors;
+      Fail(c, now);
+    }
+    return;
+  }
+  if (n == 0) {
+    if (!c.in_flight.empty() && c.parser.started()) {
+      if (c.parser.OnEof() == HttpResponseParser::State::kComplete) {
+        CompleteHead(c, now);  // the body was delimited by the close: the rest are resent
+        CloseFd(c);
+        Connect(c, now);
+      } else {
+        ++counters_.read_errors;
+        Fail(c, now);
+      }
+    } else if (idle_close) {
+      Retry(c, now);
+    } else {
+      ++counters_.read_errors;
+      Fail(c, now);
+    }
+    return;
+  }
+  if (now >= o_.record_from_ns) counters_.bytes_read += static_cast<uint64_t>(n);
+
+  const char* data = buf_.data();
+  size_t left = static_cast<size_t>(n);
+  bool close = false;
+  while (left > 0) {
+    if (c.in_flight.empty() || close) {  // bytes nobody asked for
+      ++counters_.parse_errors;
+      Fail(c, now);
+      return;
+    }
+    size_t consumed = 0;
+    const auto state = c.parser.Feed(data, left, &consumed);
+    if (state == HttpResponseParser::State::kNeedMore) break;  // consumed all of it
+    if (state == HttpResponseParser::State::kError) {
+      ++counters_.parse_errors;
+      Fail(c, now);
+      return;
+    }
+    data += consumed;
+    left -= consumed;
+    close = c.parser.close_after();
+    CompleteHead(c, now);
+    c.parser.Reset();
+  }
+  if (close) {
+    // The server processes nothing more on this connection: what is still in flight was not
+    // processed and is resent on the next one, with the answered streams' next requests.
+    CloseFd(c);
+    Connect(c, now);
+    return;
+  }
+  for (const size_t stream : answered_) Enqueue(c, stream, now);
+  if (c.in_flight.empty()) {
+    Finish(c);
+    return;
+  }
+  if (!c.want_write && c.written < c.out.size()) Flush(c, now);
+}
+
+void PipelinedLoop::CompleteHead(Conn& c, int64_t now) {
+  const InFlight head = c.in_flight.front();
+  c.in_flight.pop_front();
+  c.reused = true;
+  streams_[head.stream].has_request = false;
+  answered_.push_back(head.stream);
+  const bool recorded = now >= o_.record_from_ns && now < o_.end_ns;
+  workload_.OnResponse(head.stream, c.parser.status(), c.parser.body(), now - head.sent, recorded);
+}
+
+void PipelinedLoop::CheckTimers(int64_t now) {
+  for (Conn& c : conns_) {
+    if (c.done) continue;
+    if (c.fd < 0) {
+      if (now >= c.retry_at) Connect(c, now);
+    } else if (c.connecting ? now - c.connect_start > o_.timeout_ns
+                            : !c.in_flight.empty() && now - c.in_flight.front().sent > o_.timeout_ns) {
+      ++counters_.timeout_errors;
+      Fail(c, now);
+    }
+  }
+}
+
 }  // namespace
 
 HttpLoopResult RunHttpClosedLoop(const HttpLoopOptions& options, HttpWorkload& workload) {
+  const int depth = std::clamp(options.pipeline, 1, kMaxHttpPipeline);
+  if (depth > 1) {
+    PipelinedLoop loop(options, workload, static_cast<size_t>(depth));
+    return loop.Run();
+  }
   Loop loop(options, workload);
   return loop.Run();
 }

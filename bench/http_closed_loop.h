@@ -16,6 +16,35 @@
 //     is reported to the workload as failed (OnFailure), and the connection is reopened after a
 //     10 ms back-off; its next request is a new one.
 //
+// Pipelining (HttpLoopOptions::pipeline = d > 1, HTTP/1.1 pipelining): each connection carries d
+// closed-loop *streams*, so up to d requests are in flight on it and their responses come back
+// in request order. Connection c carries streams c*d .. c*d+d-1, and the workload is addressed by
+// stream (with d = 1 the stream index is the connection index). A connection keeps a FIFO of its
+// in-flight (stream, send time) entries. When it is (re)connected it asks each of its streams for
+// a request and sends them all with one send(); a recv() is fed to the parser response after
+// response, each completed response goes to the FIFO's head stream, and the streams answered in
+// that recv() are asked for their next requests, which leave together in one send(). So per
+// recv() there is one send() for many requests: the shape of a pipelined Redis client. Latency
+// runs from when a request was queued for sending (just before the send() carrying it, unless an
+// earlier partial write still waits for the socket) to its response's last byte. With d > 1 the
+// failure rules become, per connection:
+//   - idle close: the server closed (or a send failed) on a connection that already carried a
+//     response, before any byte of the FIFO head's response arrived: every in-flight request is
+//     resent on a new connection, counted once in "reconnects". The server may have processed
+//     some of them before closing: fine for idempotent requests (GETs, the likes API's explicit
+//     like/unlike actions);
+//   - `Connection: close` (or a body delimited by the close): the response completes normally and
+//     the requests still in flight behind it are resent on a new connection, not failed: a server
+//     that announced the close processes no further request on that connection (RFC 9112 §9.6),
+//     so resending is safe even for non-idempotent requests. Not an error, not a reconnect, as
+//     with d = 1;
+//   - bytes with nothing in flight, a malformed response, any other socket error, or a FIFO head
+//     slower than `timeout_ns` (from its send time): the error is counted ONCE for the
+//     connection, every in-flight stream gets OnFailure, and the connection is reopened after
+//     the back-off, when each of its streams is asked for a new request;
+//   - a stream whose NextRequest returns false has ended; a connection ends when all its streams
+//     have ended and none has a request in flight.
+//
 // Thread-safety: RunHttpClosedLoop runs on the calling thread and calls the workload only from
 // it. Run one per thread with its own workload; merge the results afterwards.
 #pragma once
@@ -32,34 +61,42 @@
 
 namespace chorus::bench {
 
-// What a closed loop sends and what it does with the answers. Connections are numbered
-// 0..connections-1.
+// What a closed loop sends and what it does with the answers. The workload is addressed by
+// stream: streams are numbered 0..connections*pipeline-1 and stream s rides connection
+// s / pipeline (with pipeline = 1, the default, the stream index equals the connection index).
+// Per-stream state must be sized for connections*pipeline streams. A stream has at most one
+// request outstanding: NextRequest is not called for it again before that request's OnResponse or
+// OnFailure.
 class HttpWorkload {
  public:
   virtual ~HttpWorkload() = default;
 
-  // Writes the complete next request (head and body) for `conn` into *request, replacing its
-  // contents. Returning false ends this connection: it is closed, and the loop ends once every
-  // connection has ended (or its time is up).
-  virtual bool NextRequest(size_t conn, int64_t now_ns, std::string* request) = 0;
-  // The complete response to the last request of `conn`. `latency_ns` runs from just before the
-  // request's first send() to the response's last byte; `recorded` says the response completed
-  // inside the measured window [record_from_ns, end_ns). `body` holds up to body_limit() bytes.
-  virtual void OnResponse(size_t conn, int status, std::string_view body, int64_t latency_ns,
+  // Writes the complete next request (head and body) for `stream` into *request, replacing its
+  // contents (the engine keeps one string per stream and hands the same one back each time).
+  // Returning false ends this stream; a connection is closed once all its streams have ended, and
+  // the loop ends once every connection has (or its time is up).
+  virtual bool NextRequest(size_t stream, int64_t now_ns, std::string* request) = 0;
+  // The complete response to the last request of `stream`. `latency_ns` runs from just before the
+  // request's first send() (pipelined: from when it was queued for sending) to the response's
+  // last byte; `recorded` says the response completed inside the measured window
+  // [record_from_ns, end_ns). `body` holds up to body_limit() bytes.
+  virtual void OnResponse(size_t stream, int status, std::string_view body, int64_t latency_ns,
                           bool recorded) = 0;
-  // The last request of `conn` failed (socket error or timeout, already counted by the engine).
-  virtual void OnFailure(size_t /*conn*/) {}
+  // The last request of `stream` failed (socket error or timeout, already counted by the engine,
+  // once per connection failure however many streams it failed).
+  virtual void OnFailure(size_t /*stream*/) {}
   // How many bytes of each response body OnResponse needs (0: none are kept).
   virtual size_t body_limit() const { return 0; }
 };
 
+// With pipelining an error is counted once per connection failure, not per in-flight request.
 struct HttpLoopCounters {
   uint64_t connect_errors = 0;
   uint64_t read_errors = 0;
   uint64_t write_errors = 0;
   uint64_t timeout_errors = 0;
   uint64_t parse_errors = 0;  // malformed responses, or bytes nobody asked for
-  uint64_t reconnects = 0;    // idle keep-alive closes followed, not errors
+  uint64_t reconnects = 0;    // idle keep-alive closes followed (requests resent), not errors
   uint64_t bytes_read = 0;    // inside the measured window
 
   uint64_t socket_errors() const {
@@ -67,6 +104,8 @@ struct HttpLoopCounters {
   }
   void Merge(const HttpLoopCounters& other);
 };
+
+inline constexpr int kMaxHttpPipeline = 1024;  // HttpLoopOptions::pipeline's upper bound
 
 struct HttpLoopOptions {
   sockaddr_in addr{};
@@ -79,6 +118,9 @@ struct HttpLoopOptions {
   int64_t record_from_ns = 0;
   int64_t end_ns = 0;
   int64_t timeout_ns = 5'000'000'000;
+  // Requests in flight per connection, 1..kMaxHttpPipeline (values outside are clamped): > 1 is
+  // HTTP/1.1 pipelining with `pipeline` streams per connection (see the header comment).
+  int pipeline = 1;
 };
 
 struct HttpLoopResult {

@@ -364,11 +364,11 @@ class FixedRequestWorkload final : public HttpWorkload {
  public:
   explicit FixedRequestWorkload(const std::string& request) : request_(request) {}
 
-  bool NextRequest(size_t /*conn*/, int64_t /*now_ns*/, std::string* request) override {
+  bool NextRequest(size_t /*stream*/, int64_t /*now_ns*/, std::string* request) override {
     if (request->empty()) *request = request_;  // the engine keeps it between requests
     return true;
   }
-  void OnResponse(size_t /*conn*/, int status, std::string_view /*body*/, int64_t latency_ns,
+  void OnResponse(size_t /*stream*/, int status, std::string_view /*body*/, int64_t latency_ns,
                   bool recorded) override {
     if (!recorded) return;
     ++result.requests;

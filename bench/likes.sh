@@ -14,8 +14,10 @@
 # Redis does per write ZADD user:likes:{b}:{user} + HINCRBY count:{b}:{entity} (ZREM and -1 on
 # unlike), per state read 20 ZSCOREs, per counts read 20 HMGETs, pipelined (PIPELINE operations in
 # flight on each of REDIS_CONNECTIONS connections). chorus gets CONNECTIONS closed-loop HTTP/1.1
-# keep-alive connections (one request in flight each): by default 64 operations in flight on
-# both sides.
+# keep-alive connections with HTTP_PIPELINE requests in flight each (1 by default; > 1 is
+# HTTP/1.1 pipelining, `chorus-bench likes --pipeline`): by default 64 operations in flight on
+# both sides. HTTP_PIPELINE=16 CONNECTIONS=4 gives chorus the Redis peer's shape (4 connections
+# x 16 in flight, one send() and one recv() per many requests).
 #
 # Phases (PHASES, each DURATION after WARMUP, run in order against one system, then the next):
 #   write  writes only: durable actions/s           (target: chorus/redis-aof >= 1)
@@ -41,6 +43,7 @@
 #   DURATION          measured window per phase (10s)      WARMUP  load before each window (2s)
 #   PHASES            write,read,mixed                     ROUNDS  alternations (1); best of each
 #   CONNECTIONS       chorus connections (64)              THREADS load threads (2)
+#   HTTP_PIPELINE   requests in flight on each chorus connection (1; > 1: HTTP/1.1 pipelining)
 #   REDIS_CONNECTIONS redis connections (4)                PIPELINE operations in flight on each (16)
 #   ENTITIES (1000000)  USERS (100000)  PRELOAD (200000)  PRELOAD_BATCH actions per preload write (100)
 #   WRITE_BATCH       actions per write in the phases (1: POST /v1/likes; >1: /v1/likes/batch)
@@ -67,6 +70,7 @@ WARMUP=${WARMUP:-2s}
 PHASES=${PHASES:-write,read,mixed}
 ROUNDS=${ROUNDS:-1}
 CONNECTIONS=${CONNECTIONS:-64}
+HTTP_PIPELINE=${HTTP_PIPELINE:-1}
 THREADS=${THREADS:-2}
 REDIS_CONNECTIONS=${REDIS_CONNECTIONS:-4}
 PIPELINE=${PIPELINE:-16}
@@ -97,6 +101,9 @@ for peer in $PEERS; do
   [[ $peer == redis-aof || $peer == redis-mem ]] || die "PEERS: unknown peer '$peer' (redis-aof, redis-mem, none)"
 done
 ((PRELOAD >= 1)) || die "PRELOAD must be at least 1 (bytes per record are measured on it)"
+if ! [[ $HTTP_PIPELINE =~ ^[0-9]+$ ]] || ((HTTP_PIPELINE < 1 || HTTP_PIPELINE > 1024)); then
+  die "HTTP_PIPELINE must be 1..1024 (requests in flight per chorus connection)"
+fi
 [[ $REDIS_ONLY == 1 && -z $PEERS ]] && die "REDIS_ONLY=1 with PEERS=none leaves nothing to run"
 
 if [[ $REDIS_ONLY != 1 ]]; then
@@ -206,7 +213,7 @@ if [[ $REDIS_ONLY != 1 ]]; then
   chorus_start
   TOKEN=$(env -u CHORUS_BIN "$CHORUS_BIN" token --data-dir "$TMP/data" --service bench --scope likes.write,likes.read)
   log "chorus likes on 127.0.0.1:$P_CHORUS (pid $CHORUS_PID): ${chorus_args[*]:4}"
-  TARGET_ARGS[chorus]="--target chorus --url http://127.0.0.1:$P_CHORUS --token $TOKEN --connections $CONNECTIONS"
+  TARGET_ARGS[chorus]="--target chorus --url http://127.0.0.1:$P_CHORUS --token $TOKEN --connections $CONNECTIONS --pipeline $HTTP_PIPELINE"
   # shellcheck disable=SC2086  # TARGET_ARGS entries are word lists
   preload chorus ${TARGET_ARGS[chorus]}
   n=$(preloaded_actions chorus)
@@ -328,7 +335,8 @@ params = {"load_generator": "chorus-bench likes", "phases": ",".join(phases), "d
           "warmup": "$WARMUP", "rounds": str(rounds), "best_of": "highest throughput per phase",
           "entities": "$ENTITIES", "users": "$USERS", "theta": "0.99", "preload": "$PRELOAD",
           "preload_batch": "$PRELOAD_BATCH", "write_batch": "$WRITE_BATCH", "spike_share": "$SPIKE_SHARE",
-          "chorus_connections": "$CONNECTIONS", "redis_connections": "$REDIS_CONNECTIONS",
+          "chorus_connections": "$CONNECTIONS", "chorus_pipeline": "$HTTP_PIPELINE",
+          "redis_connections": "$REDIS_CONNECTIONS",
           "redis_pipeline": "$PIPELINE", "threads": "$THREADS", "shards": "$SHARDS",
           "bench_args": "${BENCH_ARGS:-}", "redis_args": "${REDIS_ARGS:-}", "likes_args": "${LIKES_ARGS:-}"}
 runs, best, host = [], {}, None

@@ -465,23 +465,29 @@ namespace {
 
 class LikesHttpWorkload final : public HttpWorkload {
  public:
-  // Connection i talks to targets[i % targets.size()] (the closed loop connects it there).
+  // `pipeline` streams per connection (http_closed_loop.h): stream s rides connection
+  // s / pipeline, and connection i talks to targets[i % targets.size()] (the closed loop connects
+  // it there).
   LikesHttpWorkload(LikesOpGenerator& generator, const std::vector<LikesHttpTarget>& targets, int connections,
-                    LikesPhaseResult* result)
-      : generator_(generator), targets_(targets), pending_(static_cast<size_t>(connections)), result_(result) {}
+                    int pipeline, LikesPhaseResult* result)
+      : generator_(generator),
+        targets_(targets),
+        pipeline_(static_cast<size_t>(pipeline)),
+        pending_(static_cast<size_t>(connections) * pipeline_),
+        result_(result) {}
 
-  bool NextRequest(size_t conn, int64_t now_ns, std::string* request) override {
+  bool NextRequest(size_t stream, int64_t now_ns, std::string* request) override {
     if (!generator_.Next(now_ns, &op_)) return false;
-    pending_[conn] = {op_.kind, op_.spike, static_cast<uint32_t>(op_.items()),
-                      op_.kind == LikesOpKind::kWrite && op_.actions.size() > 1};
-    BuildLikesHttpRequest(op_, targets_[conn % targets_.size()], request);
+    pending_[stream] = {op_.kind, op_.spike, static_cast<uint32_t>(op_.items()),
+                        op_.kind == LikesOpKind::kWrite && op_.actions.size() > 1};
+    BuildLikesHttpRequest(op_, targets_[(stream / pipeline_) % targets_.size()], request);
     return true;
   }
 
-  void OnResponse(size_t conn, int status, std::string_view body, int64_t latency_ns,
+  void OnResponse(size_t stream, int status, std::string_view body, int64_t latency_ns,
                   bool recorded) override {
     if (!recorded) return;
-    const Pending& p = pending_[conn];
+    const Pending& p = pending_[stream];
     const bool ok = status >= 200 && status <= 299;
     // A batch answers 200 with per-action results; a failed action is {"error":{...}}.
     const uint64_t item_errors = ok && p.batch ? CountOccurrences(body, "\"error\"") : 0;
@@ -500,23 +506,25 @@ class LikesHttpWorkload final : public HttpWorkload {
   };
   LikesOpGenerator& generator_;
   const std::vector<LikesHttpTarget>& targets_;
-  std::vector<Pending> pending_;  // by connection
+  const size_t pipeline_;
+  std::vector<Pending> pending_;  // by stream
   LikesOp op_;                    // reused to keep its vectors' capacity
   LikesPhaseResult* result_;
 };
 
 class LikesHttpDriver final : public LikesDriver {
  public:
-  LikesHttpDriver(std::vector<sockaddr_in> addrs, std::vector<LikesHttpTarget> targets)
-      : addrs_(std::move(addrs)), targets_(std::move(targets)) {}
+  LikesHttpDriver(std::vector<sockaddr_in> addrs, std::vector<LikesHttpTarget> targets, int pipeline)
+      : addrs_(std::move(addrs)), targets_(std::move(targets)), pipeline_(pipeline) {}
 
   void RunThread(LikesOpGenerator& generator, int connections, const LikesWindow& window,
                  LikesPhaseResult* result) override {
-    LikesHttpWorkload workload(generator, targets_, connections, result);
+    LikesHttpWorkload workload(generator, targets_, connections, pipeline_, result);
     HttpLoopOptions options;
     options.addr = addrs_.front();
     if (addrs_.size() > 1) options.addrs = addrs_;
     options.connections = connections;
+    options.pipeline = pipeline_;
     options.record_from_ns = window.record_from_ns;
     options.end_ns = window.end_ns;
     options.timeout_ns = window.timeout_ns;
@@ -528,18 +536,23 @@ class LikesHttpDriver final : public LikesDriver {
  private:
   const std::vector<sockaddr_in> addrs_;
   const std::vector<LikesHttpTarget> targets_;
+  const int pipeline_;
 };
 
 }  // namespace
 
 Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::string& url, const std::string& token,
-                                                         const LikesWorkload& workload) {
-  return MakeLikesHttpDriver(std::vector<std::string>{url}, token, workload);
+                                                         const LikesWorkload& workload, int pipeline) {
+  return MakeLikesHttpDriver(std::vector<std::string>{url}, token, workload, pipeline);
 }
 
 Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::vector<std::string>& urls,
-                                                         const std::string& token, const LikesWorkload& workload) {
+                                                         const std::string& token,
+                                                         const LikesWorkload& workload, int pipeline) {
   if (urls.empty()) return InvalidArgument("no --url");
+  if (pipeline < 1 || pipeline > kMaxHttpPipeline) {
+    return InvalidArgument("--pipeline must be 1.." + std::to_string(kMaxHttpPipeline) + " for chorus");
+  }
   std::vector<sockaddr_in> addrs;
   std::vector<LikesHttpTarget> targets;
   for (const std::string& url : urls) {
@@ -556,7 +569,7 @@ Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::vector<std::
     target.owners = workload.owners;
     targets.push_back(std::move(target));
   }
-  return std::unique_ptr<LikesDriver>(new LikesHttpDriver(std::move(addrs), std::move(targets)));
+  return std::unique_ptr<LikesDriver>(new LikesHttpDriver(std::move(addrs), std::move(targets), pipeline));
 }
 
 // ---------------------------------------------------------------------------------------------

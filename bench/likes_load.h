@@ -21,8 +21,9 @@
 //             liked going viral): every action of a write, and one of the entities of a read.
 //
 // Toggle tracking is exact because each load thread draws users from its own stripe
-// (user % threads == thread): no two generators write for the same user. Two connections of one
-// thread may still race on one pair; the loser is a no-op on the server (rare, harmless).
+// (user % threads == thread): no two generators write for the same user. Two connections (or two
+// pipelined streams) of one thread may still race on one pair; the loser is a no-op on the server
+// (rare, harmless).
 //
 // Threads: a LikesModel is immutable and shared; a LikesOpGenerator belongs to one load thread.
 // RunLikesPhases spawns the threads, one driver run per thread per phase, and merges.
@@ -271,14 +272,17 @@ class LikesDriver {
                          LikesPhaseResult* result) = 0;
 };
 
-// chorus (or anything speaking the likes HTTP API) over closed-loop keep-alive connections.
+// chorus (or anything speaking the likes HTTP API) over closed-loop keep-alive connections, with
+// `pipeline` requests in flight on each (1..kMaxHttpPipeline; > 1 is HTTP/1.1 pipelining, the
+// shape of the Redis peer's connections; see http_closed_loop.h).
 Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::string& url, const std::string& token,
-                                                         const LikesWorkload& workload);
+                                                         const LikesWorkload& workload, int pipeline = 1);
 // The same spread over several servers (the nodes of a fleet, no load balancer in front): each
 // load thread's connection i talks to urls[i % urls.size()], so connections split evenly and a
 // user's successive operations may land on different nodes, as behind a round-robin balancer.
 Result<std::unique_ptr<LikesDriver>> MakeLikesHttpDriver(const std::vector<std::string>& urls,
-                                                         const std::string& token, const LikesWorkload& workload);
+                                                         const std::string& token,
+                                                         const LikesWorkload& workload, int pipeline = 1);
 
 struct LikesRunOptions {
   LikesWorkload workload;

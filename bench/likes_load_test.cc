@@ -624,6 +624,37 @@ TEST(LikesHttpDriverTest, SeveralUrlsSpreadTheConnections) {
   EXPECT_FALSE(MakeLikesHttpDriver(std::vector<std::string>{a.Url(), "http://127.0.0.1:1/x"}, "", o.workload).ok());
 }
 
+// --pipeline for chorus: 4 requests in flight per connection (HTTP/1.1 pipelining, which the fake
+// answers in order). Every stream's requests carry its own connection's node in the Host header,
+// and the answers are counted per operation as without pipelining.
+TEST(LikesHttpDriverTest, PipelinedConnectionsKeepTheirNodeAndCountEveryAnswer) {
+  FakeLikesServer a, b;
+  LikesRunOptions o = SmallRun({LikesPhase::kPreload, LikesPhase::kRead});
+  o.preload = 200;
+  auto driver =
+      MakeLikesHttpDriver(std::vector<std::string>{a.Url(), b.Url()}, "tok", o.workload, /*pipeline=*/4);
+  ASSERT_TRUE(driver.ok()) << driver.status().ToString();
+  auto results = RunLikesPhases(o, **driver);
+  ASSERT_TRUE(results.ok()) << results.status().ToString();
+  EXPECT_EQ((*results)[0].kind(LikesOpKind::kWrite).items, 200u) << "every preload pair liked once";
+  const LikesKindStats& state = (*results)[1].kind(LikesOpKind::kState);
+  EXPECT_GT(state.requests, 0u);
+  EXPECT_EQ(state.non_2xx, 0u);
+  EXPECT_EQ(state.items, state.requests * 20);
+  EXPECT_EQ(state.liked, state.items);
+  for (const LikesPhaseResult& r : *results) {
+    EXPECT_EQ(r.transport.socket_errors(), 0u) << LikesPhaseName(r.phase);
+    EXPECT_EQ(r.ToMeasurement("fake").ErrorCount(), 0u) << LikesPhaseName(r.phase);
+  }
+  for (const FakeLikesServer* s : {&a, &b}) {
+    EXPECT_GT(s->requests(), 0);
+    EXPECT_EQ(s->wrong_host(), 0);
+    EXPECT_EQ(s->unauthorized(), 0);
+  }
+  EXPECT_FALSE(MakeLikesHttpDriver(a.Url(), "tok", o.workload, 0).ok());
+  EXPECT_FALSE(MakeLikesHttpDriver(a.Url(), "tok", o.workload, kMaxHttpPipeline + 1).ok());
+}
+
 TEST(LikesHttpDriverTest, BatchResultErrorsAreCountedPerAction) {
   FakeLikesServer server;
   LikesRunOptions o = SmallRun({LikesPhase::kWrite});
