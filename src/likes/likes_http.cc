@@ -334,12 +334,15 @@ class Handlers {
 
 Status LikesService::AddRoutes(net::Router& router) {
   auto h = std::make_shared<Handlers>(*this);
-  CHORUS_RETURN_IF_ERROR(router.Add("POST", "/v1/likes", [h](net::HttpRequest& q, net::HttpResponder r) {
-    h->Post(q, std::move(r));
-  }));
-  CHORUS_RETURN_IF_ERROR(router.Add("POST", "/v1/likes/batch", [h](net::HttpRequest& q, net::HttpResponder r) {
-    h->PostBatch(q, std::move(r));
-  }));
+  // Pipelined actions of one connection may wait for their group commit together when each
+  // key's actions keep their order anyway (the embedded store); otherwise they run one by one.
+  net::RouteOptions writes;
+  writes.parallel_pipelining = keeps_action_order();
+  CHORUS_RETURN_IF_ERROR(router.Add(
+      "POST", "/v1/likes", [h](net::HttpRequest& q, net::HttpResponder r) { h->Post(q, std::move(r)); }, writes));
+  CHORUS_RETURN_IF_ERROR(router.Add(
+      "POST", "/v1/likes/batch", [h](net::HttpRequest& q, net::HttpResponder r) { h->PostBatch(q, std::move(r)); },
+      writes));
   CHORUS_RETURN_IF_ERROR(router.Add("GET", "/v1/likes/state", [h](net::HttpRequest& q, net::HttpResponder r) {
     h->GetStates(q, std::move(r));
   }));

@@ -1057,6 +1057,7 @@ Status LikesService::Start() { return impl_->Start(); }
 void LikesService::Stop() { impl_->Stop(); }
 const LikesOptions& LikesService::options() const { return impl_->options_; }
 const net::TokenSigner& LikesService::signer() const { return impl_->signer_; }
+bool LikesService::keeps_action_order() const { return !impl_->applies_elsewhere_; }
 const Business* LikesService::FindBusiness(std::string_view id) const { return impl_->FindBusiness(id); }
 
 Status LikesService::ValidateAct(const ActRequest& r) const {

@@ -137,6 +137,10 @@ class LikesService {
   const Business* FindBusiness(std::string_view id) const;
   const LikesOptions& options() const;
   const net::TokenSigner& signer() const;
+  // True when actions handed to Act in order are applied in that order per (business, user,
+  // entity): the embedded store, where each key's actions pass through its owner shard's FIFO.
+  // Not with the cluster engines, whose reads go through a thread pool first.
+  bool keeps_action_order() const;
 
   class Impl;
 

@@ -201,23 +201,25 @@ class LikesServer {
   std::unique_ptr<LikesService> service_;
 };
 
+// Every transition from every state, in an order that visits them all.
+struct Step {
+  const char* action;
+  const char* state;
+  bool changed;
+  int64_t likes, dislikes;
+};
+constexpr Step kTransitions[] = {
+    {"like", "liked", true, 1, 0},        {"like", "liked", false, 1, 0},
+    {"dislike", "disliked", true, 0, 1},  {"unlike", "disliked", false, 0, 1},
+    {"dislike", "disliked", false, 0, 1}, {"like", "liked", true, 1, 0},
+    {"undislike", "liked", false, 1, 0},  {"unlike", "none", true, 0, 0},
+    {"unlike", "none", false, 0, 0},      {"undislike", "none", false, 0, 0},
+    {"dislike", "disliked", true, 0, 1},  {"undislike", "none", true, 0, 0},
+};
+
 TEST(LikesServiceTest, EveryTransitionOverHttp) {
   LikesServer s;
-  struct Step {
-    const char* action;
-    const char* state;
-    bool changed;
-    int64_t likes, dislikes;
-  };
-  const Step steps[] = {
-      {"like", "liked", true, 1, 0},        {"like", "liked", false, 1, 0},
-      {"dislike", "disliked", true, 0, 1},  {"unlike", "disliked", false, 0, 1},
-      {"dislike", "disliked", false, 0, 1}, {"like", "liked", true, 1, 0},
-      {"undislike", "liked", false, 1, 0},  {"unlike", "none", true, 0, 0},
-      {"unlike", "none", false, 0, 0},      {"undislike", "none", false, 0, 0},
-      {"dislike", "disliked", true, 0, 1},  {"undislike", "none", true, 0, 0},
-  };
-  for (const Step& step : steps) {
+  for (const Step& step : kTransitions) {
     SCOPED_TRACE(step.action);
     Reply r = s.Act("alice", "v1", step.action);
     ASSERT_EQ(r.status, 200) << r.body;
@@ -237,6 +239,39 @@ TEST(LikesServiceTest, EveryTransitionOverHttp) {
 
 // The act, states and counts bodies are written by hand (likes_http.cc): each must be exactly
 // the documented object, and a repeated entity is answered once.
+
+TEST(LikesServiceTest, PipelinedActionsOnOneLikeApplyInTheOrderSent) {
+  // One burst on one connection: the server dispatches the actions together (the embedded store
+  // keeps each key's order), and every answer must be the one the sequential order gives.
+  LikesServer s;
+  ASSERT_TRUE(s.service().keeps_action_order());
+  const std::string token = s.UserToken("alice");
+  std::string burst;
+  for (const Step& step : kTransitions) {
+    const std::string body = json{{"business", "video"}, {"user", "alice"}, {"entity", "v1"}, {"action", step.action}}
+                                 .dump();
+    burst += "POST /v1/likes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token +
+             "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) + "\r\n\r\n" +
+             body;
+  }
+  net::testclient::HttpClient c(s.port());
+  ASSERT_FALSE(c.SendRaw(burst));
+  for (const Step& step : kTransitions) {
+    SCOPED_TRACE(step.action);
+    net::testclient::Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    ASSERT_EQ(r.status(), 200) << r.body();
+    json j = json::parse(r.body());
+    EXPECT_EQ(j["state"], step.state);
+    EXPECT_EQ(j["changed"], step.changed);
+    EXPECT_EQ(j["counts"]["likes"], step.likes);
+    EXPECT_EQ(j["counts"]["dislikes"], step.dislikes);
+  }
+  EXPECT_EQ(s.States("alice", "v1")["states"]["v1"], "none");
+  auto report = s.StopAndVerify();
+  ASSERT_TRUE(report.ok()) << report.status().ToString();
+  EXPECT_EQ(report->differences(), 0u);
+}
 TEST(LikesServiceTest, ResponsesAreTheDocumentedObjects) {
   LikesServer s;
   ASSERT_EQ(s.Act("alice", "v1", "like").status, 200);

@@ -486,8 +486,9 @@ class WsSession final : public Connection,
 // are being dispatched nothing is written (the cork), so a burst of pipelined requests answered
 // inline costs one recv and one send; answers arriving from other threads are gathered by
 // flushing one event-loop turn later when more requests are outstanding. Only safe requests
-// (GET, HEAD, ...) run in parallel: a POST waits for the requests before it to be answered, and
-// the requests after it wait for its answer (CanDispatch).
+// (GET, HEAD, ...) and routes with RouteOptions::parallel_pipelining run in parallel: any other
+// POST waits for the requests before it to be answered, and the requests after it wait for its
+// answer (CanDispatch).
 //
 // Closing: a request without keep-alive, a protocol error, the peer's end of stream or server
 // shutdown stop the reading (`closing_`); the responses owed still go out, the last one with
@@ -614,9 +615,16 @@ class HttpSession final : public Connection,
            method == http::verb::trace;
   }
 
-  bool CanDispatch(const http::request<http::string_body>& msg) const {
+  // A parsed request waiting for its turn, already routed.
+  struct Held {
+    http::request<http::string_body> msg;
+    Router::Match match;
+    bool parallel = false;  // safe, or its route keeps the order itself
+  };
+
+  bool CanDispatch(const Held& held) const {
     if (slots_.size() >= core_->options.max_pipelined_requests || unsafe_running_) return false;
-    return running_ == 0 || IsSafe(msg.method());
+    return running_ == 0 || held.parallel;
   }
 
   // Dispatches every complete request in the buffer that may go now, then reads on unless the
@@ -639,16 +647,21 @@ class HttpSession final : public Connection,
           if (used == 0) break;
           continue;
         }
-        held_.emplace(parser_->release());
+        held_.emplace();
+        held_->msg = parser_->release();
         NewParser();
+        const std::string_view target = held_->msg.target();
+        held_->match = core_->router.Find(held_->msg.method_string(), target.substr(0, target.find('?')),
+                                          websocket::is_upgrade(held_->msg));
+        held_->parallel = IsSafe(held_->msg.method()) || held_->match.parallel_pipelining;
       }
       if (!CanDispatch(*held_)) {
         paused_ = true;  // resumed by Progress once answers or writes make room
         break;
       }
-      http::request<http::string_body> msg = std::move(*held_);
+      Held held = std::move(*held_);
       held_.reset();
-      Dispatch(std::move(msg));
+      Dispatch(std::move(held));
     }
     parsing_ = false;
     if (!closing_ && !upgrade_ && !paused_) ReadMore();
@@ -685,7 +698,8 @@ class HttpSession final : public Connection,
     Complete(id, HttpResponse::Error(status, code, message));
   }
 
-  void Dispatch(http::request<http::string_body> msg) {
+  void Dispatch(Held held) {
+    http::request<http::string_body>& msg = held.msg;
     const bool keep_alive = msg.keep_alive() && !core_->shutting_down.load(std::memory_order_relaxed);
     const bool head = msg.method() == http::verb::head;
 
@@ -713,8 +727,7 @@ class HttpSession final : public Connection,
     req.remote = remote_;
     req.shard = shard_.index();
 
-    const bool upgrade = websocket::is_upgrade(msg);
-    Router::Match match = core_->router.Find(req.method, target.substr(0, q), upgrade);
+    Router::Match& match = held.match;
     req.params = std::move(match.params);
     if (match.websocket != nullptr) {
       // The bytes after an upgrade request are WebSocket frames: stop parsing, and hand the
@@ -724,7 +737,7 @@ class HttpSession final : public Connection,
     }
     if (!keep_alive) closing_ = true;  // this request's answer is the last
     const uint64_t id = NewSlot(head).id;
-    if (!IsSafe(msg.method())) unsafe_running_ = id;
+    if (!held.parallel) unsafe_running_ = id;
     if (match.handler == nullptr) {
       HttpResponse r;
       switch (match.status) {
@@ -944,7 +957,7 @@ class HttpSession final : public Connection,
   std::vector<size_t> head_ends_;
   std::vector<asio::const_buffer> write_bufs_;
   std::optional<PendingUpgrade> upgrade_;
-  std::optional<http::request<http::string_body>> held_;  // parsed, not yet allowed to go
+  std::optional<Held> held_;     // parsed, not yet allowed to go
   size_t running_ = 0;           // slots whose handler has not answered
   uint64_t unsafe_running_ = 0;  // the slot of an unanswered unsafe request (0: none)
   uint64_t next_id_ = 0;

@@ -292,6 +292,46 @@ TEST(HttpServerTest, PipelinedPostsRunOneAtATimeInOrder) {
   EXPECT_TRUE(h.Shutdown());
 }
 
+TEST(HttpServerTest, PostsToARouteThatKeepsItsOwnOrderAreDispatchedTogether) {
+  Mutex mu;
+  std::vector<std::pair<std::string, HttpResponder>> held;
+  ServerHarness h;
+  RouteOptions parallel;
+  parallel.parallel_pipelining = true;
+  ASSERT_TRUE(h.router()
+                  .Add(
+                      "POST", "/any",
+                      [&](HttpRequest& req, HttpResponder res) {
+                        MutexLock lock(mu);
+                        held.emplace_back(req.body, std::move(res));
+                      },
+                      parallel)
+                  .ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start(TestOptions()));
+  HttpClient c(h.port());
+  std::string three;
+  for (const char* body : {"a", "b", "c"}) {
+    three += std::string("POST /any HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n\r\n") + body;
+  }
+  ASSERT_FALSE(c.SendRaw(three));
+  ASSERT_TRUE(Eventually([&] {
+    MutexLock lock(mu);
+    return held.size() == 3;  // all three in progress at once
+  }));
+  std::vector<std::pair<std::string, HttpResponder>> now;
+  {
+    MutexLock lock(mu);
+    now.swap(held);
+  }
+  for (auto it = now.rbegin(); it != now.rend(); ++it) it->second.Send(HttpResponse::Text(200, it->first));
+  for (const char* want : {"a", "b", "c"}) {  // answered last to first, sent in request order
+    Reply r = c.Read();
+    ASSERT_FALSE(r.ec) << r.ec.message();
+    EXPECT_EQ(r.body(), want);
+  }
+  EXPECT_TRUE(h.Shutdown());
+}
+
 TEST(HttpServerTest, MalformedRequestInAPipelineIsAnsweredAfterTheOnesBeforeIt) {
   ServerHarness h;
   ASSERT_NO_FATAL_FAILURE(AddEcho(h.router()));

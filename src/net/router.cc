@@ -36,6 +36,7 @@ struct Router::Route {
   };
   std::vector<Segment> segments;
   HttpHandler handler;
+  RouteOptions options;
   std::unique_ptr<WebSocketHandler> websocket;
 
   // Number of literal segments: more literals = more specific.
@@ -97,7 +98,7 @@ static Result<std::vector<Router::Route::Segment>> ParsePattern(std::string_view
   return segs;
 }
 
-Status Router::Add(std::string_view method, std::string_view pattern, HttpHandler handler) {
+Status Router::Add(std::string_view method, std::string_view pattern, HttpHandler handler, RouteOptions options) {
   CHORUS_ASSIGN_OR_RETURN(auto segs, ParsePattern(pattern));
   for (const auto& r : routes_) {
     if (r->method == method && r->pattern == pattern) {
@@ -109,6 +110,7 @@ Status Router::Add(std::string_view method, std::string_view pattern, HttpHandle
   r->pattern = std::string(pattern);
   r->segments = std::move(segs);
   r->handler = std::move(handler);
+  r->options = options;
   routes_.push_back(std::move(r));
   std::stable_sort(routes_.begin(), routes_.end(),
                    [](const auto& a, const auto& b) { return a->Specificity() > b->Specificity(); });
@@ -160,6 +162,7 @@ Router::Match Router::Find(std::string_view method, std::string_view raw_path, b
     if (websocket_upgrade) continue;
     if (r->method == method || (method == "HEAD" && r->method == "GET")) {
       m.handler = &r->handler;
+      m.parallel_pipelining = r->options.parallel_pipelining;
       m.params = std::move(params);
       return m;
     }

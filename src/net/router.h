@@ -22,6 +22,15 @@
 
 namespace chorus::net {
 
+// How the server may treat a route's requests.
+struct RouteOptions {
+  // Pipelined requests with an unsafe method (POST, ...) run one at a time, in order (RFC 9112
+  // §9.3.2). Set this when the handler itself keeps the order that matters between requests
+  // dispatched in order (e.g. per key, through one shard's FIFO): such requests are then
+  // dispatched without waiting for the answers before them, as safe ones are.
+  bool parallel_pipelining = false;
+};
+
 class Router {
  public:
   Router();
@@ -30,7 +39,7 @@ class Router {
   Router& operator=(const Router&) = delete;
 
   // Adds a route; an invalid pattern or a duplicate (method, pattern) is an error.
-  Status Add(std::string_view method, std::string_view pattern, HttpHandler handler);
+  Status Add(std::string_view method, std::string_view pattern, HttpHandler handler, RouteOptions options = {});
   Status AddWebSocket(std::string_view pattern, WebSocketHandler handler);
 
   struct Match {
@@ -39,6 +48,7 @@ class Router {
     std::vector<std::pair<std::string, std::string>> params;
     int status = 200;     // 400, 404, 405 or 426 when nothing matched
     std::string allow;    // for 405: "GET, POST"
+    bool parallel_pipelining = false;  // the route's RouteOptions
   };
   // `websocket_upgrade` selects WebSocket routes (GET with Upgrade: websocket).
   Match Find(std::string_view method, std::string_view raw_path, bool websocket_upgrade) const;
