@@ -494,6 +494,15 @@ class WsSession final : public Connection,
 // shutdown stop the reading (`closing_`); the responses owed still go out, the last one with
 // `Connection: close`, then the socket closes.
 
+// A parsed request of an HttpSession waiting for its turn, already routed. (At namespace scope:
+// clang cannot default-construct a nested class with member initializers inside its enclosing
+// class, as std::optional::emplace() needs.)
+struct HeldRequest {
+  http::request<http::string_body> msg;
+  Router::Match match;
+  bool parallel = false;  // safe, or its route keeps the order itself
+};
+
 class HttpSession final : public Connection,
                           public HttpResponder::Sink,
                           public std::enable_shared_from_this<HttpSession> {
@@ -564,6 +573,9 @@ class HttpSession final : public Connection,
     // request must still get its 408. The read timer only cancels the read. It runs while the
     // peer owes us a request (nothing outstanding); while we owe it answers, it does not.
     if (slots_.empty()) ArmReadTimer();
+    // A write in progress keeps its own deadline; this clears only the read side's (a Flush
+    // made while no read was pending set both).
+    stream_.expires_never();
     stream_.async_read_some(buffer_.prepare(beast::read_size(buffer_, kReadChunk)),
                             [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnRead(ec, n); });
   }
@@ -615,12 +627,7 @@ class HttpSession final : public Connection,
            method == http::verb::trace;
   }
 
-  // A parsed request waiting for its turn, already routed.
-  struct Held {
-    http::request<http::string_body> msg;
-    Router::Match match;
-    bool parallel = false;  // safe, or its route keeps the order itself
-  };
+  using Held = HeldRequest;
 
   bool CanDispatch(const Held& held) const {
     if (slots_.size() >= core_->options.max_pipelined_requests || unsafe_running_) return false;
