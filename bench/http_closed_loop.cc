@@ -119,69 +119,54 @@ void SetEpollInterest(int epfd, int fd, void* tag, bool write) {
   epoll_ctl(epfd, EPOLL_CTL_MOD, fd, &ev);
 }
 
-// One thread's connections, one request in flight on each (pipeline = 1). Everything here is
-// touched by that thread only.
-class Loop {
+// The epoll skeleton of both loops below (CRTP): connects every connection, then hands readiness
+// to Derived until end_ns or until every connection has finished. Derived provides Connect(c, now),
+// Fail(c, now), OnConnected(c, now) (the connect completed), OnWritable(c, now) (EPOLLOUT while
+// want_write), OnReadable(c) and CheckTimers(now); ConnT has fd, connecting and want_write.
+template <typename Derived, typename ConnT>
+class EpollLoop {
  public:
-  Loop(const HttpLoopOptions& options, HttpWorkload& workload)
-      : o_(options),
-        workload_(workload),
-        body_limit_(workload.body_limit()),
-        conns_(static_cast<size_t>(std::max(options.connections, 0))),
-        buf_(size_t{64} * 1024) {
-    for (size_t i = 0; i < conns_.size(); ++i) {
-      conns_[i].index = i;
-      conns_[i].parser.set_body_limit(body_limit_);
-    }
-  }
+  HttpLoopResult Run();
 
-  ~Loop() {
-    for (Conn& c : conns_) CloseFd(c);
+ protected:
+  explicit EpollLoop(const HttpLoopOptions& options)
+      : o_(options), conns_(static_cast<size_t>(std::max(options.connections, 0))) {}
+  ~EpollLoop() {
+    for (ConnT& c : conns_) CloseFd(c);
     if (epfd_ >= 0) ::close(epfd_);
   }
 
-  HttpLoopResult Run();
-
- private:
-  struct Conn {
-    size_t index = 0;
-    int fd = -1;
-    bool connecting = false;
-    bool want_write = false;   // EPOLLOUT registered for a partial request write
-    bool in_flight = false;    // a request is outstanding (or waits for the connection)
-    bool reused = false;       // this fd already carried a complete response
-    bool has_request = false;  // `request` was handed out and not yet answered
-    bool done = false;         // the workload has nothing more for this connection
-    size_t written = 0;
-    int64_t start = 0;     // send time of the request, or connect time while connecting
-    int64_t retry_at = 0;  // when fd < 0: reconnect at this time
-    std::string request;
-    HttpResponseParser parser;
-  };
-
-  void Connect(Conn& c, int64_t now);
-  void Fail(Conn& c, int64_t now);   // an error: drop the request, reconnect after a back-off
-  void Retry(Conn& c, int64_t now);  // reused connection closed by the server: resend
-  void Finish(Conn& c);
-  void CloseFd(Conn& c);
-  void SendRequest(Conn& c, int64_t now);
-  void ContinueWrite(Conn& c, int64_t now);
-  void OnReadable(Conn& c);
-  void OnComplete(Conn& c);
-  void SetInterest(Conn& c, bool write);
-  void CheckTimers(int64_t now);
+  void CloseFd(ConnT& c) {
+    if (c.fd >= 0) {
+      ::close(c.fd);  // also removes it from the epoll set
+      c.fd = -1;
+    }
+    c.connecting = false;
+    c.want_write = false;
+  }
+  // A reused connection closed by the server: reconnect at once (Derived::Connect resends).
+  void Retry(ConnT& c, int64_t now) {
+    ++counters_.reconnects;
+    CloseFd(c);
+    self().Connect(c, now);
+  }
+  void SetInterest(ConnT& c, bool write) {
+    SetEpollInterest(epfd_, c.fd, &c, write);
+    c.want_write = write;
+  }
 
   const HttpLoopOptions o_;
-  HttpWorkload& workload_;
-  const size_t body_limit_;
-  std::vector<Conn> conns_;  // never resized: epoll events point into it
-  std::vector<char> buf_;
+  std::vector<ConnT> conns_;  // never resized: epoll events point into it
   int epfd_ = -1;
   size_t finished_ = 0;
   HttpLoopCounters counters_;
+
+ private:
+  Derived& self() { return static_cast<Derived&>(*this); }
 };
 
-HttpLoopResult Loop::Run() {
+template <typename Derived, typename ConnT>
+HttpLoopResult EpollLoop<Derived, ConnT>::Run() {
   HttpLoopResult result;
   epfd_ = epoll_create1(EPOLL_CLOEXEC);
   if (epfd_ < 0) {
@@ -191,7 +176,7 @@ HttpLoopResult Loop::Run() {
     return result;
   }
   const int64_t start = SteadyNowNanos();
-  for (Conn& c : conns_) Connect(c, start);
+  for (ConnT& c : conns_) self().Connect(c, start);
 
   std::vector<epoll_event> events(1024);
   int64_t next_check = start;
@@ -200,7 +185,7 @@ HttpLoopResult Loop::Run() {
     now = SteadyNowNanos();
     if (now >= o_.end_ns) break;
     if (now >= next_check) {
-      CheckTimers(now);
+      self().CheckTimers(now);
       next_check = now + 10'000'000;  // 10 ms
     }
     const int wait_ms = static_cast<int>(std::min<int64_t>(10, (o_.end_ns - now) / 1'000'000 + 1));
@@ -210,29 +195,78 @@ HttpLoopResult Loop::Run() {
       break;
     }
     for (int i = 0; i < n; ++i) {
-      Conn& c = *static_cast<Conn*>(events[i].data.ptr);
+      ConnT& c = *static_cast<ConnT*>(events[i].data.ptr);
       const uint32_t ev = events[i].events;
       if (c.fd < 0) continue;
       if (c.connecting) {
         if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) continue;
         if (!ConnectSucceeded(c.fd)) {
           ++counters_.connect_errors;
-          Fail(c, SteadyNowNanos());
+          self().Fail(c, SteadyNowNanos());
           continue;
         }
         c.connecting = false;
         SetInterest(c, false);
-        SendRequest(c, SteadyNowNanos());
+        self().OnConnected(c, SteadyNowNanos());
         continue;
       }
-      if ((ev & EPOLLOUT) && c.want_write) ContinueWrite(c, SteadyNowNanos());
-      if (c.fd >= 0 && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) OnReadable(c);
+      if ((ev & EPOLLOUT) && c.want_write) self().OnWritable(c, SteadyNowNanos());
+      // Not if the write replaced the socket: these events were the old one's.
+      if (c.fd >= 0 && !c.connecting && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) self().OnReadable(c);
     }
   }
   result.counters = counters_;
   result.ended_ns = std::min(std::max(now, SteadyNowNanos()), o_.end_ns);
   return result;
 }
+
+// One thread's connections, one request in flight on each (pipeline = 1). Everything here is
+// touched by that thread only.
+struct ClosedLoopConn {
+  size_t index = 0;
+  int fd = -1;
+  bool connecting = false;
+  bool want_write = false;   // EPOLLOUT registered for a partial request write
+  bool in_flight = false;    // a request is outstanding (or waits for the connection)
+  bool reused = false;       // this fd already carried a complete response
+  bool has_request = false;  // `request` was handed out and not yet answered
+  bool done = false;         // the workload has nothing more for this connection
+  size_t written = 0;
+  int64_t start = 0;     // send time of the request, or connect time while connecting
+  int64_t retry_at = 0;  // when fd < 0: reconnect at this time
+  std::string request;
+  HttpResponseParser parser;
+};
+
+class Loop final : public EpollLoop<Loop, ClosedLoopConn> {
+ public:
+  Loop(const HttpLoopOptions& options, HttpWorkload& workload)
+      : EpollLoop(options), workload_(workload), body_limit_(workload.body_limit()), buf_(size_t{64} * 1024) {
+    for (size_t i = 0; i < conns_.size(); ++i) {
+      conns_[i].index = i;
+      conns_[i].parser.set_body_limit(body_limit_);
+    }
+  }
+
+ private:
+  friend class EpollLoop<Loop, ClosedLoopConn>;
+  using Conn = ClosedLoopConn;
+
+  void Connect(Conn& c, int64_t now);
+  void Fail(Conn& c, int64_t now);  // an error: drop the request, reconnect after a back-off
+  void Finish(Conn& c);
+  void OnConnected(Conn& c, int64_t now) { SendRequest(c, now); }
+  void OnWritable(Conn& c, int64_t now) { ContinueWrite(c, now); }
+  void SendRequest(Conn& c, int64_t now);
+  void ContinueWrite(Conn& c, int64_t now);
+  void OnReadable(Conn& c);
+  void OnComplete(Conn& c);
+  void CheckTimers(int64_t now);
+
+  HttpWorkload& workload_;
+  const size_t body_limit_;
+  std::vector<char> buf_;
+};
 
 void Loop::Connect(Conn& c, int64_t now) {
   c.connecting = false;
@@ -251,15 +285,6 @@ void Loop::Connect(Conn& c, int64_t now) {
   c.connecting = true;
 }
 
-void Loop::CloseFd(Conn& c) {
-  if (c.fd >= 0) {
-    ::close(c.fd);  // also removes it from the epoll set
-    c.fd = -1;
-  }
-  c.connecting = false;
-  c.want_write = false;
-}
-
 void Loop::Fail(Conn& c, int64_t now) {
   CloseFd(c);
   if (c.has_request) {
@@ -269,22 +294,11 @@ void Loop::Fail(Conn& c, int64_t now) {
   c.retry_at = now + kBackoffNs;
 }
 
-void Loop::Retry(Conn& c, int64_t now) {
-  ++counters_.reconnects;
-  CloseFd(c);
-  Connect(c, now);
-}
-
 void Loop::Finish(Conn& c) {
   CloseFd(c);
   c.in_flight = false;
   c.done = true;
   ++finished_;
-}
-
-void Loop::SetInterest(Conn& c, bool write) {
-  SetEpollInterest(epfd_, c.fd, &c, write);
-  c.want_write = write;
 }
 
 void Loop::SendRequest(Conn& c, int64_t now) {
@@ -401,13 +415,33 @@ void Loop::CheckTimers(int64_t now) {
 // The same skeleton as Loop, but a connection carries d streams and a FIFO of their in-flight
 // requests, and requests leave in batches: all of a connection's streams when it connects, then
 // after each recv() the streams it answered. Everything here is touched by that thread only.
-class PipelinedLoop {
+struct PipelinedConn {
+  struct InFlight {
+    size_t stream = 0;
+    int64_t sent = 0;  // when it was queued for sending
+  };
+  size_t index = 0;
+  int fd = -1;
+  bool connecting = false;
+  bool want_write = false;  // EPOLLOUT registered for a partial write of `out`
+  bool reused = false;      // this fd already carried a complete response
+  bool done = false;        // every stream ended and nothing is in flight
+  int64_t connect_start = 0;
+  int64_t retry_at = 0;  // when fd < 0: reconnect at this time
+  std::string out;       // queued requests; out[written, size) are not sent yet
+  size_t written = 0;
+  // Oldest first; the parser works on the head's response. Between events, once connected: a
+  // stream of this connection is in here iff it has a request (so iff it has not ended).
+  std::deque<InFlight> in_flight;
+  HttpResponseParser parser;
+};
+
+class PipelinedLoop final : public EpollLoop<PipelinedLoop, PipelinedConn> {
  public:
   PipelinedLoop(const HttpLoopOptions& options, HttpWorkload& workload, size_t depth)
-      : o_(options),
+      : EpollLoop(options),
         workload_(workload),
         depth_(depth),
-        conns_(static_cast<size_t>(std::max(options.connections, 0))),
         streams_(conns_.size() * depth),
         buf_(size_t{64} * 1024) {
     const size_t body_limit = workload.body_limit();
@@ -418,118 +452,33 @@ class PipelinedLoop {
     answered_.reserve(depth);
   }
 
-  ~PipelinedLoop() {
-    for (Conn& c : conns_) CloseFd(c);
-    if (epfd_ >= 0) ::close(epfd_);
-  }
-
-  HttpLoopResult Run();
-
  private:
+  friend class EpollLoop<PipelinedLoop, PipelinedConn>;
+  using Conn = PipelinedConn;
+  using InFlight = PipelinedConn::InFlight;
   struct Stream {
     std::string request;       // the workload's current request, kept to be resent
     bool has_request = false;  // handed out, not yet answered: in flight or waiting to be resent
     bool ended = false;        // NextRequest said there is nothing more
   };
-  struct InFlight {
-    size_t stream = 0;
-    int64_t sent = 0;  // when it was queued for sending
-  };
-  struct Conn {
-    size_t index = 0;
-    int fd = -1;
-    bool connecting = false;
-    bool want_write = false;  // EPOLLOUT registered for a partial write of `out`
-    bool reused = false;      // this fd already carried a complete response
-    bool done = false;        // every stream ended and nothing is in flight
-    int64_t connect_start = 0;
-    int64_t retry_at = 0;  // when fd < 0: reconnect at this time
-    std::string out;       // queued requests; out[written, size) are not sent yet
-    size_t written = 0;
-    // Oldest first; the parser works on the head's response. Between events, once connected: a
-    // stream of this connection is in here iff it has a request (so iff it has not ended).
-    std::deque<InFlight> in_flight;
-    HttpResponseParser parser;
-  };
 
   void Connect(Conn& c, int64_t now);  // forgets the FIFO; streams with a request resend it
-  void CloseFd(Conn& c);
-  void Fail(Conn& c, int64_t now);   // an error: fail every in-flight stream, back off, reconnect
-  void Retry(Conn& c, int64_t now);  // reused connection closed by the server: resend them all
+  void Fail(Conn& c, int64_t now);     // an error: fail every in-flight stream, back off, reconnect
   void Finish(Conn& c);
   void Enqueue(Conn& c, size_t stream, int64_t now);  // the stream's request, if it has one
   void OnConnected(Conn& c, int64_t now);
+  void OnWritable(Conn& c, int64_t now) { Flush(c, now); }
   void Flush(Conn& c, int64_t now);
   void OnReadable(Conn& c);
   void CompleteHead(Conn& c, int64_t now);
-  void SetInterest(Conn& c, bool write);
   void CheckTimers(int64_t now);
 
-  const HttpLoopOptions o_;
   HttpWorkload& workload_;
   const size_t depth_;
-  std::vector<Conn> conns_;      // never resized: epoll events point into it
   std::vector<Stream> streams_;  // connection c's are [c * depth_, (c + 1) * depth_)
   std::vector<char> buf_;
   std::vector<size_t> answered_;  // streams answered by the recv() being processed
-  int epfd_ = -1;
-  size_t finished_ = 0;
-  HttpLoopCounters counters_;
 };
-
-HttpLoopResult PipelinedLoop::Run() {
-  HttpLoopResult result;
-  epfd_ = epoll_create1(EPOLL_CLOEXEC);
-  if (epfd_ < 0) {
-    counters_.connect_errors += conns_.size();
-    result.counters = counters_;
-    result.ended_ns = SteadyNowNanos();
-    return result;
-  }
-  const int64_t start = SteadyNowNanos();
-  for (Conn& c : conns_) Connect(c, start);
-
-  std::vector<epoll_event> events(1024);
-  int64_t next_check = start;
-  int64_t now = start;
-  while (finished_ < conns_.size()) {
-    now = SteadyNowNanos();
-    if (now >= o_.end_ns) break;
-    if (now >= next_check) {
-      CheckTimers(now);
-      next_check = now + 10'000'000;  // 10 ms
-    }
-    const int wait_ms = static_cast<int>(std::min<int64_t>(10, (o_.end_ns - now) / 1'000'000 + 1));
-    const int n = epoll_wait(epfd_, events.data(), static_cast<int>(events.size()), wait_ms);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      break;
-    }
-    for (int i = 0; i < n; ++i) {
-      Conn& c = *static_cast<Conn*>(events[i].data.ptr);
-      const uint32_t ev = events[i].events;
-      if (c.fd < 0) continue;
-      if (c.connecting) {
-        if ((ev & (EPOLLOUT | EPOLLERR | EPOLLHUP)) == 0) continue;
-        if (!ConnectSucceeded(c.fd)) {
-          ++counters_.connect_errors;
-          Fail(c, SteadyNowNanos());
-          continue;
-        }
-        c.connecting = false;
-        SetInterest(c, false);
-        OnConnected(c, SteadyNowNanos());
-        continue;
-      }
-      if ((ev & EPOLLOUT) && c.want_write) Flush(c, SteadyNowNanos());
-      // Not if Flush replaced the socket: these events were the old one's.
-      if (c.fd >= 0 && !c.connecting && (ev & (EPOLLIN | EPOLLERR | EPOLLHUP))) OnReadable(c);
-    }
-  }
-  result.counters = counters_;
-  result.ended_ns = std::min(std::max(now, SteadyNowNanos()), o_.end_ns);
-  return result;
-}
 
 void PipelinedLoop::Connect(Conn& c, int64_t now) {
   c.connecting = false;
@@ -550,15 +499,6 @@ void PipelinedLoop::Connect(Conn& c, int64_t now) {
   c.connecting = true;
 }
 
-void PipelinedLoop::CloseFd(Conn& c) {
-  if (c.fd >= 0) {
-    ::close(c.fd);  // also removes it from the epoll set
-    c.fd = -1;
-  }
-  c.connecting = false;
-  c.want_write = false;
-}
-
 void PipelinedLoop::Fail(Conn& c, int64_t now) {
   CloseFd(c);
   c.in_flight.clear();
@@ -575,22 +515,11 @@ void PipelinedLoop::Fail(Conn& c, int64_t now) {
   c.retry_at = now + kBackoffNs;
 }
 
-void PipelinedLoop::Retry(Conn& c, int64_t now) {
-  ++counters_.reconnects;
-  CloseFd(c);
-  Connect(c, now);
-}
-
 void PipelinedLoop::Finish(Conn& c) {
   CloseFd(c);
   c.in_flight.clear();
   c.done = true;
   ++finished_;
-}
-
-void PipelinedLoop::SetInterest(Conn& c, bool write) {
-  SetEpollInterest(epfd_, c.fd, &c, write);
-  c.want_write = write;
 }
 
 void PipelinedLoop::Enqueue(Conn& c, size_t stream, int64_t now) {
