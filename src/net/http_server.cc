@@ -1,6 +1,7 @@
 #include "net/http_server.h"
 
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
@@ -137,7 +138,28 @@ struct HttpServer::Core {
   void Unregister(uint32_t shard, Connection* c) {
     shards[shard].connections.erase(c);
   }
-  void ConnectionGone() EXCLUDES(drain_mu) {
+  // Connections living on each shard (HTTP and WebSocket), for PickShard.
+  std::unique_ptr<std::atomic<size_t>[]> open_by_shard;
+
+  // The kernel spreads connections over the shards' SO_REUSEPORT listeners by a hash of the
+  // address pair, so a client's few connections may all land on one shard. A connection accepted
+  // on a shard that holds more than another is handed to the least loaded one instead.
+  uint32_t PickShard(uint32_t accepted_on) {
+    uint32_t best = accepted_on;
+    size_t least = open_by_shard[accepted_on].load(std::memory_order_relaxed);
+    for (uint32_t i = 0; i < shards.size(); ++i) {
+      const size_t n = open_by_shard[i].load(std::memory_order_relaxed);
+      if (n < least) {
+        least = n;
+        best = i;
+      }
+    }
+    open_by_shard[best].fetch_add(1, std::memory_order_relaxed);
+    return best;
+  }
+
+  void ConnectionGone(uint32_t shard) EXCLUDES(drain_mu) {
+    open_by_shard[shard].fetch_sub(1, std::memory_order_relaxed);
     Metrics().connections->Sub();
     if (live.fetch_sub(1) == 1) {
       MutexLock lock(drain_mu);
@@ -170,7 +192,7 @@ class WsSession final : public Connection,
 
   ~WsSession() override {
     Metrics().websockets->Sub();
-    core_->ConnectionGone();
+    core_->ConnectionGone(shard_.index());
   }
 
   void Accept(http::request<http::string_body> req) {
@@ -519,7 +541,7 @@ class HttpSession final : public Connection,
   }
 
   ~HttpSession() override {
-    if (!upgraded_) core_->ConnectionGone();
+    if (!upgraded_) core_->ConnectionGone(shard_.index());
   }
 
   void Start() {
@@ -983,6 +1005,35 @@ class HttpSession final : public Connection,
   bool upgraded_ = false;
 };
 
+// Moves an accepted connection to shard `target` (counted there by PickShard already).
+void HandOver(const std::shared_ptr<Core>& core, uint32_t target, tcp::socket socket) {
+  beast::error_code ec;
+  const auto protocol = socket.local_endpoint(ec).protocol();
+  const auto fd = ec ? -1 : socket.release(ec);
+  if (ec) {
+    socket.close(ec);
+    core->ConnectionGone(target);
+    return;
+  }
+  core->runtime.shard(target).Post([core, target, protocol, fd] {
+    Shard& shard = core->runtime.shard(target);
+    beast::error_code ec;
+    tcp::socket moved(shard.io());
+    moved.assign(protocol, fd, ec);
+    if (ec) {
+      ::close(fd);
+      core->ConnectionGone(target);
+      return;
+    }
+    if (core->shutting_down.load()) {
+      moved.close(ec);  // the server stopped accepting while this one was on its way
+      core->ConnectionGone(target);
+      return;
+    }
+    std::make_shared<HttpSession>(core, shard, std::move(moved))->Start();
+  });
+}
+
 void Accept(std::shared_ptr<Core> core, uint32_t shard_index) {
   auto& state = core->shards[shard_index];
   if (!state.acceptor) return;
@@ -1005,7 +1056,12 @@ void Accept(std::shared_ptr<Core> core, uint32_t shard_index) {
       socket.set_option(tcp::no_delay(true), ec);
       core->live.fetch_add(1);
       Metrics().connections->Add();
-      std::make_shared<HttpSession>(core, core->runtime.shard(shard_index), std::move(socket))->Start();
+      const uint32_t target = core->PickShard(shard_index);
+      if (target == shard_index) {
+        std::make_shared<HttpSession>(core, core->runtime.shard(target), std::move(socket))->Start();
+      } else {
+        HandOver(core, target, std::move(socket));
+      }
     }
     Accept(core, shard_index);
   });
@@ -1035,6 +1091,7 @@ Result<std::unique_ptr<HttpServer>> HttpServer::Start(Runtime& runtime, const Ro
                                                       const HttpServerOptions& options) {
   auto core = std::make_shared<Core>(runtime, router, options);
   core->shards.resize(runtime.size());
+  core->open_by_shard = std::make_unique<std::atomic<size_t>[]>(runtime.size());
   beast::error_code ec;
   const auto address = asio::ip::make_address(options.host, ec);
   if (ec) return InvalidArgument("bad listen address '" + options.host + "'");
