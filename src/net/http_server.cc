@@ -548,6 +548,7 @@ class HttpSession final : public Connection,
     core_->Register(shard_.index(), this);
     registered_ = true;
     NewParser();
+    StartRequestDeadline();
     ReadMore();
   }
 
@@ -602,10 +603,16 @@ class HttpSession final : public Connection,
                             [self = shared_from_this()](beast::error_code ec, size_t n) { self->OnRead(ec, n); });
   }
 
+  // The wait for a new request starts: it must arrive whole within read_timeout from now, however
+  // it is split into reads.
+  void StartRequestDeadline() {
+    read_deadline_ = std::chrono::steady_clock::now() + core_->options.read_timeout;
+  }
+
   void ArmReadTimer() {
     read_timer_armed_ = true;
     read_timed_out_ = false;
-    read_timer_.expires_after(core_->options.read_timeout);
+    read_timer_.expires_at(read_deadline_);
     read_timer_.async_wait([self = shared_from_this(), gen = read_gen_](beast::error_code ec) {
       if (ec || gen != self->read_gen_ || self->closed_) return;  // cancelled, or that read completed
       if (!self->slots_.empty()) {  // the peer waits for us, not we for it
@@ -651,8 +658,12 @@ class HttpSession final : public Connection,
 
   using Held = HeldRequest;
 
+  // Requests received and not yet fully answered on the wire: dispatched, answered, or being
+  // written. max_pipelined_requests bounds it.
+  size_t Owed() const { return slots_.size() + in_write_.size(); }
+
   bool CanDispatch(const Held& held) const {
-    if (slots_.size() >= core_->options.max_pipelined_requests || unsafe_running_) return false;
+    if (Owed() >= core_->options.max_pipelined_requests || unsafe_running_) return false;
     return running_ == 0 || held.parallel;
   }
 
@@ -679,6 +690,7 @@ class HttpSession final : public Connection,
         held_.emplace();
         held_->msg = parser_->release();
         NewParser();
+        StartRequestDeadline();  // for the next request
         const std::string_view target = held_->msg.target();
         held_->match = core_->router.Find(held_->msg.method_string(), target.substr(0, target.find('?')),
                                           websocket::is_upgrade(held_->msg));
@@ -720,10 +732,11 @@ class HttpSession final : public Connection,
     return s;
   }
 
-  // An error answer that ends the connection (after the responses owed before it).
-  void QueueError(int status, std::string_view code, const std::string& message) {
+  // An error answer that ends the connection (after the responses owed before it); `head`: the
+  // request was a HEAD, so the body is not sent.
+  void QueueError(int status, std::string_view code, const std::string& message, bool head = false) {
     closing_ = true;
-    const uint64_t id = NewSlot(false).id;
+    const uint64_t id = NewSlot(head).id;
     Complete(id, HttpResponse::Error(status, code, message));
   }
 
@@ -739,12 +752,14 @@ class HttpSession final : public Connection,
     const size_t q = target.find('?');
     auto path = PercentDecode(target.substr(0, q), false);
     if (!path.ok() || path->empty() || path->front() != '/') {
-      return QueueError(400, "bad_request", "malformed request target");
+      return QueueError(400, "bad_request", "malformed request target", head);
     }
     req.path = std::move(*path);
     if (q != std::string_view::npos) {
       auto query = ParseQuery(target.substr(q + 1));
-      if (!query.ok()) return QueueError(400, "bad_request", "malformed query string: " + query.status().message());
+      if (!query.ok()) {
+        return QueueError(400, "bad_request", "malformed query string: " + query.status().message(), head);
+      }
       req.query = std::move(*query);
     }
     req.headers.reserve(8);
@@ -828,8 +843,10 @@ class HttpSession final : public Connection,
     metrics.duration->Observe(std::chrono::duration<double>(std::chrono::steady_clock::now() - s.start).count());
     s.response = std::move(response);
     if (parsing_) return;  // ParseBuffered flushes once the read's requests are dispatched
-    if (slots_.size() > 1 && !writing_) {
-      // More answers may arrive in this event-loop turn: gather them into one write.
+    // Posted rather than inline: when more answers may arrive in this event-loop turn (gathered
+    // into one write), and when this answer lets held requests go: their handlers must not run
+    // inside the Send() that called us (its caller may hold locks or be iterating).
+    if (paused_ || (slots_.size() > 1 && !writing_)) {
       if (!flush_posted_) {
         flush_posted_ = true;
         asio::post(stream_.get_executor(), [self = shared_from_this()] {
@@ -847,15 +864,19 @@ class HttpSession final : public Connection,
   // Writes the answered slots at the front; once nothing is owed, upgrades or closes as decided.
   void Progress() {
     if (closed_) return;
-    if (paused_ && !parsing_ && (!held_ || CanDispatch(*held_)) &&
-        slots_.size() < core_->options.max_pipelined_requests) {
+    if (paused_ && !parsing_ && (!held_ || CanDispatch(*held_)) && Owed() < core_->options.max_pipelined_requests) {
       return ParseBuffered();  // room again; it comes back here when done
     }
     Flush();
     if (writing_ || !slots_.empty()) return;
     if (closing_) return Close();
     if (upgrade_) return Upgrade();
-    if (reading_ && !read_timer_armed_) ArmReadTimer();  // idle again: the peer owes a request
+    if (reading_ && !read_timer_armed_) {  // idle again: the peer owes a request
+      // The idle wait starts now, unless part of the next request already arrived (its
+      // deadline started when the one before it was complete).
+      if (!parser_->got_some()) StartRequestDeadline();
+      ArmReadTimer();
+    }
   }
 
   void Flush() {
@@ -875,7 +896,7 @@ class HttpSession final : public Connection,
     head_ends_.clear();
     for (size_t i = 0; i < n; ++i) {
       const bool last_owed = slots_.empty() && i + 1 == n;
-      AppendHead(heads_, in_write_[i].response, closing_ && last_owed && !upgrade_);
+      AppendHead(heads_, in_write_[i].response, closing_ && last_owed);
       head_ends_.push_back(heads_.size());
     }
     write_bufs_.clear();
@@ -978,6 +999,7 @@ class HttpSession final : public Connection,
   beast::flat_buffer buffer_;
   std::optional<http::request_parser<http::string_body>> parser_;
   asio::steady_timer read_timer_;
+  std::chrono::steady_clock::time_point read_deadline_{};  // for the request being received
   asio::steady_timer handler_timer_;
   std::string remote_;
   std::deque<Slot> slots_;     // requests answered or owed, in request order
@@ -1005,6 +1027,19 @@ class HttpSession final : public Connection,
   bool upgraded_ = false;
 };
 
+// An accepted socket on its way to another shard. If the task carrying it is dropped (the runtime
+// stopped first), the destructor closes it and uncounts it.
+struct SocketInTransit {
+  std::shared_ptr<Core> core;
+  uint32_t target = 0;
+  int fd = -1;
+  ~SocketInTransit() {
+    if (fd < 0) return;
+    ::close(fd);
+    core->ConnectionGone(target);
+  }
+};
+
 // Moves an accepted connection to shard `target` (counted there by PickShard already).
 void HandOver(const std::shared_ptr<Core>& core, uint32_t target, tcp::socket socket) {
   beast::error_code ec;
@@ -1015,22 +1050,19 @@ void HandOver(const std::shared_ptr<Core>& core, uint32_t target, tcp::socket so
     core->ConnectionGone(target);
     return;
   }
-  core->runtime.shard(target).Post([core, target, protocol, fd] {
-    Shard& shard = core->runtime.shard(target);
+  auto transit = std::make_shared<SocketInTransit>();
+  transit->core = core;
+  transit->target = target;
+  transit->fd = fd;
+  core->runtime.shard(target).Post([transit, protocol] {
+    Shard& shard = transit->core->runtime.shard(transit->target);
+    if (transit->core->shutting_down.load()) return;  // stopped accepting meanwhile: closed above
     beast::error_code ec;
     tcp::socket moved(shard.io());
-    moved.assign(protocol, fd, ec);
-    if (ec) {
-      ::close(fd);
-      core->ConnectionGone(target);
-      return;
-    }
-    if (core->shutting_down.load()) {
-      moved.close(ec);  // the server stopped accepting while this one was on its way
-      core->ConnectionGone(target);
-      return;
-    }
-    std::make_shared<HttpSession>(core, shard, std::move(moved))->Start();
+    moved.assign(protocol, transit->fd, ec);
+    if (ec) return;  // still owned by `transit`: closed and uncounted
+    transit->fd = -1;
+    std::make_shared<HttpSession>(transit->core, shard, std::move(moved))->Start();
   });
 }
 
