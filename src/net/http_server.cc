@@ -501,7 +501,7 @@ class WsSession final : public Connection,
 // ------------------------------------------------------------------------------------ HTTP
 //
 // HTTP/1.1 with pipelining. The session reads ahead: every complete request in its read buffer is
-// dispatched at once, up to `max_pipelined_requests` unanswered, so a handler that answers later
+// dispatched at once, up to `max_pipelined_requests` received and not yet written back, so a handler that answers later
 // (a durable write waiting for its group commit) does not hold up the requests queued behind it.
 // Responses leave in request order: each request owns a slot, filled when its handler answers,
 // and the filled slots at the front go out together in one gather write. While a read's requests

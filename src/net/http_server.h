@@ -1,9 +1,11 @@
-// The HTTP/1.1 + WebSocket server: one SO_REUSEPORT listener per shard, connections living on the
-// shard that accepted them, requests routed through a Router.
+// The HTTP/1.1 + WebSocket server: one SO_REUSEPORT listener per shard; an accepted connection
+// goes to the shard with the fewest open connections and lives there; requests are routed
+// through a Router.
 //
-// Per connection: keep-alive and pipelining (every complete request received is dispatched at once,
-// up to max_pipelined_requests unanswered; answers leave in request order, those ready together
-// in one write), a read timeout (a request, or the wait for the next one, must
+// Per connection: keep-alive and pipelining (every complete request received is dispatched at
+// once, up to max_pipelined_requests not yet written back; only safe methods and routes with
+// RouteOptions::parallel_pipelining run side by side; answers leave in request order, those ready
+// together in one write), a read timeout (a request, or the wait for the next one, must
 // arrive within it: slow or idle peers are closed, a half-sent request gets 408), limits on
 // header bytes (431) and body bytes (413), 400 for anything unparseable, and a handler timeout
 // (504 when an asynchronous handler does not answer in time). Errors close the connection after
@@ -35,8 +37,9 @@ struct HttpServerOptions {
   Duration read_timeout = std::chrono::seconds(30);
   Duration handler_timeout = std::chrono::seconds(30);
   size_t max_connections = 18000;  // under the 20k open-file limit of the machine
-  // HTTP/1.1 pipelining: requests of one connection dispatched before the first of them is
-  // answered; further requests wait in the read buffer (and then in the socket).
+  // HTTP/1.1 pipelining: requests of one connection received and not yet written back (in
+  // progress, answered, or being written); further requests wait in the read buffer (and then in
+  // the socket).
   size_t max_pipelined_requests = 64;
 };
 
