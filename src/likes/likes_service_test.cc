@@ -237,9 +237,6 @@ TEST(LikesServiceTest, EveryTransitionOverHttp) {
   EXPECT_EQ(report->differences(), 0u);
 }
 
-// The act, states and counts bodies are written by hand (likes_http.cc): each must be exactly
-// the documented object, and a repeated entity is answered once.
-
 TEST(LikesServiceTest, PipelinedActionsOnOneLikeApplyInTheOrderSent) {
   // One burst on one connection: the server dispatches the actions together (the embedded store
   // keeps each key's order), and every answer must be the one the sequential order gives.
@@ -272,6 +269,9 @@ TEST(LikesServiceTest, PipelinedActionsOnOneLikeApplyInTheOrderSent) {
   ASSERT_TRUE(report.ok()) << report.status().ToString();
   EXPECT_EQ(report->differences(), 0u);
 }
+
+// The act, states and counts bodies are written by hand (likes_http.cc): each must be exactly
+// the documented object, and a repeated entity is answered once.
 TEST(LikesServiceTest, ResponsesAreTheDocumentedObjects) {
   LikesServer s;
   ASSERT_EQ(s.Act("alice", "v1", "like").status, 200);
