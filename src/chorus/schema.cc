@@ -20,7 +20,9 @@ const ConfigSchema& Schema() {
         .Int("http.max_connections", 18000, "Open connections accepted before new ones are refused.", 1,
              1'000'000)
         .Int("http.max_pipelined_requests", 64,
-             "HTTP/1.1 pipelining: requests of one connection in progress at once (the rest wait).", 1, 4096)
+             "HTTP/1.1 pipelining: requests of one connection received and not yet answered on the wire (the "
+             "rest wait unread).",
+             1, 4096)
         .String("http.web_root", "",
                 "Directory served at / (empty: ./web if present, else the source tree's web/).")
         .String("grpc.listen", "127.0.0.1:9090", "gRPC listen address (host:port; port 0 picks one; empty disables).")
