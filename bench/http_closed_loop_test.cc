@@ -21,10 +21,12 @@
 #include <utility>
 #include <vector>
 
+#include "loopback_test_server.h"
+
 namespace chorus::bench {
 namespace {
 
-// A single-threaded HTTP server on loopback (poll loop, as in http_load_test.cc) for requests
+// A single-threaded HTTP server on loopback (LoopbackServer) for requests
 // "GET /<mode>/<id> HTTP/1.1" with an "X-Conn: <connection>" header; a response's body is
 // "id=<id>;". It answers pipelined requests in order. Modes (counted per TCP connection):
 //   echo    answers every request;
@@ -35,28 +37,8 @@ namespace {
 //   hang    reads requests and never answers.
 class EchoServer {
  public:
-  EchoServer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(::listen(listen_fd_, 128), 0);
-    socklen_t len = sizeof addr;
-    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    addr_ = addr;
-    thread_ = std::thread([this] { Loop(); });
-  }
-
-  ~EchoServer() {
-    stop_ = true;
-    thread_.join();
-    for (const Conn& c : conns_) ::close(c.fd);
-    ::close(listen_fd_);
-  }
-
-  const sockaddr_in& addr() const { return addr_; }
-  int accepted() const { return accepted_; }
+  const sockaddr_in& addr() const { return server_.addr(); }
+  int accepted() const { return server_.accepted(); }
   int requests() const { return requests_; }  // complete requests read
   int answered() const { return answered_; }  // complete responses sent
   int dropped() const { return dropped_; }    // read, then dropped by a close
@@ -74,34 +56,6 @@ class EchoServer {
     std::string x_conn;  // of its first request
     bool mixed = false;
   };
-
-  void Loop() {
-    std::vector<pollfd> fds;
-    while (!stop_) {
-      fds.clear();
-      fds.push_back({listen_fd_, POLLIN, 0});
-      for (const Conn& c : conns_) fds.push_back({c.fd, POLLIN, 0});
-      if (::poll(fds.data(), fds.size(), 20) <= 0) continue;
-      std::vector<Conn> keep;
-      for (size_t i = 0; i < conns_.size(); ++i) {
-        if (fds[i + 1].revents == 0 || Serve(conns_[i])) {
-          keep.push_back(std::move(conns_[i]));
-        } else {
-          ::close(conns_[i].fd);
-        }
-      }
-      conns_ = std::move(keep);
-      if (fds[0].revents & POLLIN) {
-        int fd;
-        while ((fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-          ++accepted_;
-          Conn c;
-          c.fd = fd;
-          conns_.push_back(std::move(c));
-        }
-      }
-    }
-  }
 
   bool Send(const Conn& c, const std::string& bytes) {
     return ::send(c.fd, bytes.data(), bytes.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(bytes.size());
@@ -154,17 +108,12 @@ class EchoServer {
     return true;
   }
 
-  int listen_fd_ = -1;
-  sockaddr_in addr_{};
-  std::atomic<bool> stop_{false};
-  std::atomic<int> accepted_{0};
   std::atomic<int> requests_{0};
   std::atomic<int> answered_{0};
   std::atomic<int> dropped_{0};
   std::atomic<int> max_batch_{0};
   std::atomic<int> mixed_{0};
-  std::thread thread_;
-  std::vector<Conn> conns_;  // owned by thread_ until it is joined
+  LoopbackServer<Conn> server_{[this](Conn& c) { return Serve(c); }};  // last: see its header
 };
 
 // Sends "GET /<mode>/<id>" with a fresh id on every stream and checks that each response (body

@@ -14,6 +14,8 @@
 #include <thread>
 #include <vector>
 
+#include "loopback_test_server.h"
+
 namespace chorus::bench {
 namespace {
 
@@ -190,29 +192,8 @@ TEST(ParseHttpUrlTest, AcceptsHostPortAndTarget) {
 //   /idle3    200, but silently closes the connection after every third response
 class TestServer {
  public:
-  TestServer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(::listen(listen_fd_, 128), 0);
-    socklen_t len = sizeof addr;
-    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Loop(); });
-  }
-
-  ~TestServer() {
-    stop_ = true;
-    thread_.join();
-    for (const Conn& c : conns_) ::close(c.fd);
-    ::close(listen_fd_);
-  }
-
   std::string Url(const std::string& path) const {
-    return "http://127.0.0.1:" + std::to_string(port_) + path;
+    return "http://127.0.0.1:" + std::to_string(server_.port()) + path;
   }
 
  private:
@@ -221,31 +202,6 @@ class TestServer {
     std::string in;
     int served = 0;
   };
-
-  void Loop() {
-    std::vector<pollfd> fds;
-    while (!stop_) {
-      fds.clear();
-      fds.push_back({listen_fd_, POLLIN, 0});
-      for (const Conn& c : conns_) fds.push_back({c.fd, POLLIN, 0});
-      if (::poll(fds.data(), fds.size(), 20) <= 0) continue;
-      std::vector<Conn> keep;
-      for (size_t i = 0; i < conns_.size(); ++i) {
-        if (fds[i + 1].revents == 0 || Serve(conns_[i])) {
-          keep.push_back(std::move(conns_[i]));
-        } else {
-          ::close(conns_[i].fd);
-        }
-      }
-      conns_ = std::move(keep);
-      if (fds[0].revents & POLLIN) {
-        int fd;
-        while ((fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-          conns_.push_back(Conn{fd, "", 0});
-        }
-      }
-    }
-  }
 
   // Reads what is there and answers complete requests; false when the connection is done.
   static bool Serve(Conn& c) {
@@ -281,11 +237,7 @@ class TestServer {
     return true;
   }
 
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-  std::vector<Conn> conns_;  // owned by thread_ until it is joined
+  LoopbackServer<Conn> server_{[](Conn& c) { return Serve(c); }};
 };
 
 HttpLoadResult RunAgainst(const std::string& url) {

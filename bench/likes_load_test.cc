@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "likes_redis_peer.h"
+#include "loopback_test_server.h"
 
 namespace chorus::bench {
 namespace {
@@ -431,25 +432,7 @@ TEST(LikesPhaseResultTest, MixedPhaseSplitsSpikeFromSteady) {
 // GET state/counts -> "liked" for every entity / counts; anything else -> 404.
 class FakeLikesServer {
  public:
-  FakeLikesServer() {
-    listen_fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    EXPECT_EQ(::bind(listen_fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr), 0);
-    EXPECT_EQ(::listen(listen_fd_, 128), 0);
-    socklen_t len = sizeof addr;
-    getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&addr), &len);
-    port_ = ntohs(addr.sin_port);
-    thread_ = std::thread([this] { Loop(); });
-  }
-  ~FakeLikesServer() {
-    stop_ = true;
-    thread_.join();
-    for (const Conn& c : conns_) ::close(c.fd);
-    ::close(listen_fd_);
-  }
-  std::string Url() const { return "http://127.0.0.1:" + std::to_string(port_); }
+  std::string Url() const { return "http://127.0.0.1:" + std::to_string(server_.port()); }
   int unauthorized() const { return unauthorized_; }
   int requests() const { return requests_; }
   int wrong_host() const { return wrong_host_; }
@@ -459,31 +442,6 @@ class FakeLikesServer {
     int fd;
     std::string in;
   };
-
-  void Loop() {
-    std::vector<pollfd> fds;
-    while (!stop_) {
-      fds.clear();
-      fds.push_back({listen_fd_, POLLIN, 0});
-      for (const Conn& c : conns_) fds.push_back({c.fd, POLLIN, 0});
-      if (::poll(fds.data(), fds.size(), 20) <= 0) continue;
-      std::vector<Conn> keep;
-      for (size_t i = 0; i < conns_.size(); ++i) {
-        if (fds[i + 1].revents == 0 || Serve(conns_[i])) {
-          keep.push_back(std::move(conns_[i]));
-        } else {
-          ::close(conns_[i].fd);
-        }
-      }
-      conns_ = std::move(keep);
-      if (fds[0].revents & POLLIN) {
-        int fd;
-        while ((fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
-          conns_.push_back(Conn{fd, ""});
-        }
-      }
-    }
-  }
 
   bool Serve(Conn& c) {
     char buf[65536];
@@ -503,7 +461,7 @@ class FakeLikesServer {
       c.in.erase(0, head_end + 4 + body_len);
       if (head.find("Authorization: Bearer tok\r\n") == std::string::npos) ++unauthorized_;
       ++requests_;
-      if (head.find("Host: 127.0.0.1:" + std::to_string(port_) + "\r\n") == std::string::npos) ++wrong_host_;
+      if (head.find("Host: 127.0.0.1:" + std::to_string(server_.port()) + "\r\n") == std::string::npos) ++wrong_host_;
       std::string answer;
       int status = 200;
       if (head.rfind("POST /v1/likes/batch ", 0) == 0) {
@@ -544,14 +502,10 @@ class FakeLikesServer {
     }
   }
 
-  int listen_fd_ = -1;
-  uint16_t port_ = 0;
-  std::atomic<bool> stop_{false};
   std::atomic<int> unauthorized_{0};
   std::atomic<int> requests_{0};
   std::atomic<int> wrong_host_{0};
-  std::thread thread_;
-  std::vector<Conn> conns_;
+  LoopbackServer<Conn> server_{[this](Conn& c) { return Serve(c); }};  // last: see its header
 };
 
 LikesRunOptions SmallRun(std::vector<LikesPhase> phases) {
