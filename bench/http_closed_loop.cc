@@ -122,7 +122,8 @@ void SetEpollInterest(int epfd, int fd, void* tag, bool write) {
 // The epoll skeleton of both loops below (CRTP): connects every connection, then hands readiness
 // to Derived until end_ns or until every connection has finished. Derived provides Connect(c, now),
 // Fail(c, now), OnConnected(c, now) (the connect completed), OnWritable(c, now) (EPOLLOUT while
-// want_write), OnReadable(c) and CheckTimers(now); ConnT has fd, connecting and want_write.
+// want_write), OnReadable(c) and CheckTimers(now); ConnT has index, fd, connecting, want_write
+// and retry_at.
 template <typename Derived, typename ConnT>
 class EpollLoop {
  public:
@@ -149,6 +150,18 @@ class EpollLoop {
     ++counters_.reconnects;
     CloseFd(c);
     self().Connect(c, now);
+  }
+  // Opens c's socket towards its address (connect() in progress); on failure counts the error
+  // and schedules a retry after the back-off.
+  void StartConnecting(ConnT& c, int64_t now) {
+    const sockaddr_in& addr = o_.addrs.empty() ? o_.addr : o_.addrs[c.index % o_.addrs.size()];
+    c.fd = StartConnect(addr, epfd_, &c);
+    if (c.fd < 0) {
+      ++counters_.connect_errors;
+      c.retry_at = now + kBackoffNs;  // back off: do not spin on a refused port
+      return;
+    }
+    c.connecting = true;
   }
   void SetInterest(ConnT& c, bool write) {
     SetEpollInterest(epfd_, c.fd, &c, write);
@@ -275,14 +288,7 @@ void Loop::Connect(Conn& c, int64_t now) {
   c.in_flight = true;  // the request waits for the connection
   c.start = now;
   c.parser.Reset();
-  const sockaddr_in& addr = o_.addrs.empty() ? o_.addr : o_.addrs[c.index % o_.addrs.size()];
-  c.fd = StartConnect(addr, epfd_, &c);
-  if (c.fd < 0) {
-    ++counters_.connect_errors;
-    c.retry_at = now + kBackoffNs;  // back off: do not spin on a refused port
-    return;
-  }
-  c.connecting = true;
+  StartConnecting(c, now);
 }
 
 void Loop::Fail(Conn& c, int64_t now) {
@@ -489,14 +495,7 @@ void PipelinedLoop::Connect(Conn& c, int64_t now) {
   c.written = 0;
   c.in_flight.clear();
   c.parser.Reset();
-  const sockaddr_in& addr = o_.addrs.empty() ? o_.addr : o_.addrs[c.index % o_.addrs.size()];
-  c.fd = StartConnect(addr, epfd_, &c);
-  if (c.fd < 0) {
-    ++counters_.connect_errors;
-    c.retry_at = now + kBackoffNs;  // back off: do not spin on a refused port
-    return;
-  }
-  c.connecting = true;
+  StartConnecting(c, now);
 }
 
 void PipelinedLoop::Fail(Conn& c, int64_t now) {
