@@ -13,7 +13,7 @@ PACKAGES=(
   libboost1.81-dev libboost-system1.81-dev libboost-url1.81-dev libboost-json1.81-dev
   libssl-dev libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libspdlog-dev libfmt-dev nlohmann-json3-dev libsimdjson-dev libyaml-cpp-dev libcli11-dev
-  libxxhash-dev libzstd-dev
+  libxxhash-dev libzstd-dev liburing-dev
   # storage engines and clients
   librocksdb-dev libhiredis-dev libmariadb-dev libsqlite3-dev libnats-dev libevent-dev
   # compute: OCR worker

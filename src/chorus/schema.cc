@@ -23,6 +23,9 @@ const ConfigSchema& Schema() {
              "HTTP/1.1 pipelining: requests of one connection received and not yet answered on the wire (the "
              "rest wait unread).",
              1, 4096)
+        .Bool("http.websocket_io_uring", true,
+              "Write a room's WebSocket fan-out as one io_uring submission per event-loop turn (false: one "
+              "sendmsg per connection; also the fallback when the kernel refuses io_uring).")
         .String("http.web_root", "",
                 "Directory served at / (empty: ./web if present, else the source tree's web/).")
         .String("grpc.listen", "127.0.0.1:9090", "gRPC listen address (host:port; port 0 picks one; empty disables).")

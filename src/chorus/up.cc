@@ -282,6 +282,7 @@ int RunUp(const Config& config, const std::vector<std::string>& services) {
   http_options.handler_timeout = config.GetDuration("http.handler_timeout");
   http_options.max_connections = static_cast<size_t>(config.GetInt("http.max_connections"));
   http_options.max_pipelined_requests = static_cast<size_t>(config.GetInt("http.max_pipelined_requests"));
+  http_options.websocket_io_uring = config.GetBool("http.websocket_io_uring");
 
   (*runtime)->Start();
   if (live_service) live_service->Start();

@@ -1,6 +1,8 @@
 #include "net/http_server.h"
 
+#include <liburing.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <boost/asio/ip/tcp.hpp>
@@ -12,30 +14,40 @@
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/rfc7230.hpp>
 #include <boost/beast/http/string_body.hpp>
-#include <boost/beast/websocket/rfc6455.hpp>
-#include <boost/beast/websocket/stream.hpp>
+#include <cerrno>
 #include <charconv>
 #include <cstring>
 #include <ctime>
 #include <deque>
+#include <mutex>
 #include <optional>
+#include <span>
 #include <spdlog/spdlog.h>
 #include <thread>
 #include <unordered_set>
 
 #include "base/metrics.h"
 #include "base/mutex.h"
+#include "net/ws_codec.h"
 
 namespace chorus::net {
 
 namespace asio = boost::asio;
 namespace beast = boost::beast;
 namespace http = beast::http;
-namespace websocket = beast::websocket;
 using tcp = asio::ip::tcp;
 
 namespace {
+
+// RFC 6455 §4.2.1: GET, HTTP/1.1 or later, `Connection: upgrade` and `Upgrade: websocket` (token
+// lists, any case).
+bool IsWebSocketUpgrade(const http::request<http::string_body>& req) {
+  return req.version() >= 11 && req.method() == http::verb::get &&
+         http::token_list{req[http::field::connection]}.exists("upgrade") &&
+         http::token_list{req[http::field::upgrade]}.exists("websocket");
+}
 
 // "Date: Mon, 23 Nov 2026 14:00:00 GMT\r\n", rebuilt at most once per second per thread.
 std::string_view DateHeader() {
@@ -73,6 +85,12 @@ struct HttpMetrics {
                                 "WebSocket connections closed because their write queue overflowed")
                           .value()
                           .Get();
+    auto writes = m.Counter("chorus_websocket_writes_total",
+                            "WebSocket socket writes, by how they reached the kernel (io_uring batch or sendmsg)",
+                            {"via"})
+                      .value();
+    ws_writes_uring = &writes.WithLabels({"io_uring"});
+    ws_writes_sendmsg = &writes.WithLabels({"sendmsg"});
   }
 
   Counter& Requests(int status) {
@@ -93,6 +111,8 @@ struct HttpMetrics {
   Gauge* websockets;
   Counter* ws_dropped;
   Counter* ws_slow_closed;
+  Counter* ws_writes_uring;
+  Counter* ws_writes_sendmsg;
 };
 
 HttpMetrics& Metrics() {
@@ -117,6 +137,9 @@ struct HttpServer::Core {
   struct ShardState {
     std::unique_ptr<tcp::acceptor> acceptor;
     std::unordered_set<Connection*> connections;
+    // The shard's WsShardWriter (defined with the WebSocket session, in an unnamed namespace),
+    // created by the shard's first WebSocket.
+    std::shared_ptr<void> ws_writer;
   };
 
   Runtime& runtime;
@@ -173,20 +196,90 @@ namespace {
 using Core = HttpServer::Core;
 
 // ------------------------------------------------------------------------------------ WebSocket
+//
+// The server speaks WebSocket itself (frames by net/ws_codec.h) on the raw socket, so that a
+// room's block can reach thousands of connections in a few system calls:
+//
+// - Writing. A session's queue holds whole frames (header + shared payload). Sending on the
+//   shard's thread never writes at once: the session joins its shard's WsShardWriter, which
+//   writes every session that has data at the end of the event-loop turn. With io_uring the
+//   whole batch is one `sendmsg` submission per ring-full (each non-blocking, MSG_DONTWAIT, so
+//   they complete inline and nothing is in flight once Flush returns); without it, one `sendmsg`
+//   per session. A socket whose buffer is full waits for writability (asio `async_wait`) and is
+//   written from there on by the session itself until its queue drains.
+// - Reading. The session waits for readability and reads into its writer's shared buffer (one per
+//   shard), so an idle connection holds no read buffer; the parser keeps a partial frame.
+// - Closing. Our close frame goes after the frame being written (the rest of the queue is
+//   dropped); the socket closes when the peer answers, after 5 s, at once after a protocol error,
+//   or after the peer's own close frame has been echoed. on_close reports the code of whoever
+//   closed first (1006 when the connection just ended).
+
+class WsSession;
+
+// Per server and shard: the WebSocket sessions with data to write this event-loop turn.
+class WsShardWriter {
+ public:
+  WsShardWriter(asio::io_context& io, bool use_io_uring) : io_(io), use_io_uring_(use_io_uring) {}
+  ~WsShardWriter() {
+    if (ring_open_) io_uring_queue_exit(&ring_);
+  }
+  WsShardWriter(const WsShardWriter&) = delete;
+  WsShardWriter& operator=(const WsShardWriter&) = delete;
+
+  // Writes `s` at the end of this turn. Shard thread only.
+  void Add(std::shared_ptr<WsSession> s) {
+    pending_.push_back(std::move(s));
+    if (!posted_) {
+      posted_ = true;
+      asio::post(io_, [this] { Flush(); });
+    }
+  }
+
+  // Scratch space for reads (sessions read on this thread one at a time).
+  std::span<char> read_buffer() { return {read_buffer_.get(), kReadBufferBytes}; }
+
+ private:
+  enum class RingState { kUnknown, kReady, kUnavailable };
+  static constexpr unsigned kRingEntries = 512;
+  // Below this many sessions a batch goes out with plain sendmsg calls: the ring saves nothing.
+  static constexpr size_t kMinRingBatch = 4;
+  static constexpr size_t kReadBufferBytes = 64 * 1024;
+
+  void Flush();
+  void FlushRing();
+  bool Ring();
+
+  asio::io_context& io_;
+  const bool use_io_uring_;
+  std::vector<std::shared_ptr<WsSession>> pending_;
+  std::vector<std::shared_ptr<WsSession>> batch_;
+  bool posted_ = false;
+  RingState ring_state_ = RingState::kUnknown;
+  bool ring_open_ = false;
+  io_uring ring_{};
+  std::unique_ptr<char[]> read_buffer_ = std::make_unique<char[]>(kReadBufferBytes);
+};
 
 class WsSession final : public Connection,
                         public WebSocketConnection,
                         public std::enable_shared_from_this<WsSession> {
  public:
-  WsSession(std::shared_ptr<Core> core, Shard& shard, beast::tcp_stream stream, const WebSocketHandler& handler,
-            std::any context, std::string remote)
+  // `input`: bytes the client sent after its upgrade request (already WebSocket frames).
+  WsSession(std::shared_ptr<Core> core, Shard& shard, tcp::socket socket, const WebSocketHandler& handler,
+            std::any context, std::string remote, std::string input)
       : core_(std::move(core)),
         shard_(shard),
-        ws_(std::move(stream)),
+        socket_(std::move(socket)),
         handler_(handler),
         context_(std::move(context)),
         remote_(std::move(remote)),
-        id_(core_->next_ws_id.fetch_add(1)) {
+        id_(core_->next_ws_id.fetch_add(1)),
+        input_(std::move(input)),
+        parser_(handler.options.max_message_bytes),
+        idle_timer_(shard.io()) {
+    auto& writer = core_->shards[shard_.index()].ws_writer;
+    if (!writer) writer = std::make_shared<WsShardWriter>(shard_.io(), core_->options.websocket_io_uring);
+    writer_ = static_cast<WsShardWriter*>(writer.get());
     Metrics().websockets->Add();
   }
 
@@ -195,26 +288,31 @@ class WsSession final : public Connection,
     core_->ConnectionGone(shard_.index());
   }
 
-  void Accept(http::request<http::string_body> req) {
-    const auto& o = handler_.options;
-    ws_.read_message_max(o.max_message_bytes);
-    ws_.auto_fragment(false);
-    websocket::stream_base::timeout timeouts{};
-    timeouts.handshake_timeout = std::chrono::seconds(10);
-    timeouts.idle_timeout = std::chrono::duration_cast<std::chrono::seconds>(o.idle_timeout);
-    if (timeouts.idle_timeout.count() <= 0) timeouts.idle_timeout = std::chrono::seconds(1);
-    timeouts.keep_alive_pings = true;
-    beast::get_lowest_layer(ws_).expires_never();
+  // Answers the upgrade request (101 with the accept key of `key`) and opens the connection.
+  // Shard thread.
+  void Open(std::string_view key) {
     // Backstop for peers that vanish without a FIN while nothing is being written (the
     // WebSocket pings cover the rest). Best effort: a failure changes nothing else.
     beast::error_code ignored;
-    beast::get_lowest_layer(ws_).socket().set_option(asio::socket_base::keep_alive(true), ignored);
-    ws_.set_option(timeouts);
-    ws_.set_option(websocket::stream_base::decorator(
-        [](websocket::response_type& res) { res.set(http::field::server, "chorus"); }));
+    socket_.set_option(asio::socket_base::keep_alive(true), ignored);
     core_->Register(shard_.index(), this);
     registered_ = true;
-    ws_.async_accept(req, [self = shared_from_this()](beast::error_code ec) { self->OnAccept(ec); });
+    std::string response =
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
+    response += ws::AcceptKey(key);
+    response += "\r\nServer: chorus\r\n\r\n";
+    Outgoing& hs = Push(std::make_shared<const std::string>(std::move(response)), /*droppable=*/false);
+    hs.header_len = 0;  // raw HTTP bytes, not a frame
+    hs.handshake = true;
+    last_read_ = std::chrono::steady_clock::now();
+    ArmIdleTimer(last_read_ + IdleHalf());
+    if (handler_.on_open) handler_.on_open(shared_from_this());
+    if (closed_) return;
+    if (!input_.empty()) {
+      std::string input = std::move(input_);
+      if (!Process(input)) return;
+    }
+    WaitReadable();
   }
 
   bool Send(std::shared_ptr<const std::string> payload, bool binary, bool droppable = false) override {
@@ -231,7 +329,7 @@ class WsSession final : public Connection,
 
   void Close(uint16_t code, std::string reason) override {
     shard_.Dispatch([self = shared_from_this(), code, reason = std::move(reason)]() mutable {
-      self->StartClose(code, std::move(reason));
+      self->StartClose(code, reason);
     });
   }
 
@@ -243,44 +341,240 @@ class WsSession final : public Connection,
 
   void Shutdown() override { StartClose(kWsGoingAway, "server shutting down"); }
 
+  // ---- called by WsShardWriter (shard thread)
+
+  // Fills the gather list of the session's next write. False when there is nothing to write (the
+  // session closed, or its queue emptied since it joined the batch).
+  bool PrepareWrite() {
+    if (closed_ || queue_.empty()) {
+      write_state_ = WriteState::kIdle;
+      return false;
+    }
+    write_state_ = WriteState::kSubmitted;
+    Gather();
+    return true;
+  }
+  bool submitted() const { return write_state_ == WriteState::kSubmitted; }
+  int fd() { return socket_.native_handle(); }
+  const msghdr* message() const { return &msg_; }
+
+  // The result of the write PrepareWrite set up: bytes written or -errno.
+  void Written(ssize_t result) {
+    write_state_ = WriteState::kIdle;
+    if (closed_) return;
+    if (result < 0) {
+      if (result == -EAGAIN || result == -EWOULDBLOCK) return WaitWritable();
+      if (result == -EINTR) return WriteNow();
+      return Finish(1006);
+    }
+    const bool all = static_cast<size_t>(result) == gathered_;
+    Consumed(static_cast<size_t>(result));
+    if (closed_ || queue_.empty()) return;
+    if (all) return WriteNow();  // more queued than one gather list holds
+    WaitWritable();              // the socket buffer is full
+  }
+
+  // Writes with plain sendmsg calls until the queue drains or the socket is full.
+  void WriteNow() {
+    write_state_ = WriteState::kIdle;
+    while (!closed_ && !queue_.empty()) {
+      Gather();
+      const ssize_t n = ::sendmsg(fd(), &msg_, MSG_DONTWAIT | MSG_NOSIGNAL);
+      Metrics().ws_writes_sendmsg->Inc();
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return WaitWritable();
+        return Finish(1006);
+      }
+      const bool all = static_cast<size_t>(n) == gathered_;
+      Consumed(static_cast<size_t>(n));
+      if (!all) return WaitWritable();
+    }
+  }
+
  private:
-  struct Outgoing {
-    std::shared_ptr<const std::string> payload;
-    bool binary;
-    bool droppable;
+  enum class WriteState {
+    kIdle,       // nothing queued, or about to be
+    kBatched,    // in the shard writer's list for the end of this turn
+    kSubmitted,  // part of the batch being written
+    kBlocked,    // waiting for the socket to take more
   };
 
-  void OnAccept(beast::error_code ec) {
-    if (ec) {
-      Finish(kWsProtocolError);
-      return;
-    }
-    open_ = true;
-    if (handler_.on_open) handler_.on_open(shared_from_this());
-    if (closed_) return;
-    if (!queue_.empty() && !writing_) DoWrite();
-    DoRead();
+  struct Outgoing {
+    std::shared_ptr<const std::string> payload;
+    uint8_t header[ws::kMaxHeaderBytes];
+    uint8_t header_len = 0;
+    bool droppable = false;
+    bool handshake = false;  // the 101 response: never dropped, even by a close
+    bool close = false;      // our close frame
+    size_t size() const { return header_len + payload->size(); }
+  };
+
+  static constexpr size_t kMaxIov = 16;
+
+  Duration IdleHalf() const {
+    const Duration idle = std::max<Duration>(handler_.options.idle_timeout, std::chrono::milliseconds(2));
+    return idle / 2;
   }
 
-  void DoRead() {
-    ws_.async_read(read_buffer_, [self = shared_from_this()](beast::error_code ec, size_t) { self->OnRead(ec); });
+  // ---- reading
+
+  void WaitReadable() {
+    socket_.async_wait(tcp::socket::wait_read, [self = shared_from_this()](beast::error_code ec) {
+      if (self->closed_) return;
+      if (ec) return self->Finish(1006);
+      self->OnReadable();
+    });
   }
 
-  void OnRead(beast::error_code ec) {
-    if (ec) {
-      uint16_t code = 1006;  // abnormal closure: no close frame
-      if (ec == websocket::error::closed) code = ws_.reason().code;
-      if (ec == websocket::error::message_too_big) code = kWsMessageTooBig;
-      Finish(code);
-      return;
+  void OnReadable() {
+    const std::span<char> buffer = writer_->read_buffer();
+    for (;;) {
+      const ssize_t n = ::recv(fd(), buffer.data(), buffer.size(), MSG_DONTWAIT);
+      if (n > 0) {
+        last_read_ = std::chrono::steady_clock::now();
+        pinged_ = false;
+        if (!Process(std::string_view(buffer.data(), static_cast<size_t>(n)))) return;
+        if (static_cast<size_t>(n) < buffer.size()) break;
+        continue;
+      }
+      if (n == 0) return Finish(1006);  // the peer ended the connection without a close frame
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) break;
+      return Finish(1006);
     }
-    if (handler_.on_message) {
-      const auto data = read_buffer_.cdata();
-      handler_.on_message(*this, std::string_view(static_cast<const char*>(data.data()), data.size()),
-                          ws_.got_binary());
+    WaitReadable();
+  }
+
+  // Handles the frames in `data`. False when the session stops reading (closing or closed).
+  bool Process(std::string_view data) {
+    for (;;) {
+      size_t used = 0;
+      const ws::FrameParser::Event ev = parser_.Parse(data, &used);
+      data.remove_prefix(used);
+      switch (ev.kind) {
+        case ws::FrameParser::Kind::kNeedMore:
+          return true;
+        case ws::FrameParser::Kind::kMessage:
+          if (!closing_ && handler_.on_message) handler_.on_message(*this, ev.data, ev.binary);
+          if (closed_) return false;
+          break;
+        case ws::FrameParser::Kind::kPing:
+          if (!closing_) PushControl(ws::kPong, std::string(ev.data));
+          break;
+        case ws::FrameParser::Kind::kPong:
+          break;
+        case ws::FrameParser::Kind::kClose:
+          PeerClosed(ev.close_code);
+          return false;
+        case ws::FrameParser::Kind::kError:
+          ProtocolError(ev.close_code, std::string(ev.reason));
+          return false;
+      }
     }
-    read_buffer_.consume(read_buffer_.size());
-    if (!closed_) DoRead();
+  }
+
+  // ---- keep-alive: ping after half the idle timeout without input, close after all of it
+
+  void ArmIdleTimer(std::chrono::steady_clock::time_point at) {
+    idle_timer_.expires_at(at);
+    idle_timer_.async_wait([self = shared_from_this()](beast::error_code ec) {
+      if (ec || self->closed_) return;
+      self->OnIdleTimer();
+    });
+  }
+
+  void OnIdleTimer() {
+    const auto now = std::chrono::steady_clock::now();
+    const Duration half = IdleHalf();
+    if (now - last_read_ >= 2 * half) return Finish(1006);  // no pong, no data
+    if (now - last_read_ >= half && !pinged_) {
+      pinged_ = true;
+      if (!closing_) PushControl(ws::kPing, std::string());
+    }
+    ArmIdleTimer(last_read_ + (pinged_ ? 2 * half : half));
+  }
+
+  // ---- writing
+
+  Outgoing& Push(std::shared_ptr<const std::string> payload, bool droppable) {
+    queued_bytes_ += payload->size();
+    Outgoing& o = queue_.emplace_back();
+    o.payload = std::move(payload);
+    o.droppable = droppable;
+    Kick();
+    return o;
+  }
+
+  // A control frame (ping, pong, close): never dropped, may go past the queue limits.
+  void PushControl(ws::Opcode op, std::string payload) {
+    Outgoing& o = Push(std::make_shared<const std::string>(std::move(payload)), /*droppable=*/false);
+    o.header_len = static_cast<uint8_t>(ws::EncodeHeader(op, o.payload->size(), o.header));
+    o.close = op == ws::kClose;
+  }
+
+  // Joins the shard's batch unless a write is already due.
+  void Kick() {
+    if (write_state_ != WriteState::kIdle) return;
+    write_state_ = WriteState::kBatched;
+    writer_->Add(shared_from_this());
+  }
+
+  void WaitWritable() {
+    write_state_ = WriteState::kBlocked;
+    socket_.async_wait(tcp::socket::wait_write, [self = shared_from_this()](beast::error_code ec) {
+      self->write_state_ = WriteState::kIdle;
+      if (self->closed_) return;
+      if (ec) return self->Finish(1006);
+      self->WriteNow();
+    });
+  }
+
+  // The gather list for the front of the queue (the front's unwritten part, then whole frames).
+  void Gather() {
+    size_t n = 0;
+    gathered_ = 0;
+    size_t skip = sent_;
+    for (const Outgoing& o : queue_) {
+      if (n + 2 > kMaxIov) break;
+      const std::string_view parts[2] = {
+          std::string_view(reinterpret_cast<const char*>(o.header), o.header_len), *o.payload};
+      for (std::string_view part : parts) {
+        if (skip >= part.size()) {
+          skip -= part.size();
+          continue;
+        }
+        part.remove_prefix(skip);
+        skip = 0;
+        iov_[n].iov_base = const_cast<char*>(part.data());
+        iov_[n].iov_len = part.size();
+        gathered_ += part.size();
+        ++n;
+      }
+    }
+    msg_ = {};
+    msg_.msg_iov = iov_;
+    msg_.msg_iovlen = n;
+  }
+
+  // Retires `n` written bytes from the front of the queue.
+  void Consumed(size_t n) {
+    bool close_sent = false;
+    while (n > 0 && !queue_.empty()) {
+      Outgoing& front = queue_.front();
+      const size_t left = front.size() - sent_;
+      if (n < left) {
+        sent_ += n;
+        break;
+      }
+      n -= left;
+      sent_ = 0;
+      close_sent = close_sent || front.close;
+      queued_bytes_ -= front.payload->size();
+      queue_.pop_front();
+    }
+    MaybeCaughtUp();
+    if (close_sent) CloseSent();
   }
 
   void Enqueue(std::shared_ptr<const std::string> payload, bool binary, bool droppable) {
@@ -307,9 +601,8 @@ class WsSession final : public Connection,
           break;  // fits now, or a control message that goes past the limit
       }
     }
-    queued_bytes_ += payload->size();
-    queue_.push_back({std::move(payload), binary, droppable});
-    if (!writing_ && open_) DoWrite();
+    Outgoing& out = Push(std::move(payload), droppable);
+    out.header_len = static_cast<uint8_t>(ws::EncodeHeader(binary ? ws::kBinary : ws::kText, out.payload->size(), out.header));
   }
 
   // Whether a message of `bytes` can join the queue within its limits.
@@ -323,10 +616,10 @@ class WsSession final : public Connection,
     Metrics().ws_dropped->Inc();
   }
 
-  // Drops the oldest droppable messages until `bytes` more would fit or none is left. The front
-  // message is skipped while async_write reads from it.
+  // Drops the oldest droppable messages until `bytes` more would fit or none is left. A frame
+  // partly written stays: the peer has its first bytes.
   void DropOldest(size_t bytes) {
-    size_t i = writing_ ? 1 : 0;
+    size_t i = sent_ > 0 ? 1 : 0;
     while (!Fits(bytes) && i < queue_.size()) {
       if (!queue_[i].droppable) {
         ++i;
@@ -359,11 +652,11 @@ class WsSession final : public Connection,
     }
   }
 
-  // One timer per connection, armed only while it is behind: for the grace deadline, then for
-  // the deadline of a policy close stuck behind a write. Re-arming supersedes the pending wait;
-  // the generation makes a wait that already completed harmless.
+  // One timer per connection, armed only while it is behind or closing: for the grace deadline,
+  // then for the deadline of the close handshake. Re-arming supersedes the pending wait; the
+  // generation makes a wait that already completed harmless.
   void ArmSlowTimer(std::chrono::steady_clock::time_point deadline) {
-    if (!slow_timer_) slow_timer_.emplace(ws_.get_executor());
+    if (!slow_timer_) slow_timer_.emplace(shard_.io());
     slow_timer_->expires_at(deadline);
     slow_timer_->async_wait([weak = weak_from_this(), gen = ++slow_timer_gen_](beast::error_code ec) {
       auto self = weak.lock();
@@ -374,15 +667,9 @@ class WsSession final : public Connection,
 
   void OnSlowTimer() {
     if (closed_) return;
-    if (closing_) {
-      if (pending_close_) {
-        // The close frame is still queued behind a write the peer does not read: give up on the
-        // handshake. The pending read fails and Finish() reports the policy close code.
-        beast::error_code ignored;
-        beast::get_lowest_layer(ws_).socket().close(ignored);
-      }
-      return;
-    }
+    // Closing: our close frame never got out (the peer does not read), or the peer never
+    // answered it. Give up on the handshake.
+    if (closing_) return Finish(1006);
     if (overflow_since_ == std::chrono::steady_clock::time_point()) return;  // caught up meanwhile
     const auto deadline = overflow_since_ + handler_.options.slow_client_grace;
     if (std::chrono::steady_clock::now() >= deadline) {
@@ -395,108 +682,187 @@ class WsSession final : public Connection,
   void SlowConsumerClose() {
     Metrics().ws_slow_closed->Inc();
     StartClose(kWsPolicyViolation, "slow consumer");
-    // A peer that stopped reading never completes the write in progress, so the close frame
-    // would wait for the idle timeout: bound the wait.
-    if (pending_close_) ArmSlowTimer(std::chrono::steady_clock::now() + handler_.options.slow_client_grace);
+    // A peer that stopped reading never takes the close frame: bound the wait.
+    ArmSlowTimer(std::chrono::steady_clock::now() + handler_.options.slow_client_grace);
   }
 
-  void DoWrite() {
-    writing_ = true;
-    const Outgoing& front = queue_.front();
-    ws_.binary(front.binary);
-    ws_.async_write(asio::buffer(*front.payload),
-                    [self = shared_from_this()](beast::error_code ec, size_t) { self->OnWrite(ec); });
-  }
+  // ---- closing
 
-  void OnWrite(beast::error_code ec) {
-    writing_ = false;
-    if (!queue_.empty()) {
-      queued_bytes_ -= queue_.front().payload->size();
-      queue_.pop_front();
-    }
-    MaybeCaughtUp();
-    if (ec) {
-      // The read side reports the close; make sure it wakes up.
-      beast::get_lowest_layer(ws_).socket().close(ec);
-      return;
-    }
-    if (pending_close_) {
-      DoClose();
-    } else if (!queue_.empty()) {
-      DoWrite();
-    }
-  }
-
-  void StartClose(uint16_t code, std::string reason) {
+  // Queues our close frame after the frame being written; everything else queued is dropped.
+  void StartClose(uint16_t code, std::string_view reason) {
     if (closed_ || closing_) return;
     closing_ = true;
-    close_reason_ = websocket::close_reason(static_cast<websocket::close_code>(code), reason);
-    if (writing_ && !queue_.empty()) {
-      // The pending async_write still reads the front payload: OnWrite releases it.
-      queue_.erase(queue_.begin() + 1, queue_.end());
-      queued_bytes_ = queue_.front().payload->size();
-    } else {
-      queue_.clear();
-      queued_bytes_ = 0;
+    close_code_ = code;
+    size_t keep = 0;
+    while (keep < queue_.size() && (queue_[keep].handshake || (keep == 0 && sent_ > 0))) ++keep;
+    while (queue_.size() > keep) {
+      queued_bytes_ -= queue_.back().payload->size();
+      queue_.pop_back();
     }
-    if (!open_) {
-      // Handshake still running: just drop the socket.
-      beast::error_code ignored;
-      beast::get_lowest_layer(ws_).socket().close(ignored);
-      return;
-    }
-    if (writing_) {
-      pending_close_ = true;
-    } else {
-      DoClose();
-    }
+    PushControl(ws::kClose, code == 1005 ? std::string() : ws::ClosePayload(code, reason));
+    // Bounds the handshake (CloseSent re-arms it once the frame is out).
+    ArmSlowTimer(std::chrono::steady_clock::now() + std::chrono::seconds(5));
   }
 
-  void DoClose() {
-    pending_close_ = false;
-    writing_ = true;
-    beast::get_lowest_layer(ws_).expires_after(std::chrono::seconds(5));
-    ws_.async_close(close_reason_, [self = shared_from_this()](beast::error_code) {
-      self->writing_ = false;
-      // The pending read completes with `closed` and calls Finish().
-      beast::error_code ignored;
-      beast::get_lowest_layer(self->ws_).socket().close(ignored);
-    });
+  // The peer sent its close frame: the handshake is complete if we started it, else echo it.
+  void PeerClosed(uint16_t code) {
+    peer_closed_ = true;
+    if (closing_) {
+      if (close_sent_) Finish(1006);  // the code reported is ours (closing_)
+      return;                         // CloseSent finishes once our frame is out
+    }
+    StartClose(code, "");
   }
 
+  // A protocol violation: close with `code` and drop the connection once the frame is out.
+  void ProtocolError(uint16_t code, const std::string& reason) {
+    if (closing_) return Finish(1006);
+    failed_ = true;
+    StartClose(code, reason);
+  }
+
+  void CloseSent() {
+    close_sent_ = true;
+    if (peer_closed_ || failed_) return Finish(1006);
+    ArmSlowTimer(std::chrono::steady_clock::now() + std::chrono::seconds(5));  // wait for the answer
+  }
+
+  // Ends the session: on_close once, then the socket closes. `code` is reported unless a close
+  // handshake was under way, whose code wins.
   void Finish(uint16_t code) {
     if (closed_.exchange(true)) return;
     if (slow_timer_) slow_timer_->cancel();
+    idle_timer_.cancel();
     if (registered_) core_->Unregister(shard_.index(), this);
     registered_ = false;
-    if (open_ && handler_.on_close) handler_.on_close(*this, closing_ ? close_reason_.code : code);
+    queue_.clear();
+    queued_bytes_ = 0;
+    if (handler_.on_close) handler_.on_close(*this, closing_ ? close_code_ : code);
     beast::error_code ignored;
-    beast::get_lowest_layer(ws_).socket().close(ignored);
+    socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    socket_.close(ignored);
   }
 
   std::shared_ptr<Core> core_;
   Shard& shard_;
-  websocket::stream<beast::tcp_stream> ws_;
+  tcp::socket socket_;
   const WebSocketHandler& handler_;
   const std::any context_;
   const std::string remote_;
   const uint64_t id_;
-  beast::flat_buffer read_buffer_;
+  WsShardWriter* writer_ = nullptr;
+  std::string input_;
+  ws::FrameParser parser_;
   std::deque<Outgoing> queue_;
-  size_t queued_bytes_ = 0;
+  size_t queued_bytes_ = 0;  // payload bytes in queue_ (headers not counted)
+  size_t sent_ = 0;          // bytes of queue_.front() already written
+  WriteState write_state_ = WriteState::kIdle;
+  iovec iov_[kMaxIov];
+  msghdr msg_{};
+  size_t gathered_ = 0;  // bytes in iov_
+  std::chrono::steady_clock::time_point last_read_{};
+  bool pinged_ = false;
+  asio::steady_timer idle_timer_;
   // kDropOldest: when the current run of overflows began; zero while the peer keeps up.
   std::chrono::steady_clock::time_point overflow_since_{};
   std::optional<asio::steady_timer> slow_timer_;
   uint64_t slow_timer_gen_ = 0;
   std::atomic<uint64_t> dropped_{0};
   std::atomic<bool> closed_{false};
-  bool open_ = false;
-  bool writing_ = false;
-  bool closing_ = false;
-  bool pending_close_ = false;
+  bool closing_ = false;      // our close frame is queued
+  bool close_sent_ = false;   // and written
+  bool peer_closed_ = false;  // the peer's close frame arrived
+  bool failed_ = false;       // closing for a protocol error
+  uint16_t close_code_ = 0;   // reported by on_close once closing_
   bool registered_ = false;
-  websocket::close_reason close_reason_;
 };
+
+bool WsShardWriter::Ring() {
+  if (ring_state_ == RingState::kUnknown) {
+    ring_state_ = RingState::kUnavailable;
+    if (use_io_uring_) {
+      io_uring_params params{};
+      params.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SINGLE_ISSUER;
+      int rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
+      if (rc == -EINVAL) {  // a kernel older than 6.0 lacks some of the flags
+        params = {};
+        rc = io_uring_queue_init_params(kRingEntries, &ring_, &params);
+      }
+      if (rc == 0) {
+        ring_state_ = RingState::kReady;
+        ring_open_ = true;
+      } else {
+        static std::once_flag logged;
+        std::call_once(logged, [rc] {
+          spdlog::warn("io_uring unavailable ({}): WebSocket writes use one sendmsg per connection", strerror(-rc));
+        });
+      }
+    }
+  }
+  return ring_state_ == RingState::kReady;
+}
+
+void WsShardWriter::Flush() {
+  posted_ = false;
+  batch_.swap(pending_);
+  if (batch_.size() >= kMinRingBatch && Ring()) {
+    FlushRing();
+  } else {
+    for (const auto& s : batch_) s->WriteNow();
+  }
+  batch_.clear();
+}
+
+// One sendmsg per session, submitted a ring-full at a time. MSG_DONTWAIT makes each complete (or
+// fail with EAGAIN) inside io_uring_enter, so when the completions are reaped no operation is left
+// in flight and the sessions' gather lists are free again.
+void WsShardWriter::FlushRing() {
+  size_t i = 0;
+  while (i < batch_.size()) {
+    unsigned submitted = 0;
+    for (; i < batch_.size() && submitted < kRingEntries; ++i) {
+      WsSession& s = *batch_[i];
+      if (!s.PrepareWrite()) continue;
+      io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      io_uring_prep_sendmsg(sqe, s.fd(), s.message(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      io_uring_sqe_set_data64(sqe, i);
+      ++submitted;
+    }
+    if (submitted == 0) continue;
+    Metrics().ws_writes_uring->Inc(submitted);
+    int rc;
+    do {
+      rc = io_uring_submit_and_wait(&ring_, submitted);
+    } while (rc == -EINTR);
+    if (rc != static_cast<int>(submitted)) {
+      // Cannot happen with IORING_SETUP_SUBMIT_ALL short of a broken ring: SQEs left in it would
+      // point at gather lists that change, so stop using it. Wait for what went in.
+      spdlog::error("io_uring submit returned {} of {}: WebSocket writes fall back to sendmsg", rc, submitted);
+      submitted = rc > 0 ? static_cast<unsigned>(rc) : 0;
+      ring_state_ = RingState::kUnavailable;
+    }
+    for (unsigned done = 0; done < submitted; ++done) {
+      io_uring_cqe* cqe = nullptr;
+      int w;
+      do {
+        w = io_uring_wait_cqe(&ring_, &cqe);
+      } while (w == -EINTR);
+      if (w < 0) break;
+      const uint64_t index = io_uring_cqe_get_data64(cqe);
+      const int res = cqe->res;
+      io_uring_cqe_seen(&ring_, cqe);
+      batch_[index]->Written(res);
+    }
+    if (ring_state_ != RingState::kReady) {
+      // Sessions prepared but never submitted write the plain way.
+      for (const auto& s : batch_) {
+        if (s->submitted()) s->WriteNow();
+      }
+      for (; i < batch_.size(); ++i) batch_[i]->WriteNow();
+      return;
+    }
+  }
+}
 
 // ------------------------------------------------------------------------------------ HTTP
 //
@@ -693,7 +1059,7 @@ class HttpSession final : public Connection,
         StartRequestDeadline();  // for the next request
         const std::string_view target = held_->msg.target();
         held_->match = core_->router.Find(held_->msg.method_string(), target.substr(0, target.find('?')),
-                                          websocket::is_upgrade(held_->msg));
+                                          IsWebSocketUpgrade(held_->msg));
         held_->parallel = IsSafe(held_->msg.method()) || held_->match.parallel_pipelining;
       }
       if (!CanDispatch(*held_)) {
@@ -952,6 +1318,19 @@ class HttpSession final : public Connection,
   void Upgrade() {
     PendingUpgrade u = std::move(*upgrade_);
     upgrade_.reset();
+    // The rest of RFC 6455 §4.2.1 (IsWebSocketUpgrade checked the method and headers).
+    const std::string_view key = u.msg[http::field::sec_websocket_key];
+    if (u.msg[http::field::sec_websocket_version] != "13") {
+      closing_ = true;
+      HttpResponse r = HttpResponse::Error(426, "upgrade_required", "Sec-WebSocket-Version must be 13");
+      r.headers.emplace_back("Sec-WebSocket-Version", "13");
+      return Complete(NewSlot(false).id, std::move(r));
+    }
+    if (!ws::ValidKey(key)) {
+      closing_ = true;
+      return Complete(NewSlot(false).id,
+                      HttpResponse::Error(400, "bad_request", "Sec-WebSocket-Key must be 16 bytes in base64"));
+    }
     std::any context;
     if (u.handler->accept) {
       auto accepted = u.handler->accept(u.req);
@@ -968,8 +1347,12 @@ class HttpSession final : public Connection,
     closed_ = true;    // and the socket: this session does nothing more
     read_timer_.cancel();
     handler_timer_.cancel();
-    auto ws = std::make_shared<WsSession>(core_, shard_, std::move(stream_), *u.handler, std::move(context), remote_);
-    ws->Accept(std::move(u.msg));
+    // Frames the client sent right behind its request are already in our buffer.
+    const auto rest = buffer_.data();
+    std::string input(static_cast<const char*>(rest.data()), rest.size());
+    auto ws = std::make_shared<WsSession>(core_, shard_, stream_.release_socket(), *u.handler, std::move(context),
+                                          remote_, std::move(input));
+    ws->Open(key);
   }
 
   void Close() {

@@ -41,6 +41,10 @@ struct HttpServerOptions {
   // progress, answered, or being written); further requests wait in the read buffer (and then in
   // the socket).
   size_t max_pipelined_requests = 64;
+  // WebSocket writes of one event-loop turn (a room's block to its members) go to the kernel as
+  // one io_uring submission instead of one sendmsg each. Falls back to sendmsg when the kernel
+  // refuses io_uring.
+  bool websocket_io_uring = true;
 };
 
 // "127.0.0.1:8080" / "[::1]:8080" / ":8080" -> host and port.

@@ -1,7 +1,13 @@
 #include "net/websocket.h"
 
+#include <arpa/inet.h>
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <linux/io_uring.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <any>
@@ -19,9 +25,11 @@
 #include <utility>
 #include <vector>
 
+#include "base/metrics.h"
 #include "base/mutex.h"
 #include "net/http_server.h"
 #include "net/test_client.h"
+#include "net/ws_codec.h"
 
 namespace chorus::net {
 namespace {
@@ -815,6 +823,310 @@ TEST(WebSocketTest, SilentPeerIsClosedAfterTheIdleTimeout) {
   EXPECT_TRUE(h.server().WaitDrained(3s));
   EXPECT_TRUE(h.Shutdown());
 }
+
+// ---- the server's own protocol handling, seen from a client on a plain socket
+
+// A WebSocket client on a plain blocking socket, for what Beast's client will not send: frames
+// right behind the upgrade request, broken frames, handshakes with bad headers.
+class RawClient {
+ public:
+  explicit RawClient(uint16_t port) : fd_(::socket(AF_INET, SOCK_STREAM, 0)) {
+    timeval tv{5, 0};  // every read gives up after 5 s
+    ::setsockopt(fd_, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = ::connect(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  }
+  ~RawClient() { ::close(fd_); }
+  RawClient(const RawClient&) = delete;
+  RawClient& operator=(const RawClient&) = delete;
+
+  bool connected() const { return connected_; }
+
+  static std::string Upgrade(std::string_view key = "dGhlIHNhbXBsZSBub25jZQ==", std::string_view version = "13") {
+    std::string r = "GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n";
+    r += "Sec-WebSocket-Key: " + std::string(key) + "\r\nSec-WebSocket-Version: " + std::string(version) + "\r\n\r\n";
+    return r;
+  }
+
+  // One final client frame with a payload under 126 bytes, masked unless told otherwise.
+  static std::string Frame(uint8_t opcode, std::string_view payload, bool masked = true) {
+    std::string f;
+    f += static_cast<char>(0x80 | opcode);
+    f += static_cast<char>((masked ? 0x80 : 0) | payload.size());
+    const uint8_t key[4] = {0x37, 0xfa, 0x21, 0x3d};
+    if (masked) f.append(reinterpret_cast<const char*>(key), 4);
+    for (size_t i = 0; i < payload.size(); ++i) {
+      f += masked ? static_cast<char>(payload[i] ^ key[i % 4]) : payload[i];
+    }
+    return f;
+  }
+
+  bool Write(std::string_view bytes) {
+    while (!bytes.empty()) {
+      const ssize_t n = ::send(fd_, bytes.data(), bytes.size(), MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      bytes.remove_prefix(static_cast<size_t>(n));
+    }
+    return true;
+  }
+
+  // The HTTP response head, through the blank line (empty if none arrived); what follows stays
+  // buffered for ReadFrame.
+  std::string ReadHead() {
+    size_t end;
+    while ((end = buffered_.find("\r\n\r\n")) == std::string::npos) {
+      if (!Fill()) return "";
+    }
+    std::string head = buffered_.substr(0, end + 4);
+    buffered_.erase(0, end + 4);
+    return head;
+  }
+
+  struct ServerFrame {
+    bool ok = false;
+    uint8_t opcode = 0;
+    std::string payload;
+  };
+  // One frame from the server (unmasked, final, as the server sends them).
+  ServerFrame ReadFrame() {
+    ServerFrame f;
+    if (!FillTo(2)) return f;
+    f.opcode = static_cast<uint8_t>(buffered_[0]) & 0x0f;
+    uint64_t len = static_cast<uint8_t>(buffered_[1]) & 0x7f;
+    size_t header = 2;
+    if (len >= 126) {
+      const size_t bytes = len == 126 ? 2 : 8;
+      if (!FillTo(2 + bytes)) return f;
+      len = 0;
+      for (size_t i = 0; i < bytes; ++i) len = (len << 8) | static_cast<uint8_t>(buffered_[2 + i]);
+      header += bytes;
+    }
+    if (!FillTo(header + len)) return f;
+    f.payload = buffered_.substr(header, len);
+    buffered_.erase(0, header + len);
+    f.ok = true;
+    return f;
+  }
+
+  // True when the server ended the connection (nothing more buffered, then end of stream).
+  bool ReadsEndOfStream() { return buffered_.empty() && !Fill(); }
+
+ private:
+  bool Fill() {
+    char tmp[16 * 1024];
+    const ssize_t n = ::recv(fd_, tmp, sizeof tmp, 0);
+    if (n <= 0) return false;
+    buffered_.append(tmp, static_cast<size_t>(n));
+    return true;
+  }
+  bool FillTo(size_t n) {
+    while (buffered_.size() < n) {
+      if (!Fill()) return false;
+    }
+    return true;
+  }
+
+  int fd_;
+  bool connected_ = false;
+  std::string buffered_;
+};
+
+// The close code at the front of a close frame's payload.
+uint16_t CloseCode(const std::string& payload) {
+  if (payload.size() < 2) return 0;
+  return static_cast<uint16_t>(static_cast<uint8_t>(payload[0]) << 8 | static_cast<uint8_t>(payload[1]));
+}
+
+TEST(WebSocketTest, FramesRightBehindTheUpgradeRequestAreReadAndPingsAnswered) {
+  Recorder rec;
+  ServerHarness h;
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec)).ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start({}));
+
+  RawClient c(h.port());
+  ASSERT_TRUE(c.connected());
+  // The request and two frames in one write: the server has them all in its first read.
+  ASSERT_TRUE(c.Write(RawClient::Upgrade() + RawClient::Frame(ws::kText, "early") +
+                      RawClient::Frame(ws::kPing, "p1")));
+  const std::string head = c.ReadHead();
+  EXPECT_THAT(head, ::testing::StartsWith("HTTP/1.1 101 "));
+  // RFC 6455 §1.3's example key and answer.
+  EXPECT_THAT(head, HasSubstr("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n"));
+  auto echo = c.ReadFrame();
+  ASSERT_TRUE(echo.ok);
+  EXPECT_EQ(echo.opcode, ws::kText);
+  EXPECT_EQ(echo.payload, "early");
+  auto pong = c.ReadFrame();
+  ASSERT_TRUE(pong.ok);
+  EXPECT_EQ(pong.opcode, ws::kPong);
+  EXPECT_EQ(pong.payload, "p1");
+
+  // Our close is echoed with its code, then the server ends the connection.
+  ASSERT_TRUE(c.Write(RawClient::Frame(ws::kClose, std::string("\x0f\xa2", 2) + "done")));
+  auto close = c.ReadFrame();
+  ASSERT_TRUE(close.ok);
+  EXPECT_EQ(close.opcode, ws::kClose);
+  EXPECT_EQ(CloseCode(close.payload), 4002);
+  EXPECT_TRUE(c.ReadsEndOfStream());
+  ASSERT_TRUE(rec.WaitClosed(1));
+  EXPECT_THAT(rec.closes(), ElementsAre(4002));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(WebSocketTest, HandshakeWithoutVersion13OrA16ByteKeyIsRefused) {
+  Recorder rec;
+  ServerHarness h;
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec)).ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start({}));
+
+  RawClient old_version(h.port());
+  ASSERT_TRUE(old_version.Write(RawClient::Upgrade("dGhlIHNhbXBsZSBub25jZQ==", "8")));
+  const std::string head = old_version.ReadHead();
+  EXPECT_THAT(head, ::testing::StartsWith("HTTP/1.1 426 "));
+  EXPECT_THAT(head, HasSubstr("Sec-WebSocket-Version: 13\r\n"));
+
+  RawClient short_key(h.port());
+  ASSERT_TRUE(short_key.Write(RawClient::Upgrade("c2hvcnQ=")));
+  EXPECT_THAT(short_key.ReadHead(), ::testing::StartsWith("HTTP/1.1 400 "));
+
+  EXPECT_EQ(rec.opened(), 0u);
+  WsClient good;  // and the server still upgrades a proper request
+  ASSERT_FALSE(good.Connect(h.port(), "/ws"));
+  ASSERT_FALSE(good.Write("ok"));
+  EXPECT_EQ(good.Read().data, "ok");
+  ASSERT_FALSE(good.Close(kWsNormal));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+TEST(WebSocketTest, ProtocolErrorsCloseWithTheirCodeAndTheServerKeepsServing) {
+  struct Case {
+    const char* what;
+    std::string frame;
+    uint16_t code;
+  };
+  const std::vector<Case> cases = {
+      {"unmasked frame", RawClient::Frame(ws::kText, "hi", /*masked=*/false), 1002},
+      {"reserved opcode", RawClient::Frame(3, "x"), 1002},
+      {"text that is not UTF-8", RawClient::Frame(ws::kText, "\xc3\x28"), 1007},
+      {"continuation without a message", RawClient::Frame(ws::kContinuation, "x"), 1002},
+  };
+  Recorder rec;
+  ServerHarness h;
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec)).ok());
+  ASSERT_NO_FATAL_FAILURE(h.Start({}));
+
+  std::vector<uint16_t> expected;
+  for (const Case& k : cases) {
+    SCOPED_TRACE(k.what);
+    RawClient c(h.port());
+    ASSERT_TRUE(c.Write(RawClient::Upgrade()));
+    ASSERT_THAT(c.ReadHead(), ::testing::StartsWith("HTTP/1.1 101 "));
+    ASSERT_TRUE(c.Write(k.frame));
+    auto close = c.ReadFrame();
+    ASSERT_TRUE(close.ok);
+    EXPECT_EQ(close.opcode, ws::kClose);
+    EXPECT_EQ(CloseCode(close.payload), k.code);
+    EXPECT_TRUE(c.ReadsEndOfStream());  // no close handshake after a protocol error
+    expected.push_back(k.code);
+    ASSERT_TRUE(rec.WaitClosed(expected.size()));
+  }
+  EXPECT_EQ(rec.closes(), expected);
+
+  WsClient good;
+  ASSERT_FALSE(good.Connect(h.port(), "/ws"));
+  ASSERT_FALSE(good.Write("still serving"));
+  EXPECT_EQ(good.Read().data, "still serving");
+  ASSERT_FALSE(good.Close(kWsNormal));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+// Fan-out as the live service does it: a shard sends one payload to all its connections in one
+// task, so the writes of the turn go out together (io_uring batch, or sendmsg each). Payloads are
+// larger than the socket buffers take at once, so most writes end partial and finish when the
+// client reads.
+class WebSocketFanOutTest : public ::testing::TestWithParam<bool> {};
+
+// Whether this kernel lets the process create an io_uring (containers may forbid it).
+bool IoUringAvailable() {
+  io_uring_params params{};
+  const long fd = ::syscall(__NR_io_uring_setup, 4, &params);
+  if (fd < 0) return false;
+  ::close(static_cast<int>(fd));
+  return true;
+}
+
+TEST_P(WebSocketFanOutTest, EveryConnectionGetsEveryMessageIntactAndInOrder) {
+  const bool io_uring = GetParam();
+  if (io_uring && !IoUringAvailable()) GTEST_SKIP() << "io_uring is not available here (the server falls back to sendmsg)";
+  constexpr int kClients = 100;
+  constexpr uint64_t kMessages = 3;
+  constexpr size_t kSize = 64 * 1024;
+  Recorder rec;
+  ServerHarness h;
+  ASSERT_TRUE(h.router().AddWebSocket("/ws", EchoHandler(rec)).ok());
+  HttpServerOptions options;
+  options.websocket_io_uring = io_uring;
+  ASSERT_NO_FATAL_FAILURE(h.Start(options));
+
+  std::vector<std::unique_ptr<WsClient>> clients;
+  for (int i = 0; i < kClients; ++i) {
+    clients.push_back(std::make_unique<WsClient>());
+    ASSERT_FALSE(clients.back()->Connect(h.port(), "/ws")) << "client " << i;
+  }
+  ASSERT_TRUE(rec.WaitOpened(kClients));
+
+  const auto writes = [] {
+    const std::string text = DefaultMetrics().Render();
+    auto value = [&](const std::string& series) {
+      const size_t at = text.find(series + " ");
+      return at == std::string::npos ? 0.0 : std::strtod(text.c_str() + at + series.size() + 1, nullptr);
+    };
+    return std::pair(value("chorus_websocket_writes_total{via=\"io_uring\"}"),
+                     value("chorus_websocket_writes_total{via=\"sendmsg\"}"));
+  };
+  const auto before = writes();
+
+  std::vector<std::vector<std::shared_ptr<WebSocketConnection>>> by_shard(h.runtime().size());
+  for (int i = 0; i < kClients; ++i) {
+    auto conn = rec.conn(i);
+    ASSERT_NE(conn, nullptr);
+    by_shard[conn->shard()].push_back(std::move(conn));
+  }
+  for (uint64_t m = 0; m < kMessages; ++m) {
+    auto payload = BurstMessage(m, kSize);
+    for (uint32_t s = 0; s < by_shard.size(); ++s) {
+      h.runtime().Post(s, [conns = by_shard[s], payload] {
+        for (const auto& c : conns) c->Send(payload, /*binary=*/true, /*droppable=*/true);
+      });
+    }
+  }
+  for (int i = 0; i < kClients; ++i) {
+    for (uint64_t m = 0; m < kMessages; ++m) {
+      auto got = clients[i]->Read();
+      ASSERT_FALSE(got.ec) << "client " << i << ": " << got.ec.message();
+      uint64_t index = 0;
+      ASSERT_TRUE(ParseBurstMessage(got.data, kSize, &index)) << "client " << i << " got a damaged message";
+      EXPECT_EQ(index, m) << "client " << i;
+    }
+  }
+  const auto after = writes();
+  if (io_uring) {
+    EXPECT_GE(after.first - before.first, kClients) << "the batches did not go through io_uring";
+  } else {
+    EXPECT_EQ(after.first, before.first);
+    EXPECT_GE(after.second - before.second, kClients);
+  }
+  for (uint32_t s = 0; s < by_shard.size(); ++s) by_shard[s].clear();
+  for (auto& c : clients) ASSERT_FALSE(c->Close(kWsNormal));
+  EXPECT_TRUE(rec.WaitClosed(kClients));
+  EXPECT_TRUE(h.Shutdown());
+}
+
+INSTANTIATE_TEST_SUITE_P(Writers, WebSocketFanOutTest, ::testing::Bool(),
+                         [](const auto& info) { return info.param ? "IoUring" : "SendMsg"; });
 
 }  // namespace
 }  // namespace chorus::net
