@@ -9,7 +9,7 @@ PRESET ?= dev
 JOBS ?= $(shell nproc)
 RUN_ARGS ?=
 FUZZ_SECONDS ?= 60
-FUZZERS := query token config
+FUZZERS := query token config ws_frame
 export CCACHE_DIR ?= $(HOME)/.cache/ccache
 
 .PHONY: deps configure build test run asan bench fuzz clean
