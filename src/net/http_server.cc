@@ -216,8 +216,19 @@ using Core = HttpServer::Core;
 
 class WsSession;
 
+// One server-to-client frame: header and payload in one buffer, ready for the socket.
+std::shared_ptr<const std::string> Frame(ws::Opcode op, std::string_view payload) {
+  uint8_t header[ws::kMaxHeaderBytes];
+  const size_t n = ws::EncodeHeader(op, payload.size(), header);
+  auto frame = std::make_shared<std::string>();
+  frame->reserve(n + payload.size());
+  frame->append(reinterpret_cast<const char*>(header), n);
+  frame->append(payload);
+  return frame;
+}
+
 // Per server and shard: the WebSocket sessions with data to write this event-loop turn.
-class WsShardWriter {
+class WsShardWriter : public std::enable_shared_from_this<WsShardWriter> {
  public:
   WsShardWriter(asio::io_context& io, bool use_io_uring) : io_(io), use_io_uring_(use_io_uring) {}
   ~WsShardWriter() {
@@ -229,10 +240,19 @@ class WsShardWriter {
   // Writes `s` at the end of this turn. Shard thread only.
   void Add(std::shared_ptr<WsSession> s) {
     pending_.push_back(std::move(s));
-    if (!posted_) {
-      posted_ = true;
-      asio::post(io_, [this] { Flush(); });
+    PostFlush();
+  }
+
+  // `payload` as a whole text or binary frame. Fan-out sends one payload to many sessions in a
+  // row, so the last frame built of each kind is kept and shared: one copy per block per shard.
+  std::shared_ptr<const std::string> Framed(std::shared_ptr<const std::string> payload, bool binary) {
+    LastFrame& last = last_[binary ? 1 : 0];
+    if (last.payload != payload) {
+      last.frame = Frame(binary ? ws::kBinary : ws::kText, *payload);
+      last.payload = std::move(payload);  // held, so its address cannot be reused meanwhile
+      PostFlush();                        // which lets go of it
     }
+    return last.frame;
   }
 
   // Scratch space for reads (sessions read on this thread one at a time).
@@ -245,12 +265,25 @@ class WsShardWriter {
   static constexpr size_t kMinRingBatch = 4;
   static constexpr size_t kReadBufferBytes = 64 * 1024;
 
+  void PostFlush() {
+    if (!posted_) {
+      posted_ = true;
+      // The task holds the writer: it may outlive every session (and the server) of this shard.
+      asio::post(io_, [self = shared_from_this()] { self->Flush(); });
+    }
+  }
   void Flush();
   void FlushRing();
   bool Ring();
 
+  struct LastFrame {
+    std::shared_ptr<const std::string> payload;
+    std::shared_ptr<const std::string> frame;
+  };
+
   asio::io_context& io_;
   const bool use_io_uring_;
+  LastFrame last_[2];  // text, binary
   std::vector<std::shared_ptr<WsSession>> pending_;
   std::vector<std::shared_ptr<WsSession>> batch_;
   bool posted_ = false;
@@ -301,8 +334,7 @@ class WsSession final : public Connection,
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ";
     response += ws::AcceptKey(key);
     response += "\r\nServer: chorus\r\n\r\n";
-    Outgoing& hs = Push(std::make_shared<const std::string>(std::move(response)), /*droppable=*/false);
-    hs.header_len = 0;  // raw HTTP bytes, not a frame
+    Outgoing& hs = Push(std::make_shared<const std::string>(std::move(response)), 0, /*droppable=*/false);
     hs.handshake = true;
     last_read_ = std::chrono::steady_clock::now();
     ArmIdleTimer(last_read_ + IdleHalf());
@@ -379,7 +411,9 @@ class WsSession final : public Connection,
     write_state_ = WriteState::kIdle;
     while (!closed_ && !queue_.empty()) {
       Gather();
-      const ssize_t n = ::sendmsg(fd(), &msg_, MSG_DONTWAIT | MSG_NOSIGNAL);
+      const ssize_t n = msg_.msg_iovlen == 1
+                            ? ::send(fd(), iov_[0].iov_base, iov_[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                            : ::sendmsg(fd(), &msg_, MSG_DONTWAIT | MSG_NOSIGNAL);
       Metrics().ws_writes_sendmsg->Inc();
       if (n < 0) {
         if (errno == EINTR) continue;
@@ -400,14 +434,14 @@ class WsSession final : public Connection,
     kBlocked,    // waiting for the socket to take more
   };
 
+  // A queued message as it goes on the wire: a whole frame (or the 101 response).
   struct Outgoing {
-    std::shared_ptr<const std::string> payload;
-    uint8_t header[ws::kMaxHeaderBytes];
-    uint8_t header_len = 0;
+    std::shared_ptr<const std::string> wire;
+    size_t payload_bytes = 0;  // what the queue limits count (the message without its header)
     bool droppable = false;
     bool handshake = false;  // the 101 response: never dropped, even by a close
     bool close = false;      // our close frame
-    size_t size() const { return header_len + payload->size(); }
+    size_t size() const { return wire->size(); }
   };
 
   static constexpr size_t kMaxIov = 16;
@@ -460,7 +494,7 @@ class WsSession final : public Connection,
           if (closed_) return false;
           break;
         case ws::FrameParser::Kind::kPing:
-          if (!closing_) PushControl(ws::kPong, std::string(ev.data));
+          if (!closing_) PushControl(ws::kPong, ev.data);
           break;
         case ws::FrameParser::Kind::kPong:
           break;
@@ -490,26 +524,26 @@ class WsSession final : public Connection,
     if (now - last_read_ >= 2 * half) return Finish(1006);  // no pong, no data
     if (now - last_read_ >= half && !pinged_) {
       pinged_ = true;
-      if (!closing_) PushControl(ws::kPing, std::string());
+      if (!closing_) PushControl(ws::kPing, "");
     }
     ArmIdleTimer(last_read_ + (pinged_ ? 2 * half : half));
   }
 
   // ---- writing
 
-  Outgoing& Push(std::shared_ptr<const std::string> payload, bool droppable) {
-    queued_bytes_ += payload->size();
+  Outgoing& Push(std::shared_ptr<const std::string> wire, size_t payload_bytes, bool droppable) {
+    queued_bytes_ += payload_bytes;
     Outgoing& o = queue_.emplace_back();
-    o.payload = std::move(payload);
+    o.wire = std::move(wire);
+    o.payload_bytes = payload_bytes;
     o.droppable = droppable;
     Kick();
     return o;
   }
 
   // A control frame (ping, pong, close): never dropped, may go past the queue limits.
-  void PushControl(ws::Opcode op, std::string payload) {
-    Outgoing& o = Push(std::make_shared<const std::string>(std::move(payload)), /*droppable=*/false);
-    o.header_len = static_cast<uint8_t>(ws::EncodeHeader(op, o.payload->size(), o.header));
+  void PushControl(ws::Opcode op, std::string_view payload) {
+    Outgoing& o = Push(Frame(op, payload), payload.size(), /*droppable=*/false);
     o.close = op == ws::kClose;
   }
 
@@ -531,26 +565,20 @@ class WsSession final : public Connection,
   }
 
   // The gather list for the front of the queue (the front's unwritten part, then whole frames).
+  // One entry in the common case: the writer then sends it without a msghdr.
   void Gather() {
     size_t n = 0;
     gathered_ = 0;
     size_t skip = sent_;
     for (const Outgoing& o : queue_) {
-      if (n + 2 > kMaxIov) break;
-      const std::string_view parts[2] = {
-          std::string_view(reinterpret_cast<const char*>(o.header), o.header_len), *o.payload};
-      for (std::string_view part : parts) {
-        if (skip >= part.size()) {
-          skip -= part.size();
-          continue;
-        }
-        part.remove_prefix(skip);
-        skip = 0;
-        iov_[n].iov_base = const_cast<char*>(part.data());
-        iov_[n].iov_len = part.size();
-        gathered_ += part.size();
-        ++n;
-      }
+      if (n == kMaxIov) break;
+      std::string_view part = *o.wire;
+      part.remove_prefix(skip);
+      skip = 0;
+      iov_[n].iov_base = const_cast<char*>(part.data());
+      iov_[n].iov_len = part.size();
+      gathered_ += part.size();
+      ++n;
     }
     msg_ = {};
     msg_.msg_iov = iov_;
@@ -570,7 +598,7 @@ class WsSession final : public Connection,
       n -= left;
       sent_ = 0;
       close_sent = close_sent || front.close;
-      queued_bytes_ -= front.payload->size();
+      queued_bytes_ -= front.payload_bytes;
       queue_.pop_front();
     }
     MaybeCaughtUp();
@@ -601,8 +629,8 @@ class WsSession final : public Connection,
           break;  // fits now, or a control message that goes past the limit
       }
     }
-    Outgoing& out = Push(std::move(payload), droppable);
-    out.header_len = static_cast<uint8_t>(ws::EncodeHeader(binary ? ws::kBinary : ws::kText, out.payload->size(), out.header));
+    const size_t bytes = payload->size();
+    Push(writer_->Framed(std::move(payload), binary), bytes, droppable);
   }
 
   // Whether a message of `bytes` can join the queue within its limits.
@@ -625,7 +653,7 @@ class WsSession final : public Connection,
         ++i;
         continue;
       }
-      queued_bytes_ -= queue_[i].payload->size();
+      queued_bytes_ -= queue_[i].payload_bytes;
       queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(i));  // erasing near the front is cheap
       CountDrop();
     }
@@ -696,7 +724,7 @@ class WsSession final : public Connection,
     size_t keep = 0;
     while (keep < queue_.size() && (queue_[keep].handshake || (keep == 0 && sent_ > 0))) ++keep;
     while (queue_.size() > keep) {
-      queued_bytes_ -= queue_.back().payload->size();
+      queued_bytes_ -= queue_.back().payload_bytes;
       queue_.pop_back();
     }
     PushControl(ws::kClose, code == 1005 ? std::string() : ws::ClosePayload(code, reason));
@@ -811,6 +839,10 @@ void WsShardWriter::Flush() {
     for (const auto& s : batch_) s->WriteNow();
   }
   batch_.clear();
+  // The turn's fan-out is written: let go of its payloads (a sender may wait for its buffer to be
+  // released).
+  last_[0] = {};
+  last_[1] = {};
 }
 
 // One sendmsg per session, submitted a ring-full at a time. MSG_DONTWAIT makes each complete (or
@@ -824,7 +856,12 @@ void WsShardWriter::FlushRing() {
       WsSession& s = *batch_[i];
       if (!s.PrepareWrite()) continue;
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
-      io_uring_prep_sendmsg(sqe, s.fd(), s.message(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      const msghdr* m = s.message();
+      if (m->msg_iovlen == 1) {  // the usual case: no msghdr for the kernel to copy in
+        io_uring_prep_send(sqe, s.fd(), m->msg_iov[0].iov_base, m->msg_iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+      } else {
+        io_uring_prep_sendmsg(sqe, s.fd(), m, MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
       io_uring_sqe_set_data64(sqe, i);
       ++submitted;
     }
