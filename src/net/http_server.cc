@@ -1,6 +1,7 @@
 #include "net/http_server.h"
 
 #include <liburing.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -255,6 +256,29 @@ class WsShardWriter : public std::enable_shared_from_this<WsShardWriter> {
     return last.frame;
   }
 
+  // Registered-file slots. A socket registered with the ring spares the kernel looking its
+  // descriptor up (fget/fput) on every send. A session takes a slot the first time it goes out
+  // through the ring and gives it back before closing its socket: the registration holds a
+  // reference that would keep the socket open. -1 when none is free (the session then sends by
+  // descriptor).
+  int AcquireSlot(int fd) {
+    if (!ring_open_ || free_slots_.empty()) return -1;
+    const int slot = free_slots_.back();
+    if (io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &fd, 1) != 1) return -1;
+    free_slots_.pop_back();
+    return slot;
+  }
+  void ReleaseSlot(int slot) {
+    int none = -1;
+    const int rc = io_uring_register_files_update(&ring_, static_cast<unsigned>(slot), &none, 1);
+    if (rc == 1) {
+      free_slots_.push_back(slot);
+    } else {
+      // The socket stays referenced until the ring closes; its FIN went out with shutdown().
+      spdlog::error("io_uring: unregistering file slot {} failed ({})", slot, strerror(-rc));
+    }
+  }
+
   // Scratch space for reads (sessions read on this thread one at a time).
   std::span<char> read_buffer() { return {read_buffer_.get(), kReadBufferBytes}; }
 
@@ -264,6 +288,7 @@ class WsShardWriter : public std::enable_shared_from_this<WsShardWriter> {
   // Below this many sessions a batch goes out with plain sendmsg calls: the ring saves nothing.
   static constexpr size_t kMinRingBatch = 4;
   static constexpr size_t kReadBufferBytes = 64 * 1024;
+  static constexpr rlim_t kMaxFileSlots = 16384;
 
   void PostFlush() {
     if (!posted_) {
@@ -289,6 +314,7 @@ class WsShardWriter : public std::enable_shared_from_this<WsShardWriter> {
   bool posted_ = false;
   RingState ring_state_ = RingState::kUnknown;
   bool ring_open_ = false;
+  std::vector<int> free_slots_;
   io_uring ring_{};
   std::unique_ptr<char[]> read_buffer_ = std::make_unique<char[]>(kReadBufferBytes);
 };
@@ -317,6 +343,7 @@ class WsSession final : public Connection,
   }
 
   ~WsSession() override {
+    ReleaseFileSlot();
     Metrics().websockets->Sub();
     core_->ConnectionGone(shard_.index());
   }
@@ -388,6 +415,8 @@ class WsSession final : public Connection,
   }
   bool submitted() const { return write_state_ == WriteState::kSubmitted; }
   int fd() { return socket_.native_handle(); }
+  // The socket's registered-file slot in the writer's ring, -1 if none (see AcquireSlot).
+  int& file_slot() { return file_slot_; }
   const msghdr* message() const { return &msg_; }
 
   // The result of the write PrepareWrite set up: bytes written or -errno.
@@ -768,7 +797,14 @@ class WsSession final : public Connection,
     if (handler_.on_close) handler_.on_close(*this, closing_ ? close_code_ : code);
     beast::error_code ignored;
     socket_.shutdown(tcp::socket::shutdown_both, ignored);
+    ReleaseFileSlot();  // or the ring keeps the socket open
     socket_.close(ignored);
+  }
+
+  void ReleaseFileSlot() {
+    if (file_slot_ < 0) return;
+    writer_->ReleaseSlot(file_slot_);
+    file_slot_ = -1;
   }
 
   std::shared_ptr<Core> core_;
@@ -779,6 +815,7 @@ class WsSession final : public Connection,
   const std::string remote_;
   const uint64_t id_;
   WsShardWriter* writer_ = nullptr;
+  int file_slot_ = -1;
   std::string input_;
   ws::FrameParser parser_;
   std::deque<Outgoing> queue_;
@@ -819,6 +856,14 @@ bool WsShardWriter::Ring() {
       if (rc == 0) {
         ring_state_ = RingState::kReady;
         ring_open_ = true;
+        // The kernel refuses a table larger than the open-file limit.
+        rlimit files{};
+        getrlimit(RLIMIT_NOFILE, &files);
+        const auto slots = static_cast<unsigned>(std::min(kMaxFileSlots, files.rlim_cur));
+        if (io_uring_register_files_sparse(&ring_, slots) == 0) {
+          free_slots_.reserve(slots);
+          for (unsigned i = slots; i > 0; --i) free_slots_.push_back(static_cast<int>(i - 1));
+        }
       } else {
         static std::once_flag logged;
         std::call_once(logged, [rc] {
@@ -856,12 +901,15 @@ void WsShardWriter::FlushRing() {
       WsSession& s = *batch_[i];
       if (!s.PrepareWrite()) continue;
       io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+      if (s.file_slot() < 0) s.file_slot() = AcquireSlot(s.fd());
+      const int fd = s.file_slot() >= 0 ? s.file_slot() : s.fd();
       const msghdr* m = s.message();
       if (m->msg_iovlen == 1) {  // the usual case: no msghdr for the kernel to copy in
-        io_uring_prep_send(sqe, s.fd(), m->msg_iov[0].iov_base, m->msg_iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        io_uring_prep_send(sqe, fd, m->msg_iov[0].iov_base, m->msg_iov[0].iov_len, MSG_DONTWAIT | MSG_NOSIGNAL);
       } else {
-        io_uring_prep_sendmsg(sqe, s.fd(), m, MSG_DONTWAIT | MSG_NOSIGNAL);
+        io_uring_prep_sendmsg(sqe, fd, m, MSG_DONTWAIT | MSG_NOSIGNAL);
       }
+      if (s.file_slot() >= 0) io_uring_sqe_set_flags(sqe, IOSQE_FIXED_FILE);
       io_uring_sqe_set_data64(sqe, i);
       ++submitted;
     }
