@@ -246,11 +246,11 @@ class WsShardWriter : public std::enable_shared_from_this<WsShardWriter> {
 
   // `payload` as a whole text or binary frame. Fan-out sends one payload to many sessions in a
   // row, so the last frame built of each kind is kept and shared: one copy per block per shard.
-  std::shared_ptr<const std::string> Framed(std::shared_ptr<const std::string> payload, bool binary) {
+  std::shared_ptr<const std::string> Framed(const std::shared_ptr<const std::string>& payload, bool binary) {
     LastFrame& last = last_[binary ? 1 : 0];
     if (last.payload != payload) {
       last.frame = Frame(binary ? ws::kBinary : ws::kText, *payload);
-      last.payload = std::move(payload);  // held, so its address cannot be reused meanwhile
+      last.payload = payload;  // held, so its address cannot be reused meanwhile
       PostFlush();                        // which lets go of it
     }
     return last.frame;
@@ -374,14 +374,14 @@ class WsSession final : public Connection,
     WaitReadable();
   }
 
-  bool Send(std::shared_ptr<const std::string> payload, bool binary, bool droppable = false) override {
+  bool Send(const std::shared_ptr<const std::string>& payload, bool binary, bool droppable = false) override {
     if (closed_.load(std::memory_order_acquire)) return false;
     if (shard_.IsCurrent()) {  // the fan-out case: no task, no extra reference to the session
-      Enqueue(std::move(payload), binary, droppable);
+      Enqueue(payload, binary, droppable);
       return true;
     }
-    shard_.Dispatch([self = shared_from_this(), payload = std::move(payload), binary, droppable]() mutable {
-      self->Enqueue(std::move(payload), binary, droppable);
+    shard_.Dispatch([self = shared_from_this(), payload, binary, droppable] {
+      self->Enqueue(payload, binary, droppable);
     });
     return true;
   }
@@ -634,7 +634,7 @@ class WsSession final : public Connection,
     if (close_sent) CloseSent();
   }
 
-  void Enqueue(std::shared_ptr<const std::string> payload, bool binary, bool droppable) {
+  void Enqueue(const std::shared_ptr<const std::string>& payload, bool binary, bool droppable) {
     if (closed_ || closing_) return;
     const auto& o = handler_.options;
     if (!Fits(payload->size())) {
@@ -658,8 +658,7 @@ class WsSession final : public Connection,
           break;  // fits now, or a control message that goes past the limit
       }
     }
-    const size_t bytes = payload->size();
-    Push(writer_->Framed(std::move(payload), binary), bytes, droppable);
+    Push(writer_->Framed(payload, binary), payload->size(), droppable);
   }
 
   // Whether a message of `bytes` can join the queue within its limits.

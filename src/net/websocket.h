@@ -68,7 +68,9 @@ class WebSocketConnection {
   // make room for newer ones (use it for fan-out data a lagging reader can afford to lose; leave
   // it false for control frames: welcome, pong, errors, private messages). Overrides must repeat
   // the same default: a default argument binds to the static type of the call.
-  virtual bool Send(std::shared_ptr<const std::string> payload, bool binary, bool droppable = false) = 0;
+  // Taken by reference: a fan-out passes one payload to thousands of connections, and copying the
+  // pointer would bounce its reference count between the shards' cores.
+  virtual bool Send(const std::shared_ptr<const std::string>& payload, bool binary, bool droppable = false) = 0;
   // Starts a close handshake with the given code; safe from any thread, idempotent.
   virtual void Close(uint16_t code, std::string reason) = 0;
 
