@@ -6,7 +6,9 @@
 // message and `on_close` once, all on the connection's shard thread.
 //
 // Writes: Send() is safe from any thread. Payloads are shared immutable buffers, so one
-// serialized block can go to thousands of connections without copies. Each connection has a
+// serialized block can go to thousands of connections without copies. Nothing is written inside
+// Send(): the shard writes all its connections' new frames together at the end of the event-loop
+// turn (one io_uring submission; see docs/runtime.md). Each connection has a
 // bounded write queue (max_queue_messages, max_queue_bytes of payload); what happens when a
 // message does not fit is the route's overflow policy:
 //   kClose       close with 1008 "slow consumer" at the first overflow.

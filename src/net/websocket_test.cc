@@ -802,11 +802,9 @@ TEST(WebSocketTest, ClientThatAnswersPingsOutlivesTheIdleTimeout) {
   EXPECT_EQ(m.data, "still here");
   EXPECT_EQ(rec.closes().size(), 0u);
   ASSERT_FALSE(c.Close(kWsNormal));
-  // Usually 1000, but Beast (1.81) aborts a close handshake that overlaps an idle-timer tick: the
-  // server then reports 1006. Only "exactly once" is asserted here.
   ASSERT_TRUE(rec.WaitClosed(1));
   EXPECT_TRUE(h.Shutdown());
-  EXPECT_EQ(rec.closes().size(), 1u);
+  EXPECT_THAT(rec.closes(), ElementsAre(kWsNormal));
 }
 
 TEST(WebSocketTest, SilentPeerIsClosedAfterTheIdleTimeout) {
