@@ -343,7 +343,10 @@ class WsSession final : public Connection,
   }
 
   ~WsSession() override {
-    ReleaseFileSlot();
+    // A session normally released its slot in Finish. One destroyed unfinished is being dropped
+    // with its event loop (runtime stop), maybe from another thread: the ring belongs to the shard
+    // thread, and its closing drops the registration anyway.
+    if (shard_.IsCurrent()) ReleaseFileSlot();
     Metrics().websockets->Sub();
     core_->ConnectionGone(shard_.index());
   }
@@ -414,6 +417,12 @@ class WsSession final : public Connection,
     return true;
   }
   bool submitted() const { return write_state_ == WriteState::kSubmitted; }
+  // The batch's completion for this session was lost (a failing ring): its send may still happen,
+  // so writing the same bytes again could duplicate them. Drop the connection instead.
+  void WriteLost() {
+    write_state_ = WriteState::kIdle;
+    Finish(1006);
+  }
   int fd() { return socket_.native_handle(); }
   // The socket's registered-file slot in the writer's ring, -1 if none (see AcquireSlot).
   int& file_slot() { return file_slot_; }
@@ -889,7 +898,7 @@ void WsShardWriter::Flush() {
   last_[1] = {};
 }
 
-// One sendmsg per session, submitted a ring-full at a time. MSG_DONTWAIT makes each complete (or
+// One send (or sendmsg) per session, submitted a ring-full at a time. MSG_DONTWAIT makes each complete (or
 // fail with EAGAIN) inside io_uring_enter, so when the completions are reaped no operation is left
 // in flight and the sessions' gather lists are free again.
 void WsShardWriter::FlushRing() {
@@ -925,22 +934,34 @@ void WsShardWriter::FlushRing() {
       submitted = rc > 0 ? static_cast<unsigned>(rc) : 0;
       ring_state_ = RingState::kUnavailable;
     }
+    bool lost = false;
     for (unsigned done = 0; done < submitted; ++done) {
       io_uring_cqe* cqe = nullptr;
       int w;
       do {
         w = io_uring_wait_cqe(&ring_, &cqe);
       } while (w == -EINTR);
-      if (w < 0) break;
+      if (w < 0) {
+        spdlog::error("io_uring wait failed ({}): WebSocket writes fall back to sendmsg", strerror(-w));
+        ring_state_ = RingState::kUnavailable;
+        lost = true;
+        break;
+      }
       const uint64_t index = io_uring_cqe_get_data64(cqe);
       const int res = cqe->res;
       io_uring_cqe_seen(&ring_, cqe);
       batch_[index]->Written(res);
     }
     if (ring_state_ != RingState::kReady) {
-      // Sessions prepared but never submitted write the plain way.
+      // Sessions prepared but never submitted write the plain way; those submitted whose
+      // completion never came are dropped.
       for (const auto& s : batch_) {
-        if (s->submitted()) s->WriteNow();
+        if (!s->submitted()) continue;
+        if (lost) {
+          s->WriteLost();
+        } else {
+          s->WriteNow();
+        }
       }
       for (; i < batch_.size(); ++i) batch_[i]->WriteNow();
       return;
